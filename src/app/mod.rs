@@ -1,0 +1,13 @@
+//! What every shop service needs to be a good mesh citizen, written once:
+//! the standard flags, health and reflection, the `x-served-by` header, the
+//! channel to the local sidecar, and a server that shuts down gracefully.
+
+mod args;
+mod outbound;
+mod served_by;
+mod server;
+
+pub use args::AppArgs;
+pub use outbound::{outbound_channel, OutboundError};
+pub use served_by::{ServedBy, ServedByLayer, SERVED_BY};
+pub use server::{serve, ServeError};

@@ -1,0 +1,20 @@
+//! The `mesh` library: what every binary of the mesh shares.
+//!
+//! # Layout
+//!
+//! - [`proto`]: code generated from `proto/` (messages, tonic clients and
+//!   servers) and the descriptor set served by reflection.
+//! - [`model`]: the pure routing model (routes, endpoints, the bootstrap
+//!   file) and its validation. No I/O: the sidecar compiles it into a table,
+//!   the control plane stores it.
+//! - [`app`]: what every shop service needs to be a good mesh citizen:
+//!   standard flags, health, reflection, the `x-served-by` header, the
+//!   outbound channel to its sidecar and graceful shutdown.
+//! - [`logging`]: one `tracing` subscriber set-up for every binary.
+//! - [`shutdown`]: the process-wide shutdown signal (SIGTERM and SIGINT).
+
+pub mod app;
+pub mod logging;
+pub mod model;
+pub mod proto;
+pub mod shutdown;

@@ -1,0 +1,16 @@
+//! The routing model: what an operator writes (routes), what the mesh
+//! discovers (endpoints), and their validation. Pure data, no I/O, so every
+//! component agrees on what is valid.
+
+mod bootstrap;
+mod endpoint;
+pub(crate) mod route;
+mod validation;
+
+pub use bootstrap::{Bootstrap, BootstrapError};
+pub use endpoint::Endpoint;
+pub use route::{compile_header_regex, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule, RouteSpec, WeightedSubset};
+pub use validation::ValidationError;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! A route: which mesh service takes the calls of a gRPC service (or one of
+//! its methods), and how they are split across that service's subsets.
+//!
+//! ```yaml
+//! kind: Route
+//! metadata:
+//!   name: inventory
+//! spec:
+//!   match:
+//!     service: shop.inventory.v1.InventoryService
+//!   destination: inventory
+//!   rules:                      # first rule whose headers all match wins
+//!     - headers:
+//!         - name: x-canary
+//!           exact: "true"
+//!       split:
+//!         - { subset: v2, weight: 1 }
+//!   split:                      # everything else; empty = every endpoint
+//!     - { subset: v1, weight: 90 }
+//!     - { subset: v2, weight: 10 }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use super::validation::{is_dns_label, is_proto_ident, ValidationError};
+
+/// The `kind` every route document carries.
+pub const ROUTE_KIND: &str = "Route";
+
+/// A route document as written by operators (kubectl habits: kind,
+/// metadata, spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Always `Route`; lets one YAML stream carry several kinds later.
+    pub kind: String,
+    /// Identity of the route.
+    pub metadata: RouteMetadata,
+    /// What the route does.
+    pub spec: RouteSpec,
+}
+
+/// Identity of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMetadata {
+    /// Unique name (a DNS label): the key the route is stored and deleted by.
+    pub name: String,
+}
+
+/// What a route matches and where the matched calls go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Which calls the route takes, by gRPC path.
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    /// The mesh service whose endpoints receive the calls.
+    pub destination: String,
+    /// Header-based rules, tried in order before `split`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
+    /// Weighted split across subsets for calls no rule took. Empty means
+    /// every endpoint of the destination, whatever its subset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedSubset>,
+}
+
+/// The gRPC path a route takes: `/service/method`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Fully qualified gRPC service, e.g. `shop.orders.v1.OrdersService`.
+    pub service: String,
+    /// One method of it; absent means every method. A method route wins
+    /// over a service route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// Calls whose headers all match go to this rule's split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Every one must match (logical and).
+    pub headers: Vec<HeaderMatch>,
+    /// Where matching calls go; empty means every endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<WeightedSubset>,
+}
+
+/// A condition on one request header: exactly one of `exact` or `regex`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name, lowercase (HTTP/2 header names are lowercase on the wire).
+    pub name: String,
+    /// The value must equal this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The whole value must match this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A subset (endpoints with `version: <subset>`) and its share of calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedSubset {
+    /// The `version` label of the endpoints in this subset.
+    pub subset: String,
+    /// Relative share; 0 takes the subset out of rotation.
+    pub weight: u32,
+}
+
+impl Route {
+    /// The gRPC path prefix this route takes: `/svc/` or `/svc/method`.
+    pub fn path(&self) -> String {
+        match &self.spec.matches.method {
+            Some(m) => format!("/{}/{}", self.spec.matches.service, m),
+            None => format!("/{}/", self.spec.matches.service),
+        }
+    }
+
+    /// Checks every field; the error names the first bad one by its path in
+    /// the document (e.g. `spec.rules[0].headers[1].regex`).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.kind != ROUTE_KIND {
+            return Err(ValidationError::new(
+                "kind",
+                format!("expected {ROUTE_KIND:?}, got {:?}", self.kind),
+            ));
+        }
+        if !is_dns_label(&self.metadata.name) {
+            return Err(ValidationError::new(
+                "metadata.name",
+                format!(
+                    "{:?} is not a DNS label (1-63 lowercase letters, digits, '-')",
+                    self.metadata.name
+                ),
+            ));
+        }
+        self.spec.validate().map_err(|e| e.within("spec"))
+    }
+}
+
+impl RouteSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let service = &self.matches.service;
+        if service.is_empty() || !service.split('.').all(is_proto_ident) {
+            return Err(ValidationError::new(
+                "match.service",
+                format!("{service:?} is not a fully qualified gRPC service name (pkg.Service)"),
+            ));
+        }
+        if let Some(method) = &self.matches.method {
+            if !is_proto_ident(method) {
+                return Err(ValidationError::new(
+                    "match.method",
+                    format!("{method:?} is not a gRPC method name"),
+                ));
+            }
+        }
+        if !is_dns_label(&self.destination) {
+            return Err(ValidationError::new(
+                "destination",
+                format!("{:?} is not a mesh service name (DNS label)", self.destination),
+            ));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate().map_err(|e| e.within(&format!("rules[{i}]")))?;
+        }
+        validate_split(&self.split).map_err(|e| e.within("split"))
+    }
+}
+
+impl RouteRule {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.headers.is_empty() {
+            return Err(ValidationError::new(
+                "headers",
+                "a rule needs at least one header match (use spec.split for the default)",
+            ));
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            h.validate().map_err(|e| e.within(&format!("headers[{i}]")))?;
+        }
+        validate_split(&self.split).map_err(|e| e.within("split"))
+    }
+}
+
+impl HeaderMatch {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if http::HeaderName::from_bytes(self.name.as_bytes()).is_err()
+            || self.name.bytes().any(|b| b.is_ascii_uppercase())
+            || self.name.starts_with(':')
+        {
+            return Err(ValidationError::new(
+                "name",
+                format!("{:?} is not a lowercase HTTP header name", self.name),
+            ));
+        }
+        match (&self.exact, &self.regex) {
+            (Some(_), None) => Ok(()),
+            (None, Some(re)) => compile_header_regex(re)
+                .map(drop)
+                .map_err(|e| ValidationError::new("regex", e.to_string())),
+            _ => Err(ValidationError::new(
+                "exact",
+                "exactly one of `exact` or `regex` must be set",
+            )),
+        }
+    }
+}
+
+/// Compiles a header regex anchored at both ends: a route that says
+/// `regex: "v2"` should not match `v20-beta`. The size limit keeps a hostile
+/// pattern from eating the proxy's memory.
+pub fn compile_header_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 16)
+        .build()
+}
+
+fn validate_split(split: &[WeightedSubset]) -> Result<(), ValidationError> {
+    if split.is_empty() {
+        return Ok(());
+    }
+    let mut total: u64 = 0;
+    for (i, s) in split.iter().enumerate() {
+        if !is_dns_label(&s.subset) {
+            return Err(ValidationError::new(
+                format!("[{i}].subset"),
+                format!("{:?} is not a version label (DNS label)", s.subset),
+            ));
+        }
+        if split[..i].iter().any(|o| o.subset == s.subset) {
+            return Err(ValidationError::new(
+                format!("[{i}].subset"),
+                format!("subset {:?} appears twice", s.subset),
+            ));
+        }
+        if s.weight > 1_000_000 {
+            return Err(ValidationError::new(
+                format!("[{i}].weight"),
+                "must be at most 1000000",
+            ));
+        }
+        total += u64::from(s.weight);
+    }
+    if total == 0 {
+        return Err(ValidationError::new(
+            "[*].weight",
+            "weights sum to 0: no subset would get traffic",
+        ));
+    }
+    Ok(())
+}

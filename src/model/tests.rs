@@ -1,0 +1,115 @@
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = r#"
+endpoints:
+  - { service: inventory, instance: inv-1, address: "127.0.0.1:7101", version: v1, weight: 3 }
+  - { service: inventory, instance: inv-2, address: "127.0.0.1:7102", version: v2 }
+routes:
+  - kind: Route
+    metadata: { name: inventory }
+    spec:
+      match: { service: shop.inventory.v1.InventoryService }
+      destination: inventory
+      rules:
+        - headers: [{ name: x-canary, regex: "true|yes" }]
+          split: [{ subset: v2, weight: 1 }]
+      split:
+        - { subset: v1, weight: 90 }
+        - { subset: v2, weight: 10 }
+"#;
+
+fn parse(text: &str) -> Result<Bootstrap, BootstrapError> {
+    Bootstrap::parse(text, Path::new("test.yaml"))
+}
+
+fn invalid_field(text: &str) -> String {
+    match parse(text) {
+        Err(BootstrapError::Invalid { field, .. }) => field,
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn good_bootstrap_parses_with_defaults() {
+    let b = parse(GOOD).unwrap();
+    assert_eq!(b.endpoints[1].weight, 1);
+    assert_eq!(b.routes[0].path(), "/shop.inventory.v1.InventoryService/");
+}
+
+#[test]
+fn unknown_field_is_a_syntax_error_naming_it() {
+    let err = parse(&GOOD.replace("destination:", "destinaton:")).unwrap_err();
+    assert!(matches!(err, BootstrapError::Syntax { .. }));
+    assert!(err.to_string().contains("destinaton"), "{err}");
+}
+
+#[test]
+fn weights_summing_to_zero_are_refused() {
+    let text = GOOD
+        .replace("{ subset: v1, weight: 90 }", "{ subset: v1, weight: 0 }")
+        .replace("{ subset: v2, weight: 10 }", "{ subset: v2, weight: 0 }");
+    assert_eq!(invalid_field(&text), "routes[0].spec.split[*].weight");
+}
+
+#[test]
+fn bad_header_regex_is_refused() {
+    let text = GOOD.replace("true|yes", "(unclosed");
+    assert_eq!(
+        invalid_field(&text),
+        "routes[0].spec.rules[0].headers[0].regex"
+    );
+}
+
+#[test]
+fn header_match_needs_exactly_one_of_exact_or_regex() {
+    let text = GOOD.replace("regex: \"true|yes\"", "regex: a, exact: b");
+    assert_eq!(
+        invalid_field(&text),
+        "routes[0].spec.rules[0].headers[0].exact"
+    );
+}
+
+#[test]
+fn bad_names_and_weights_are_refused() {
+    assert_eq!(
+        invalid_field(&GOOD.replace("name: inventory }", "name: Inventory }")),
+        "routes[0].metadata.name"
+    );
+    assert_eq!(
+        invalid_field(&GOOD.replace("shop.inventory.v1.InventoryService", "shop..Inv")),
+        "routes[0].spec.match.service"
+    );
+    assert_eq!(
+        invalid_field(&GOOD.replace("weight: 3 }", "weight: 0 }")),
+        "endpoints[0].weight"
+    );
+    assert_eq!(
+        invalid_field(&GOOD.replace("127.0.0.1:7101", "localhost")),
+        "endpoints[0].address"
+    );
+    assert_eq!(
+        invalid_field(&GOOD.replace("subset: v2, weight: 10", "subset: v1, weight: 10")),
+        "routes[0].spec.split[1].subset"
+    );
+}
+
+#[test]
+fn duplicate_instances_and_paths_are_refused() {
+    assert_eq!(
+        invalid_field(&GOOD.replace("inv-2", "inv-1")),
+        "endpoints[1].instance"
+    );
+    let twice = format!(
+        "{GOOD}  - kind: Route\n    metadata: {{ name: other }}\n    spec:\n      match: {{ service: shop.inventory.v1.InventoryService }}\n      destination: inventory\n"
+    );
+    assert_eq!(invalid_field(&twice), "routes[1].spec.match");
+}
+
+#[test]
+fn header_regex_is_anchored() {
+    let re = route::compile_header_regex("v2").unwrap();
+    assert!(re.is_match("v2"));
+    assert!(!re.is_match("v20"));
+}

@@ -1,0 +1,38 @@
+//! Code generated from `proto/` by `build.rs`: message types, tonic clients
+//! and servers, and the descriptor set that server reflection serves.
+
+/// The shop's demo services.
+pub mod shop {
+    /// Products and prices.
+    pub mod catalog {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            tonic::include_proto!("shop.catalog.v1");
+        }
+    }
+    /// Stock and reservations.
+    pub mod inventory {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            tonic::include_proto!("shop.inventory.v1");
+        }
+    }
+    /// Charges and refunds.
+    pub mod payments {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            tonic::include_proto!("shop.payments.v1");
+        }
+    }
+    /// Orders and the saga that places them.
+    pub mod orders {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            tonic::include_proto!("shop.orders.v1");
+        }
+    }
+}
+
+/// Every file under `proto/` plus its imports, encoded as a
+/// `google.protobuf.FileDescriptorSet`: what reflection hands to grpcurl.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("mesh_descriptor");
