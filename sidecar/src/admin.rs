@@ -1,0 +1,137 @@
+//! The admin HTTP API: `/live`, `/ready`, `/config`, `/metrics`. For people
+//! (curl), Kubernetes probes and Prometheus.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::metrics::Metrics;
+use crate::table::RouteTable;
+
+/// How long `/ready` waits for the app's health answer.
+const APP_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The admin service; cheap to clone.
+#[derive(Clone)]
+pub struct Admin {
+    inner: Arc<AdminInner>,
+}
+
+struct AdminInner {
+    table: Arc<ArcSwap<RouteTable>>,
+    metrics: Arc<Metrics>,
+    /// The local app's health service (sidecar mode); `None` at a gateway.
+    app_health: Option<HealthClient<Channel>>,
+}
+
+impl Admin {
+    /// An admin API over the proxy's table and metrics. `app` is the local
+    /// app's address, whose gRPC health decides readiness.
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        metrics: Arc<Metrics>,
+        app: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let app_health = app.map(|addr| {
+            // Lazy: the app may start after its sidecar.
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("a socket address is a valid URI")
+                .connect_timeout(APP_HEALTH_TIMEOUT)
+                .connect_lazy();
+            HealthClient::new(channel)
+        });
+        Self {
+            inner: Arc::new(AdminInner {
+                table,
+                metrics,
+                app_health,
+            }),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n".into()),
+            "/ready" => match self.app_ready().await {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
+            "/config" => {
+                let table = self.inner.table.load();
+                let body = serde_json::json!({
+                    "version": table.version(),
+                    "endpoints": table.source().endpoints,
+                    "routes": table.source().routes,
+                });
+                let mut response = Response::new(Full::new(Bytes::from(
+                    serde_json::to_vec_pretty(&body).unwrap_or_default(),
+                )));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, self.inner.metrics.render());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                response
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /live, /ready, /config, /metrics\n".into(),
+            ),
+        }
+    }
+
+    /// Ready once the local app answers SERVING (a gateway has no app).
+    async fn app_ready(&self) -> Result<(), String> {
+        let Some(client) = &self.inner.app_health else {
+            return Ok(());
+        };
+        let mut client = client.clone();
+        let check = client.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        match tokio::time::timeout(APP_HEALTH_TIMEOUT, check).await {
+            Err(_) => Err("app health check timed out".into()),
+            Ok(Err(status)) => Err(format!("app health check failed: {}", status.message())),
+            Ok(Ok(reply)) if reply.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(reply)) => Err(format!("app reports status {}", reply.get_ref().status)),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+impl hyper::service::Service<Request<Incoming>> for Admin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}

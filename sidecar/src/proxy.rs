@@ -1,0 +1,114 @@
+//! The forwarding service behind every gRPC listener: pick where a call
+//! goes, hand it to that upstream's HTTP/2 connection, pass the response
+//! back. Bodies and trailers stream through untouched; protobuf is never
+//! decoded.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::uri::{Scheme, Uri};
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::metrics::{Direction, Metrics, RouteCounters};
+use crate::proxy_error::{ProxyBody, ProxyError};
+use crate::table::{RouteTable, Target};
+use crate::upstream::Upstream;
+
+/// Where a listener's calls go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Routed by the table (outbound and gateway ingress).
+    Routed(Arc<ArcSwap<RouteTable>>),
+    /// Always the local app (inbound).
+    App {
+        /// The app's connection slot.
+        upstream: Arc<Upstream>,
+        /// Counters of calls to the app.
+        counters: RouteCounters,
+    },
+}
+
+/// A cheap-to-clone handle, one per listener, shared by its connections.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+#[derive(Debug)]
+struct ProxyInner {
+    direction: Direction,
+    destination: Destination,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// A proxy for one listener.
+    pub fn new(direction: Direction, destination: Destination, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(ProxyInner {
+                direction,
+                destination,
+                metrics,
+            }),
+        }
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+        match self.forward(req).await {
+            Ok(response) => response,
+            Err(error) => {
+                let direction = self.inner.direction;
+                tracing::debug!(direction = direction.as_str(), %error, "proxy error");
+                self.inner
+                    .metrics
+                    .record_proxy_error(direction, error.reason);
+                error.into_response()
+            }
+        }
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        let target = match &self.inner.destination {
+            Destination::Routed(table) => table.load().route(req.uri().path(), req.headers())?,
+            Destination::App { upstream, counters } => Target {
+                upstream: upstream.clone(),
+                counters: counters.clone(),
+            },
+        };
+        target.counters.record_request();
+        let upstream = &target.upstream;
+        let mut sender = upstream
+            .sender()
+            .await
+            .map_err(|e| ProxyError::connect_failed(upstream.addr(), e))?;
+
+        // The upstream sees its own authority, as if called directly.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(upstream.authority().clone());
+        *req.uri_mut() = Uri::from_parts(parts)
+            .map_err(|e| ProxyError::malformed_path(&e.to_string()))?;
+
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::upstream_reset(upstream.addr(), e))?;
+        Ok(response.map(Either::Left))
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}

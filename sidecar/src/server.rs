@@ -1,0 +1,110 @@
+//! Accept loops: HTTP/2 (h2c) for the gRPC listeners, HTTP/1 and 2 for admin.
+//! Each stops accepting on shutdown, then gives open connections a grace
+//! period to finish their calls.
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::Proxy;
+
+/// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
+/// `listener` until `shutdown`, then drains for at most `drain`.
+pub async fn serve_grpc(
+    name: &'static str,
+    listener: TcpListener,
+    proxy: Proxy,
+    shutdown: CancellationToken,
+    drain: Duration,
+) {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_concurrent_streams(1024)
+        // Bounded headers: a request with more gets a protocol error, not
+        // unbounded memory.
+        .max_header_list_size(64 << 10)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off a
+                    // moment rather than spin on the error.
+                    tracing::warn!(listener = name, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), proxy.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(listener = name, %peer, %error, "connection ended with error");
+            }
+        });
+    }
+    drop(listener);
+    drain_connections(name, graceful, drain).await;
+}
+
+/// Serves the admin HTTP API (HTTP/1.1 or 2, so curl and Kubernetes probes
+/// both work) until `shutdown`.
+pub async fn serve_http<S>(listener: TcpListener, service: S, shutdown: CancellationToken)
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(listener = "admin", %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let connection = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service.clone())
+                .into_owned(),
+        );
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    drain_connections("admin", graceful, Duration::from_secs(1)).await;
+}
+
+async fn drain_connections(name: &'static str, graceful: GracefulShutdown, drain: Duration) {
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(listener = name, open, ?drain, "draining connections");
+    }
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = name, "drain period over; closing remaining connections");
+    }
+}

@@ -1,0 +1,107 @@
+//! Static settings of a sidecar process: where it listens, what it fronts,
+//! where its table comes from. Validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mesh::logging::LogFormat;
+
+/// What this proxy fronts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Beside an app: outbound for the app's calls, inbound for calls to it.
+    Sidecar,
+    /// At the mesh's edge: an ingress listener for external clients, routed
+    /// like outbound; no local app.
+    Gateway,
+}
+
+/// Command-line and environment settings of the `sidecar` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "sidecar", version, about = "The mesh's data-plane proxy")]
+pub struct Settings {
+    /// Sidecar beside an app, or gateway at the edge.
+    #[arg(long, env = "MESH_MODE", value_enum, default_value_t = Mode::Sidecar)]
+    pub mode: Mode,
+    /// The app's way out: it sends every call to other services here.
+    #[arg(long, env = "MESH_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: SocketAddr,
+    /// Where other sidecars reach this instance; forwarded to the app.
+    #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: SocketAddr,
+    /// The ingress listener of gateway mode.
+    #[arg(long, env = "MESH_INGRESS_ADDR", default_value = "0.0.0.0:8080")]
+    pub ingress_addr: SocketAddr,
+    /// Admin HTTP: /live, /ready, /config, /metrics.
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "0.0.0.0:15000")]
+    pub admin_addr: SocketAddr,
+    /// The local app's gRPC address (sidecar mode).
+    #[arg(long, env = "MESH_APP_ADDR", default_value = "127.0.0.1:50051")]
+    pub app_addr: SocketAddr,
+    /// The mesh service this instance belongs to (sidecar mode), e.g. `orders`.
+    #[arg(long, env = "MESH_SERVICE")]
+    pub service: Option<String>,
+    /// This instance's id; defaults to `$HOSTNAME` or `<service>-<pid>`.
+    #[arg(long, env = "MESH_INSTANCE")]
+    pub instance: Option<String>,
+    /// Static endpoints and routes (YAML): the table when no control plane
+    /// is used.
+    #[arg(long, env = "MESH_BOOTSTRAP")]
+    pub bootstrap: PathBuf,
+    /// Seconds in-flight calls get to finish after SIGTERM.
+    #[arg(long, env = "MESH_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Timeout of one TCP connect to an upstream, in milliseconds.
+    #[arg(long, env = "MESH_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    pub connect_timeout_ms: u64,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Settings that are not acceptable together.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(String);
+
+impl Settings {
+    /// Checks what clap cannot: combinations and ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.mode == Mode::Sidecar && self.service.as_deref().unwrap_or("").is_empty() {
+            return Err(SettingsError(
+                "--service is required in sidecar mode (the mesh service of the local app)".into(),
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(SettingsError("--connect-timeout-ms must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The name this proxy reports itself by in logs and metrics.
+    pub fn service_name(&self) -> &str {
+        match self.mode {
+            Mode::Gateway => self.service.as_deref().unwrap_or("gateway"),
+            Mode::Sidecar => self.service.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// The instance id: the flag, `$HOSTNAME`, or `<service>-<pid>`.
+    pub fn instance_id(&self) -> String {
+        self.instance
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("{}-{}", self.service_name(), std::process::id()))
+    }
+
+    /// Grace period for in-flight calls at shutdown.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+
+    /// Timeout of one upstream connect.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}

@@ -1,0 +1,291 @@
+//! The routing table: a [`Bootstrap`] (or, later, a control-plane push)
+//! compiled once into lookup structures that requests read without locks or
+//! allocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderMap;
+use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route, WeightedSubset};
+use regex::Regex;
+
+use crate::metrics::{Direction, Metrics, RouteCounters};
+use crate::proxy_error::ProxyError;
+use crate::upstream::Upstream;
+use crate::wrr::SmoothWeightedRoundRobin;
+
+/// A table that cannot be built from its source.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The source has a value the model refuses.
+    #[error("invalid table: {0}")]
+    Invalid(#[from] mesh::model::ValidationError),
+    /// An endpoint address is not a URI authority.
+    #[error("endpoint {address:?}: {source}")]
+    Address {
+        /// The address.
+        address: String,
+        /// Why it does not parse.
+        source: http::uri::InvalidUri,
+    },
+}
+
+/// Where a call goes: the endpoint picked for it and the route that sent it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The chosen endpoint's connection slot.
+    pub upstream: Arc<Upstream>,
+    /// Counters of the route that took the call.
+    pub counters: RouteCounters,
+}
+
+/// An immutable routing table. A new source builds a new table; the proxy
+/// swaps it in whole, and in-flight calls finish on the one they started on.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// Routes keyed by `/svc/method` (method routes) and `/svc/` (service routes).
+    by_path: HashMap<String, CompiledRoute>,
+    /// The source, for `/config`.
+    source: Bootstrap,
+    version: String,
+}
+
+#[derive(Debug)]
+struct CompiledRoute {
+    rules: Vec<(Vec<CompiledHeaderMatch>, Balancer)>,
+    default: Balancer,
+    counters: RouteCounters,
+}
+
+#[derive(Debug)]
+enum CompiledHeaderMatch {
+    Exact(String, String),
+    Regex(String, Regex),
+}
+
+impl CompiledHeaderMatch {
+    fn compile(h: &HeaderMatch) -> Result<Self, regex::Error> {
+        Ok(match (&h.exact, &h.regex) {
+            (_, Some(re)) => Self::Regex(h.name.clone(), compile_header_regex(re)?),
+            (exact, None) => Self::Exact(h.name.clone(), exact.clone().unwrap_or_default()),
+        })
+    }
+
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        match self {
+            Self::Exact(name, want) => headers
+                .get(name.as_str())
+                .is_some_and(|v| v.as_bytes() == want.as_bytes()),
+            Self::Regex(name, re) => headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| re.is_match(v)),
+        }
+    }
+}
+
+/// Picks an endpoint for a split: first a subset by the split's weights,
+/// then an endpoint of that subset by the endpoints' weights, both smooth
+/// weighted round-robin.
+#[derive(Debug)]
+struct Balancer {
+    service: String,
+    subsets: Vec<Subset>,
+    by_weight: Option<SmoothWeightedRoundRobin>,
+}
+
+#[derive(Debug)]
+struct Subset {
+    /// `None` when the split is empty: every endpoint of the service.
+    name: Option<String>,
+    endpoints: Vec<Arc<Upstream>>,
+    by_weight: Option<SmoothWeightedRoundRobin>,
+}
+
+impl Balancer {
+    fn new(
+        service: &str,
+        split: &[WeightedSubset],
+        endpoints: &[(&Endpoint, Arc<Upstream>)],
+    ) -> Self {
+        let subset = |name: Option<&str>| {
+            let members: Vec<_> = endpoints
+                .iter()
+                .filter(|(ep, _)| ep.service == service && name.is_none_or(|n| ep.version == n))
+                .collect();
+            Subset {
+                name: name.map(str::to_owned),
+                by_weight: SmoothWeightedRoundRobin::new(members.iter().map(|(ep, _)| ep.weight)),
+                endpoints: members.into_iter().map(|(_, up)| up.clone()).collect(),
+            }
+        };
+        let (subsets, by_weight) = if split.is_empty() {
+            (vec![subset(None)], SmoothWeightedRoundRobin::new([1]))
+        } else {
+            (
+                split.iter().map(|s| subset(Some(&s.subset))).collect(),
+                SmoothWeightedRoundRobin::new(split.iter().map(|s| s.weight)),
+            )
+        };
+        Self {
+            service: service.to_owned(),
+            subsets,
+            by_weight,
+        }
+    }
+
+    fn pick(&self) -> Result<&Arc<Upstream>, ProxyError> {
+        let subset = self
+            .by_weight
+            .as_ref()
+            .map(|w| &self.subsets[w.pick()])
+            .ok_or_else(|| ProxyError::no_endpoints(&self.service, None))?;
+        subset
+            .by_weight
+            .as_ref()
+            .map(|w| &subset.endpoints[w.pick()])
+            .ok_or_else(|| ProxyError::no_endpoints(&self.service, subset.name.as_deref()))
+    }
+}
+
+/// Connection slots by address, shared by successive tables so a table
+/// change keeps the connections of endpoints that did not change.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    connect_timeout: Duration,
+    slots: Mutex<HashMap<String, Arc<Upstream>>>,
+}
+
+impl UpstreamPool {
+    /// An empty pool whose connections time out connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The slot for `address`, created on first use.
+    pub fn get(&self, address: &str) -> Result<Arc<Upstream>, http::uri::InvalidUri> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(up) = slots.get(address) {
+            return Ok(up.clone());
+        }
+        let up = Arc::new(Upstream::new(address, self.connect_timeout)?);
+        slots.insert(address.to_owned(), up.clone());
+        Ok(up)
+    }
+
+    /// Forgets slots no table uses any more (their connections close when
+    /// the last in-flight call on them ends).
+    fn retain(&self, keep: &[&str]) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|addr, _| keep.contains(&addr.as_str()));
+    }
+}
+
+impl RouteTable {
+    /// Compiles `source` into a table, taking connection slots from `pool`.
+    pub fn build(
+        source: Bootstrap,
+        version: String,
+        pool: &UpstreamPool,
+        metrics: &Metrics,
+        direction: Direction,
+    ) -> Result<Self, TableError> {
+        source.validate()?;
+        let endpoints = source
+            .endpoints
+            .iter()
+            .map(|ep| {
+                pool.get(&ep.address)
+                    .map(|up| (ep, up))
+                    .map_err(|source| TableError::Address {
+                        address: ep.address.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut by_path = HashMap::new();
+        for route in &source.routes {
+            by_path.insert(
+                route.path(),
+                compile_route(route, &endpoints, metrics, direction)?,
+            );
+        }
+        let addresses: Vec<&str> = source.endpoints.iter().map(|e| e.address.as_str()).collect();
+        pool.retain(&addresses);
+        Ok(Self {
+            by_path,
+            source,
+            version,
+        })
+    }
+
+    /// Routes a call by its gRPC path (`/pkg.Service/Method`) and headers.
+    pub fn route(&self, path: &str, headers: &HeaderMap) -> Result<Target, ProxyError> {
+        let route = self.lookup(path)?;
+        let balancer = route
+            .rules
+            .iter()
+            .find(|(matches, _)| matches.iter().all(|m| m.matches(headers)))
+            .map_or(&route.default, |(_, b)| b);
+        Ok(Target {
+            upstream: balancer.pick()?.clone(),
+            counters: route.counters.clone(),
+        })
+    }
+
+    fn lookup(&self, path: &str) -> Result<&CompiledRoute, ProxyError> {
+        // A gRPC path is exactly "/" service "/" method, both non-empty.
+        let (service, _method) = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+            .ok_or_else(|| ProxyError::malformed_path(path))?;
+        self.by_path
+            .get(path)
+            .or_else(|| self.by_path.get(&path[..service.len() + 2]))
+            .ok_or_else(|| ProxyError::no_route(path))
+    }
+
+    /// The table's source, for `/config`.
+    pub fn source(&self) -> &Bootstrap {
+        &self.source
+    }
+
+    /// Which version of its source the table was built from.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+fn compile_route(
+    route: &Route,
+    endpoints: &[(&Endpoint, Arc<Upstream>)],
+    metrics: &Metrics,
+    direction: Direction,
+) -> Result<CompiledRoute, TableError> {
+    let service = &route.spec.destination;
+    let mut rules = Vec::with_capacity(route.spec.rules.len());
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        let matches = rule
+            .headers
+            .iter()
+            .map(CompiledHeaderMatch::compile)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                mesh::model::ValidationError {
+                    field: format!("spec.rules[{i}].headers"),
+                    reason: e.to_string(),
+                }
+            })?;
+        rules.push((matches, Balancer::new(service, &rule.split, endpoints)));
+    }
+    Ok(CompiledRoute {
+        rules,
+        default: Balancer::new(service, &route.spec.split, endpoints),
+        counters: metrics.route_counters(direction, service),
+    })
+}

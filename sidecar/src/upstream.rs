@@ -1,0 +1,185 @@
+//! One multiplexed HTTP/2 connection to one upstream address, reconnected
+//! with exponential backoff when it breaks.
+//!
+//! Every call to the endpoint shares the connection (gRPC multiplexes
+//! streams; a connection per call would cost a handshake each and defeat
+//! per-request balancing). The connection is made on first use, so an
+//! endpoint nobody calls costs nothing.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+/// Backoff after the first failed connect; doubles per failure up to
+/// [`MAX_BACKOFF`]. Short at first so a restarted app is found again fast.
+const BASE_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between connect attempts to a dead endpoint.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why no connection could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The connect itself failed (refused, unreachable, handshake).
+    #[error("{0}")]
+    Failed(String),
+    /// A recent connect failed and the backoff has not passed yet.
+    #[error("backing off after: {last_error} (next attempt in {retry_in:?})")]
+    BackingOff {
+        /// What the last attempt said.
+        last_error: String,
+        /// Time until the next attempt is allowed.
+        retry_in: Duration,
+    },
+}
+
+enum State {
+    Idle,
+    Ready(SendRequest<Incoming>),
+    BackingOff {
+        until: Instant,
+        failures: u32,
+        last_error: String,
+    },
+}
+
+/// A connection slot for one upstream address.
+pub struct Upstream {
+    addr: String,
+    authority: Authority,
+    connect_timeout: Duration,
+    state: Mutex<State>,
+    /// Single flight: one connect at a time; callers that arrive meanwhile
+    /// wait for its outcome instead of opening connections of their own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("addr", &self.addr).finish()
+    }
+}
+
+impl Upstream {
+    /// A slot for `addr` (`host:port`); nothing is connected yet.
+    pub fn new(addr: &str, connect_timeout: Duration) -> Result<Self, http::uri::InvalidUri> {
+        Ok(Self {
+            authority: addr.parse()?,
+            addr: addr.to_owned(),
+            connect_timeout,
+            state: Mutex::new(State::Idle),
+            connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `host:port` of the upstream.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The `:authority` requests to this upstream carry.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// A handle to send requests on the live connection, connecting first if
+    /// there is none. Fails fast while backing off after a failed connect.
+    pub async fn sender(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+        if let Some(sender) = self.ready_sender()? {
+            return Ok(sender);
+        }
+        let _single_flight = self.connecting.lock().await;
+        // Someone else may have connected (or failed) while we waited.
+        if let Some(sender) = self.ready_sender()? {
+            return Ok(sender);
+        }
+        match self.connect().await {
+            Ok(sender) => {
+                *self.lock() = State::Ready(sender.clone());
+                Ok(sender)
+            }
+            Err(error) => {
+                let mut state = self.lock();
+                let failures = match &*state {
+                    State::BackingOff { failures, .. } => failures + 1,
+                    _ => 1,
+                };
+                let wait = BASE_BACKOFF
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(MAX_BACKOFF);
+                tracing::warn!(upstream = %self.addr, %error, ?wait, "connect failed");
+                *state = State::BackingOff {
+                    until: Instant::now() + wait,
+                    failures,
+                    last_error: error.clone(),
+                };
+                Err(ConnectError::Failed(error))
+            }
+        }
+    }
+
+    /// The live sender, `None` if a connect should be tried, or the backoff
+    /// error if it is too early to try.
+    fn ready_sender(&self) -> Result<Option<SendRequest<Incoming>>, ConnectError> {
+        let mut state = self.lock();
+        match &*state {
+            State::Ready(sender) if !sender.is_closed() => Ok(Some(sender.clone())),
+            State::Ready(_) => {
+                *state = State::Idle;
+                Ok(None)
+            }
+            State::Idle => Ok(None),
+            State::BackingOff {
+                until, last_error, ..
+            } => {
+                let now = Instant::now();
+                if now < *until {
+                    Err(ConnectError::BackingOff {
+                        last_error: last_error.clone(),
+                        retry_in: *until - now,
+                    })
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(&self.addr),
+        )
+        .await
+        .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
+        .map_err(|e| e.to_string())?;
+        // gRPC messages are small and latency-bound: never wait to coalesce.
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let addr = self.addr.clone();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::debug!(upstream = %addr, "connection closed"),
+                Err(error) => tracing::info!(upstream = %addr, %error, "connection lost"),
+            }
+        });
+        tracing::debug!(upstream = %self.addr, "connected");
+        Ok(sender)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
