@@ -10,10 +10,13 @@
 //! - [`app`]: what every shop service needs to be a good mesh citizen:
 //!   standard flags, health, reflection, the `x-served-by` header, the
 //!   outbound channel to its sidecar and graceful shutdown.
+//! - [`demo`]: the demo shop as a plan of processes and their table, run
+//!   by `meshctl up` and by the end-to-end tests alike.
 //! - [`logging`]: one `tracing` subscriber set-up for every binary.
 //! - [`shutdown`]: the process-wide shutdown signal (SIGTERM and SIGINT).
 
 pub mod app;
+pub mod demo;
 pub mod logging;
 pub mod model;
 pub mod proto;

@@ -1,0 +1,239 @@
+//! `meshctl up`: start the demo shop (apps, their sidecars, a gateway) on
+//! loopback, wait until every proxy is ready, say how to use it, and stop
+//! everything cleanly on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mesh::demo::{admin_get, Plan, ProcessSpec, Role, Topology};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `meshctl up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the gateway listens for grpcurl and other clients.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway: SocketAddr,
+    /// Directory holding the mesh binaries (sidecar, catalog, ...); defaults
+    /// to meshctl's own directory.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Directory for the bootstrap table and the processes' logs; defaults to
+    /// a new directory under the system temp dir.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Seconds to wait for every proxy to be ready.
+    #[arg(long, default_value_t = 60)]
+    pub ready_timeout: u64,
+}
+
+struct Running {
+    spec: ProcessSpec,
+    child: Child,
+}
+
+/// Runs the demo mesh until `shutdown` fires or a process dies.
+pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let bin_dir = match args.bin_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::current_exe()
+            .context("cannot find meshctl's own path")?
+            .parent()
+            .context("meshctl has no parent directory")?
+            .to_owned(),
+    };
+    let run_dir = match args.run_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("meshctl-up-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(run_dir.join("logs"))
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+
+    let bootstrap_path = run_dir.join("bootstrap.yaml");
+    let mut ports = free_ports()?;
+    let plan = Topology::shop(args.gateway).plan(&mut ports, &bootstrap_path);
+    for spec in &plan.processes {
+        let path = bin_dir.join(&spec.program);
+        if !path.is_file() {
+            bail!(
+                "{} not found: build the mesh first (cargo build --workspace), or pass --bin-dir",
+                path.display()
+            );
+        }
+    }
+    std::fs::write(&bootstrap_path, serde_yaml_ng::to_string(&plan.bootstrap)?)
+        .with_context(|| format!("cannot write {}", bootstrap_path.display()))?;
+
+    let mut running = Vec::new();
+    let started = start_all(&plan, &bin_dir, &run_dir, &mut running, &args, &shutdown).await;
+    if let Err(error) = started {
+        stop_all(&mut running).await;
+        return Err(error);
+    }
+    print_welcome(&plan, &run_dir);
+
+    let died = tokio::select! {
+        () = shutdown.cancelled() => None,
+        died = first_exit(&mut running) => Some(died),
+    };
+    if let Some((name, status)) = &died {
+        eprintln!("meshctl: {name} exited ({status}); stopping the mesh");
+    } else {
+        eprintln!("meshctl: stopping the mesh");
+    }
+    stop_all(&mut running).await;
+    eprintln!("meshctl: stopped; logs are in {}", run_dir.join("logs").display());
+    if let Some((name, _)) = died {
+        bail!("{name} died; see its log");
+    }
+    Ok(())
+}
+
+/// A port allocator that asks the OS for free loopback ports, never
+/// handing out the same one twice.
+fn free_ports() -> anyhow::Result<impl FnMut() -> u16> {
+    let mut held = Vec::new();
+    Ok(move || {
+        // Keeping each probe listener open until the allocator is dropped
+        // stops the OS from handing the same port out again.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        held.push(listener);
+        port
+    })
+}
+
+async fn start_all(
+    plan: &Plan,
+    bin_dir: &Path,
+    run_dir: &Path,
+    running: &mut Vec<Running>,
+    args: &UpArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    for spec in &plan.processes {
+        let log_path = run_dir.join("logs").join(format!("{}.log", spec.name));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        let child = Command::new(bin_dir.join(&spec.program))
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", spec.name))?;
+        running.push(Running {
+            spec: spec.clone(),
+            child,
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout);
+    for spec in plan.processes.iter().filter(|p| p.admin.is_some()) {
+        wait_ready(spec, running, deadline, shutdown, run_dir).await?;
+    }
+    Ok(())
+}
+
+async fn wait_ready(
+    spec: &ProcessSpec,
+    running: &mut [Running],
+    deadline: tokio::time::Instant,
+    shutdown: &CancellationToken,
+    run_dir: &Path,
+) -> anyhow::Result<()> {
+    let Some(admin) = spec.admin else {
+        return Ok(());
+    };
+    loop {
+        for r in running.iter_mut() {
+            if let Some(status) = r.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}); its log: {}",
+                    r.spec.name,
+                    run_dir.join("logs").join(format!("{}.log", r.spec.name)).display()
+                );
+            }
+        }
+        let ready = tokio::task::spawn_blocking(move || admin_get(admin, "/ready"))
+            .await?
+            .is_ok_and(|(status, _)| status == 200);
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{} not ready in time (GET http://{admin}/ready)", spec.name);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = shutdown.cancelled() => bail!("interrupted during start-up"),
+        }
+    }
+}
+
+async fn first_exit(running: &mut [Running]) -> (String, std::process::ExitStatus) {
+    let waits = running.iter_mut().map(|r| {
+        Box::pin(async move {
+            let status = r.child.wait().await;
+            (r.spec.name.clone(), status)
+        })
+    });
+    let ((name, status), _, _) = futures_util::future::select_all(waits).await;
+    match status {
+        Ok(status) => (name, status),
+        Err(_) => (name, std::process::ExitStatus::default()),
+    }
+}
+
+/// SIGTERM in reverse start order (gateway first, apps last), so nothing
+/// sends calls to a process that is already gone; SIGKILL what has not
+/// exited after its grace period.
+async fn stop_all(running: &mut [Running]) {
+    for r in running.iter().rev() {
+        if let Some(pid) = r.child.id() {
+            // SAFETY: kill(2) with a pid we spawned and still own.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    for r in running.iter_mut().rev() {
+        if tokio::time::timeout(Duration::from_secs(15), r.child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("meshctl: {} did not stop in time; killing it", r.spec.name);
+            let _ = r.child.kill().await;
+        }
+    }
+}
+
+fn print_welcome(plan: &Plan, run_dir: &Path) {
+    let gateway = plan.gateway().map(|g| g.to_string()).unwrap_or_default();
+    println!("mesh is up. Every call goes client -> gateway -> sidecar -> app, and app -> sidecar -> sidecar -> app.\n");
+    println!("  {:<22} {:<10} {:<22} {:<22}", "process", "role", "serves", "admin");
+    for p in &plan.processes {
+        let role = match p.role {
+            Role::App => "app",
+            Role::Sidecar => "sidecar",
+            Role::Gateway => "gateway",
+        };
+        let admin = p.admin.map(|a| format!("http://{a}")).unwrap_or_default();
+        println!("  {:<22} {:<10} {:<22} {:<22}", p.name, role, p.serving, admin);
+    }
+    println!("\nTry:");
+    println!("  grpcurl -plaintext {gateway} list");
+    println!("  grpcurl -plaintext {gateway} describe shop.orders.v1.OrdersService");
+    println!(
+        "  grpcurl -plaintext -d '{{\"request_id\":\"r1\",\"customer_id\":\"alice\",\"lines\":[{{\"sku\":\"sku-espresso-beans\",\"quantity\":2}}]}}' {gateway} shop.orders.v1.OrdersService/PlaceOrder"
+    );
+    println!("  grpcurl -plaintext -d '{{\"order_id\":\"<id from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
+    println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.inventory.v1.InventoryService/GetStock   # x-served-by alternates");
+    println!("\nLogs: {}   Table: {}", run_dir.join("logs").display(), run_dir.join("bootstrap.yaml").display());
+    println!("Ctrl-C stops everything.");
+}

@@ -1,0 +1,344 @@
+//! The demo shop as a plan of processes on one machine: which binaries run
+//! with which flags, on which loopback ports, and the bootstrap table that
+//! wires them. `meshctl up` runs this plan, and the end-to-end tests run the
+//! same plan, so what the tests prove is what a newcomer runs.
+//!
+//! Planning is pure; starting the processes is the caller's job.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+
+use crate::model::{Bootstrap, Endpoint, Route, RouteMatch, RouteMetadata, RouteSpec};
+
+/// The shop's mesh services and the gRPC service each serves.
+pub const SHOP_SERVICES: [(&str, &str); 4] = [
+    ("catalog", "shop.catalog.v1.CatalogService"),
+    ("inventory", "shop.inventory.v1.InventoryService"),
+    ("payments", "shop.payments.v1.PaymentsService"),
+    ("orders", "shop.orders.v1.OrdersService"),
+];
+
+/// The reflection services a gateway routes to the service that answers
+/// grpcurl's `list` and `describe` there.
+pub const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// One instance of a shop service: the app and its sidecar.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Instance id, reported in `x-served-by`.
+    pub id: String,
+    /// Its `version` label (subset).
+    pub version: String,
+    /// Its weight for weighted round-robin.
+    pub weight: u32,
+    /// Extra flags for the app (e.g. `--failure-rate 1` for payments).
+    pub app_args: Vec<String>,
+}
+
+impl InstanceSpec {
+    /// Instance `id`, version `v1`, weight 1, no extra flags.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            version: "v1".into(),
+            weight: 1,
+            app_args: Vec::new(),
+        }
+    }
+
+    /// Sets the weight.
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// Sets the version label.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Appends app flags.
+    pub fn app_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.app_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// Which shop services run, with how many instances, and whether a gateway
+/// fronts them.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    /// Mesh service name and its instances.
+    pub services: Vec<(String, Vec<InstanceSpec>)>,
+    /// The gateway's ingress address; `None` for no gateway, port 0 for any
+    /// free port.
+    pub gateway: Option<SocketAddr>,
+    /// Routes beyond the shop's defaults (they must not take the same path).
+    pub extra_routes: Vec<Route>,
+    /// Endpoints beyond the planned instances (e.g. deliberately dead ones).
+    pub extra_endpoints: Vec<Endpoint>,
+}
+
+/// What a planned process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A shop service binary.
+    App,
+    /// A sidecar beside an app.
+    Sidecar,
+    /// The gateway.
+    Gateway,
+}
+
+/// One process to start.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    /// Unique name, e.g. `inventory-2` or `inventory-2-sidecar`.
+    pub name: String,
+    /// Binary name (in the workspace's target directory).
+    pub program: String,
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// What the process is.
+    pub role: Role,
+    /// The mesh service it belongs to (`gateway` for the gateway).
+    pub service: String,
+    /// Its admin address (proxies), where `/ready` says it can take calls.
+    pub admin: Option<SocketAddr>,
+    /// The address clients use: the app's port, the sidecar's inbound, the
+    /// gateway's ingress.
+    pub serving: SocketAddr,
+    /// The sidecar's outbound listener (sidecars only).
+    pub outbound: Option<SocketAddr>,
+}
+
+/// Processes and the bootstrap table that wires them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Start order: each app before its sidecar, the gateway last.
+    pub processes: Vec<ProcessSpec>,
+    /// The table every proxy is given.
+    pub bootstrap: Bootstrap,
+}
+
+impl Plan {
+    /// The process named `name`.
+    pub fn process(&self, name: &str) -> Option<&ProcessSpec> {
+        self.processes.iter().find(|p| p.name == name)
+    }
+
+    /// The gateway's ingress address, if the plan has a gateway.
+    pub fn gateway(&self) -> Option<SocketAddr> {
+        self.processes
+            .iter()
+            .find(|p| p.role == Role::Gateway)
+            .map(|p| p.serving)
+    }
+}
+
+impl Topology {
+    /// The demo shop: one instance of each service (two of inventory, so
+    /// balancing is visible) and a gateway on `gateway`.
+    pub fn shop(gateway: SocketAddr) -> Self {
+        let one = |name: &str| (name.to_owned(), vec![InstanceSpec::new(format!("{name}-1"))]);
+        Self {
+            services: vec![
+                one("catalog"),
+                (
+                    "inventory".into(),
+                    vec![InstanceSpec::new("inventory-1"), InstanceSpec::new("inventory-2")],
+                ),
+                one("payments"),
+                one("orders"),
+            ],
+            gateway: Some(gateway),
+            ..Self::default()
+        }
+    }
+
+    /// Lays the topology out on loopback ports taken from `next_port`, with
+    /// every proxy reading its table from `bootstrap_path`.
+    pub fn plan(&self, next_port: &mut dyn FnMut() -> u16, bootstrap_path: &Path) -> Plan {
+        let loopback = |port: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        let bootstrap_arg = bootstrap_path.display().to_string();
+        let mut processes = Vec::new();
+        let mut endpoints = Vec::new();
+        for (service, instances) in &self.services {
+            for instance in instances {
+                let app = loopback(next_port());
+                let outbound = loopback(next_port());
+                let inbound = loopback(next_port());
+                let admin = loopback(next_port());
+                let mut app_args = vec![
+                    "--port".to_owned(),
+                    app.port().to_string(),
+                    "--instance-id".into(),
+                    instance.id.clone(),
+                    "--version-label".into(),
+                    instance.version.clone(),
+                    "--outbound".into(),
+                    format!("http://{outbound}"),
+                ];
+                app_args.extend(instance.app_args.iter().cloned());
+                processes.push(ProcessSpec {
+                    name: instance.id.clone(),
+                    program: service.clone(),
+                    args: app_args,
+                    env: Vec::new(),
+                    role: Role::App,
+                    service: service.clone(),
+                    admin: None,
+                    serving: app,
+                    outbound: None,
+                });
+                processes.push(ProcessSpec {
+                    name: format!("{}-sidecar", instance.id),
+                    program: "sidecar".into(),
+                    args: [
+                        "--service",
+                        service,
+                        "--instance",
+                        &instance.id,
+                        "--app-addr",
+                        &app.to_string(),
+                        "--outbound-addr",
+                        &outbound.to_string(),
+                        "--inbound-addr",
+                        &inbound.to_string(),
+                        "--admin-addr",
+                        &admin.to_string(),
+                        "--bootstrap",
+                        &bootstrap_arg,
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                    env: Vec::new(),
+                    role: Role::Sidecar,
+                    service: service.clone(),
+                    admin: Some(admin),
+                    serving: inbound,
+                    outbound: Some(outbound),
+                });
+                endpoints.push(Endpoint {
+                    service: service.clone(),
+                    instance: instance.id.clone(),
+                    address: inbound.to_string(),
+                    version: instance.version.clone(),
+                    weight: instance.weight,
+                });
+            }
+        }
+        if let Some(ingress) = self.gateway {
+            let ingress = if ingress.port() == 0 {
+                SocketAddr::new(ingress.ip(), next_port())
+            } else {
+                ingress
+            };
+            let admin = loopback(next_port());
+            processes.push(ProcessSpec {
+                name: "gateway".into(),
+                program: "sidecar".into(),
+                args: [
+                    "--mode",
+                    "gateway",
+                    "--instance",
+                    "gateway",
+                    "--ingress-addr",
+                    &ingress.to_string(),
+                    "--admin-addr",
+                    &admin.to_string(),
+                    "--bootstrap",
+                    &bootstrap_arg,
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+                env: Vec::new(),
+                role: Role::Gateway,
+                service: "gateway".into(),
+                admin: Some(admin),
+                serving: ingress,
+                outbound: None,
+            });
+        }
+        endpoints.extend(self.extra_endpoints.iter().cloned());
+        let mut routes = self.default_routes();
+        routes.extend(self.extra_routes.iter().cloned());
+        Plan {
+            processes,
+            bootstrap: Bootstrap { endpoints, routes },
+        }
+    }
+
+    /// A route per shop gRPC service to its mesh service, and the
+    /// reflection services to `orders` (or the first service), so grpcurl
+    /// works at the gateway.
+    fn default_routes(&self) -> Vec<Route> {
+        let has = |name: &str| self.services.iter().any(|(s, _)| s == name);
+        let mut routes: Vec<Route> = SHOP_SERVICES
+            .iter()
+            .filter(|(service, _)| has(service))
+            .map(|(service, grpc)| route(service, grpc, service))
+            .collect();
+        let reflection_target = if has("orders") {
+            Some("orders")
+        } else {
+            self.services.first().map(|(s, _)| s.as_str())
+        };
+        if let Some(target) = reflection_target {
+            for (i, grpc) in REFLECTION_SERVICES.iter().enumerate() {
+                routes.push(route(&format!("reflection-{i}"), grpc, target));
+            }
+        }
+        routes
+    }
+}
+
+/// A route taking every method of `grpc_service` to `destination`.
+pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
+    Route {
+        kind: "Route".into(),
+        metadata: RouteMetadata { name: name.into() },
+        spec: RouteSpec {
+            matches: RouteMatch {
+                service: grpc_service.into(),
+                method: None,
+            },
+            destination: destination.into(),
+            rules: Vec::new(),
+            split: Vec::new(),
+        },
+    }
+}
+
+/// A blocking HTTP/1.1 GET against a proxy's admin port: `(status, body)`.
+/// Small on purpose: readiness polling needs nothing more.
+pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
