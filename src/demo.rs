@@ -146,13 +146,21 @@ impl Topology {
     /// The demo shop: one instance of each service (two of inventory, so
     /// balancing is visible) and a gateway on `gateway`.
     pub fn shop(gateway: SocketAddr) -> Self {
-        let one = |name: &str| (name.to_owned(), vec![InstanceSpec::new(format!("{name}-1"))]);
+        let one = |name: &str| {
+            (
+                name.to_owned(),
+                vec![InstanceSpec::new(format!("{name}-1"))],
+            )
+        };
         Self {
             services: vec![
                 one("catalog"),
                 (
                     "inventory".into(),
-                    vec![InstanceSpec::new("inventory-1"), InstanceSpec::new("inventory-2")],
+                    vec![
+                        InstanceSpec::new("inventory-1"),
+                        InstanceSpec::new("inventory-2"),
+                    ],
                 ),
                 one("payments"),
                 one("orders"),

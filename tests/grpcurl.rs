@@ -9,9 +9,19 @@ use support::{grpcurl, run_grpcurl, TestMesh};
 #[test]
 fn grpcurl_lists_describes_and_calls_through_gateway_and_sidecar() {
     let Some(grpcurl) = grpcurl() else { return };
-    let one = |name: &str| (name.to_owned(), vec![InstanceSpec::new(format!("{name}-1"))]);
+    let one = |name: &str| {
+        (
+            name.to_owned(),
+            vec![InstanceSpec::new(format!("{name}-1"))],
+        )
+    };
     let topology = Topology {
-        services: vec![one("catalog"), one("inventory"), one("payments"), one("orders")],
+        services: vec![
+            one("catalog"),
+            one("inventory"),
+            one("payments"),
+            one("orders"),
+        ],
         gateway: Some("127.0.0.1:0".parse().unwrap()),
         ..Topology::default()
     };
@@ -25,7 +35,12 @@ fn grpcurl_lists_describes_and_calls_through_gateway_and_sidecar() {
 
     let (ok, out, err) = run_grpcurl(
         &grpcurl,
-        &["-plaintext", &gateway, "describe", "shop.orders.v1.OrdersService"],
+        &[
+            "-plaintext",
+            &gateway,
+            "describe",
+            "shop.orders.v1.OrdersService",
+        ],
     );
     assert!(ok, "describe failed: {err}");
     assert!(out.contains("rpc PlaceOrder"), "{out}");

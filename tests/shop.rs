@@ -321,7 +321,11 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
         gateway: Some("127.0.0.1:0".parse().unwrap()),
         extra_routes: vec![
             route("orders", "shop.orders.v1.OrdersService", "orders"),
-            route("inventory", "shop.inventory.v1.InventoryService", "inventory"),
+            route(
+                "inventory",
+                "shop.inventory.v1.InventoryService",
+                "inventory",
+            ),
         ],
         extra_endpoints: vec![Endpoint {
             service: "inventory".into(),
@@ -405,13 +409,8 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "upstream-reset");
 
-    let errors = |reason: &str| {
-        mesh.counter(
-            "gateway",
-            "mesh_proxy_errors_total",
-            &[("reason", reason)],
-        )
-    };
+    let errors =
+        |reason: &str| mesh.counter("gateway", "mesh_proxy_errors_total", &[("reason", reason)]);
     assert_eq!(errors("no-route"), 1.0);
     assert_eq!(errors("no-endpoints"), 1.0);
     assert_eq!(errors("upstream-connect-failed"), 1.0);

@@ -86,7 +86,10 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         eprintln!("meshctl: stopping the mesh");
     }
     stop_all(&mut running).await;
-    eprintln!("meshctl: stopped; logs are in {}", run_dir.join("logs").display());
+    eprintln!(
+        "meshctl: stopped; logs are in {}",
+        run_dir.join("logs").display()
+    );
     if let Some((name, _)) = died {
         bail!("{name} died; see its log");
     }
@@ -156,7 +159,10 @@ async fn wait_ready(
                 bail!(
                     "{} exited during start-up ({status}); its log: {}",
                     r.spec.name,
-                    run_dir.join("logs").join(format!("{}.log", r.spec.name)).display()
+                    run_dir
+                        .join("logs")
+                        .join(format!("{}.log", r.spec.name))
+                        .display()
                 );
             }
         }
@@ -216,7 +222,10 @@ async fn stop_all(running: &mut [Running]) {
 fn print_welcome(plan: &Plan, run_dir: &Path) {
     let gateway = plan.gateway().map(|g| g.to_string()).unwrap_or_default();
     println!("mesh is up. Every call goes client -> gateway -> sidecar -> app, and app -> sidecar -> sidecar -> app.\n");
-    println!("  {:<22} {:<10} {:<22} {:<22}", "process", "role", "serves", "admin");
+    println!(
+        "  {:<22} {:<10} {:<22} {:<22}",
+        "process", "role", "serves", "admin"
+    );
     for p in &plan.processes {
         let role = match p.role {
             Role::App => "app",
@@ -224,7 +233,10 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
             Role::Gateway => "gateway",
         };
         let admin = p.admin.map(|a| format!("http://{a}")).unwrap_or_default();
-        println!("  {:<22} {:<10} {:<22} {:<22}", p.name, role, p.serving, admin);
+        println!(
+            "  {:<22} {:<10} {:<22} {:<22}",
+            p.name, role, p.serving, admin
+        );
     }
     println!("\nTry:");
     println!("  grpcurl -plaintext {gateway} list");
@@ -234,6 +246,10 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
     );
     println!("  grpcurl -plaintext -d '{{\"order_id\":\"<id from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
     println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.inventory.v1.InventoryService/GetStock   # x-served-by alternates");
-    println!("\nLogs: {}   Table: {}", run_dir.join("logs").display(), run_dir.join("bootstrap.yaml").display());
+    println!(
+        "\nLogs: {}   Table: {}",
+        run_dir.join("logs").display(),
+        run_dir.join("bootstrap.yaml").display()
+    );
     println!("Ctrl-C stops everything.");
 }

@@ -66,7 +66,10 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => match self.app_ready().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
             },
             "/config" => {
                 let table = self.inner.table.load();

@@ -115,13 +115,31 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 },
                 metrics.clone(),
             );
-            tasks.spawn(server::serve_grpc("outbound", outbound, routed, shutdown.clone(), drain));
-            tasks.spawn(server::serve_grpc("inbound", inbound, to_app, shutdown.clone(), drain));
+            tasks.spawn(server::serve_grpc(
+                "outbound",
+                outbound,
+                routed,
+                shutdown.clone(),
+                drain,
+            ));
+            tasks.spawn(server::serve_grpc(
+                "inbound",
+                inbound,
+                to_app,
+                shutdown.clone(),
+                drain,
+            ));
             Some(settings.app_addr)
         }
         Mode::Gateway => {
             let ingress = bind("ingress", settings.ingress_addr).await?;
-            tasks.spawn(server::serve_grpc("ingress", ingress, routed, shutdown.clone(), drain));
+            tasks.spawn(server::serve_grpc(
+                "ingress",
+                ingress,
+                routed,
+                shutdown.clone(),
+                drain,
+            ));
             None
         }
     };

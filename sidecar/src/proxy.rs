@@ -91,8 +91,8 @@ impl Proxy {
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(upstream.authority().clone());
-        *req.uri_mut() = Uri::from_parts(parts)
-            .map_err(|e| ProxyError::malformed_path(&e.to_string()))?;
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| ProxyError::malformed_path(&e.to_string()))?;
 
         let response = sender
             .send_request(req)

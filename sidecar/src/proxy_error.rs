@@ -31,7 +31,11 @@ pub struct ProxyError {
 impl ProxyError {
     /// No route matches the call's gRPC path.
     pub fn no_route(path: &str) -> Self {
-        Self::new(Code::Unimplemented, "no-route", format!("no route for {path}"))
+        Self::new(
+            Code::Unimplemented,
+            "no-route",
+            format!("no route for {path}"),
+        )
     }
 
     /// The path is not `/package.Service/Method`.

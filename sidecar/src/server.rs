@@ -47,7 +47,8 @@ pub async fn serve_grpc(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), proxy.clone()));
+        let connection =
+            graceful.watch(builder.serve_connection(TokioIo::new(stream), proxy.clone()));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(listener = name, %peer, %error, "connection ended with error");
@@ -104,7 +105,13 @@ async fn drain_connections(name: &'static str, graceful: GracefulShutdown, drain
     if open > 0 {
         tracing::info!(listener = name, open, ?drain, "draining connections");
     }
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, "drain period over; closing remaining connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "drain period over; closing remaining connections"
+        );
     }
 }

@@ -74,7 +74,9 @@ impl Settings {
             ));
         }
         if self.connect_timeout_ms == 0 {
-            return Err(SettingsError("--connect-timeout-ms must be positive".into()));
+            return Err(SettingsError(
+                "--connect-timeout-ms must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -214,7 +214,11 @@ impl RouteTable {
                 compile_route(route, &endpoints, metrics, direction)?,
             );
         }
-        let addresses: Vec<&str> = source.endpoints.iter().map(|e| e.address.as_str()).collect();
+        let addresses: Vec<&str> = source
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
         pool.retain(&addresses);
         Ok(Self {
             by_path,
@@ -275,11 +279,9 @@ fn compile_route(
             .iter()
             .map(CompiledHeaderMatch::compile)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                mesh::model::ValidationError {
-                    field: format!("spec.rules[{i}].headers"),
-                    reason: e.to_string(),
-                }
+            .map_err(|e| mesh::model::ValidationError {
+                field: format!("spec.rules[{i}].headers"),
+                reason: e.to_string(),
             })?;
         rules.push((matches, Balancer::new(service, &rule.split, endpoints)));
     }

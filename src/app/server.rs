@@ -49,12 +49,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let instance = args.instance_id(service);
-    let served_by = ServedByLayer::new(&instance).map_err(|_| ServeError::InstanceId(instance.clone()))?;
+    let served_by =
+        ServedByLayer::new(&instance).map_err(|_| ServeError::InstanceId(instance.clone()))?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     for name in service_names {
-        health.set_service_status(*name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
 
     // Register the whole descriptor set (so `describe` resolves every type)
@@ -93,7 +96,9 @@ pub async fn serve(
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
-            health_on_stop.set_service_status("", ServingStatus::NotServing).await;
+            health_on_stop
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
         });
     tokio::pin!(server);
     tokio::select! {

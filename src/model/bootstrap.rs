@@ -91,19 +91,25 @@ impl Bootstrap {
     /// gRPC path.
     pub fn validate(&self) -> Result<(), ValidationError> {
         for (i, ep) in self.endpoints.iter().enumerate() {
-            ep.validate().map_err(|e| e.within(&format!("endpoints[{i}]")))?;
+            ep.validate()
+                .map_err(|e| e.within(&format!("endpoints[{i}]")))?;
             if self.endpoints[..i]
                 .iter()
                 .any(|o| o.service == ep.service && o.instance == ep.instance)
             {
                 return Err(ValidationError::new(
                     format!("endpoints[{i}].instance"),
-                    format!("{:?} is listed twice for service {:?}", ep.instance, ep.service),
+                    format!(
+                        "{:?} is listed twice for service {:?}",
+                        ep.instance, ep.service
+                    ),
                 ));
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
-            route.validate().map_err(|e| e.within(&format!("routes[{i}]")))?;
+            route
+                .validate()
+                .map_err(|e| e.within(&format!("routes[{i}]")))?;
             if let Some(other) = self.routes[..i].iter().find(|o| o.path() == route.path()) {
                 return Err(ValidationError::new(
                     format!("routes[{i}].spec.match"),

@@ -41,7 +41,10 @@ impl Endpoint {
         if !is_dns_label(&self.service) {
             return Err(ValidationError::new(
                 "service",
-                format!("{:?} is not a DNS label (lowercase letters, digits, '-')", self.service),
+                format!(
+                    "{:?} is not a DNS label (lowercase letters, digits, '-')",
+                    self.service
+                ),
             ));
         }
         if self.instance.is_empty() || self.instance.len() > 253 || self.instance.contains('/') {
@@ -65,7 +68,10 @@ impl Endpoint {
         if self.weight == 0 || self.weight > MAX_ENDPOINT_WEIGHT {
             return Err(ValidationError::new(
                 "weight",
-                format!("must be between 1 and {MAX_ENDPOINT_WEIGHT}, got {}", self.weight),
+                format!(
+                    "must be between 1 and {MAX_ENDPOINT_WEIGHT}, got {}",
+                    self.weight
+                ),
             ));
         }
         Ok(())
@@ -76,7 +82,10 @@ impl Endpoint {
 fn parse_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
         return None;
     }

@@ -9,7 +9,10 @@ mod validation;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::Endpoint;
-pub use route::{compile_header_regex, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule, RouteSpec, WeightedSubset};
+pub use route::{
+    compile_header_regex, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule, RouteSpec,
+    WeightedSubset,
+};
 pub use validation::ValidationError;
 
 #[cfg(test)]

@@ -164,11 +164,15 @@ impl RouteSpec {
         if !is_dns_label(&self.destination) {
             return Err(ValidationError::new(
                 "destination",
-                format!("{:?} is not a mesh service name (DNS label)", self.destination),
+                format!(
+                    "{:?} is not a mesh service name (DNS label)",
+                    self.destination
+                ),
             ));
         }
         for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate().map_err(|e| e.within(&format!("rules[{i}]")))?;
+            rule.validate()
+                .map_err(|e| e.within(&format!("rules[{i}]")))?;
         }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }
@@ -183,7 +187,8 @@ impl RouteRule {
             ));
         }
         for (i, h) in self.headers.iter().enumerate() {
-            h.validate().map_err(|e| e.within(&format!("headers[{i}]")))?;
+            h.validate()
+                .map_err(|e| e.within(&format!("headers[{i}]")))?;
         }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }

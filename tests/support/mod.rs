@@ -151,14 +151,20 @@ impl TestMesh {
 
     /// `http://` URI of the gateway's ingress listener.
     pub fn gateway_uri(&self) -> String {
-        format!("http://{}", self.plan.gateway().expect("mesh has a gateway"))
+        format!(
+            "http://{}",
+            self.plan.gateway().expect("mesh has a gateway")
+        )
     }
 
     /// `http://` URI of an instance's sidecar outbound listener (what its
     /// app calls).
     pub fn outbound_uri(&self, instance: &str) -> String {
         let sidecar = self.spec(&format!("{instance}-sidecar"));
-        format!("http://{}", sidecar.outbound.expect("sidecar has an outbound"))
+        format!(
+            "http://{}",
+            sidecar.outbound.expect("sidecar has an outbound")
+        )
     }
 
     /// The address of a process's serving port (app port, sidecar inbound,
