@@ -88,6 +88,8 @@ pub struct Topology {
 pub enum Role {
     /// A shop service binary.
     App,
+    /// An etcd member.
+    Etcd,
     /// A sidecar beside an app.
     Sidecar,
     /// The gateway.
@@ -109,8 +111,11 @@ pub struct ProcessSpec {
     pub role: Role,
     /// The mesh service it belongs to (`gateway` for the gateway).
     pub service: String,
-    /// Its admin address (proxies), where `/ready` says it can take calls.
+    /// Its admin address (proxies, etcd), where [`ProcessSpec::ready_path`]
+    /// answers 200 once it can take calls.
     pub admin: Option<SocketAddr>,
+    /// The readiness path on `admin`.
+    pub ready_path: &'static str,
     /// The address clients use: the app's port, the sidecar's inbound, the
     /// gateway's ingress.
     pub serving: SocketAddr,
@@ -202,6 +207,7 @@ impl Topology {
                     role: Role::App,
                     service: service.clone(),
                     admin: None,
+                    ready_path: "",
                     serving: app,
                     outbound: None,
                 });
@@ -230,6 +236,7 @@ impl Topology {
                     role: Role::Sidecar,
                     service: service.clone(),
                     admin: Some(admin),
+                    ready_path: "/ready",
                     serving: inbound,
                     outbound: Some(outbound),
                 });
@@ -270,6 +277,7 @@ impl Topology {
                 role: Role::Gateway,
                 service: "gateway".into(),
                 admin: Some(admin),
+                ready_path: "/ready",
                 serving: ingress,
                 outbound: None,
             });
@@ -304,6 +312,45 @@ impl Topology {
             }
         }
         routes
+    }
+}
+
+/// A single-member etcd on loopback with its own data directory: what
+/// `meshctl up` and the tests run. Ready when `/health` answers 200.
+pub fn etcd_process(
+    name: &str,
+    client: SocketAddr,
+    peer: SocketAddr,
+    data_dir: &Path,
+) -> ProcessSpec {
+    ProcessSpec {
+        name: name.to_owned(),
+        program: "etcd".into(),
+        args: vec![
+            "--name".into(),
+            name.to_owned(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://{client}"),
+            "--advertise-client-urls".into(),
+            format!("http://{client}"),
+            "--listen-peer-urls".into(),
+            format!("http://{peer}"),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://{peer}"),
+            "--initial-cluster".into(),
+            format!("{name}=http://{peer}"),
+            "--logger=zap".into(),
+            "--log-level=warn".into(),
+        ],
+        env: Vec::new(),
+        role: Role::Etcd,
+        service: "etcd".into(),
+        admin: Some(client),
+        ready_path: "/health",
+        serving: client,
+        outbound: None,
     }
 }
 

@@ -1,6 +1,14 @@
 //! Code generated from `proto/` by `build.rs`: message types, tonic clients
 //! and servers, and the descriptor set that server reflection serves.
 
+/// The mesh's own APIs: discovery (sidecars) and admin (meshctl).
+pub mod mesh {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("mesh.v1");
+    }
+}
+
 /// The shop's demo services.
 pub mod shop {
     /// Products and prices.

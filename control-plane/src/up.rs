@@ -166,14 +166,15 @@ async fn wait_ready(
                 );
             }
         }
-        let ready = tokio::task::spawn_blocking(move || admin_get(admin, "/ready"))
+        let path = spec.ready_path;
+        let ready = tokio::task::spawn_blocking(move || admin_get(admin, path))
             .await?
             .is_ok_and(|(status, _)| status == 200);
         if ready {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{} not ready in time (GET http://{admin}/ready)", spec.name);
+            bail!("{} not ready in time (GET http://{admin}{})", spec.name, spec.ready_path);
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -229,6 +230,7 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
     for p in &plan.processes {
         let role = match p.role {
             Role::App => "app",
+            Role::Etcd => "etcd",
             Role::Sidecar => "sidecar",
             Role::Gateway => "gateway",
         };

@@ -116,12 +116,12 @@ impl TestMesh {
             .plan
             .processes
             .iter()
-            .filter_map(|p| p.admin.map(|a| (p.name.clone(), a)))
+            .filter_map(|p| p.admin.map(|a| (p.name.clone(), a, p.ready_path)))
             .collect();
-        for (name, admin) in admins {
+        for (name, admin, path) in admins {
             loop {
                 self.assert_all_alive();
-                if matches!(admin_get(admin, "/ready"), Ok((200, _))) {
+                if matches!(admin_get(admin, path), Ok((200, _))) {
                     break;
                 }
                 assert!(Instant::now() < deadline, "{name} not ready in time");
@@ -214,7 +214,7 @@ impl TestMesh {
         self.plan
             .processes
             .iter()
-            .filter(|p| p.role != Role::App)
+            .filter(|p| matches!(p.role, Role::Sidecar | Role::Gateway))
             .map(|p| p.name.clone())
             .collect()
     }
