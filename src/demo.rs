@@ -148,8 +148,10 @@ impl Plan {
 }
 
 impl Topology {
-    /// The demo shop: one instance of each service (two of inventory, so
-    /// balancing is visible) and a gateway on `gateway`.
+    /// The demo shop: one instance of each service (two of catalog, so
+    /// balancing is visible; catalog is read-mostly, while the demo's
+    /// in-memory inventory and payments keep state per instance) and a
+    /// gateway on `gateway`.
     pub fn shop(gateway: SocketAddr) -> Self {
         let one = |name: &str| {
             (
@@ -159,14 +161,14 @@ impl Topology {
         };
         Self {
             services: vec![
-                one("catalog"),
                 (
-                    "inventory".into(),
+                    "catalog".into(),
                     vec![
-                        InstanceSpec::new("inventory-1"),
-                        InstanceSpec::new("inventory-2"),
+                        InstanceSpec::new("catalog-1"),
+                        InstanceSpec::new("catalog-2"),
                     ],
                 ),
+                one("inventory"),
                 one("payments"),
                 one("orders"),
             ],

@@ -54,8 +54,12 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let bootstrap_path = run_dir.join("bootstrap.yaml");
-    let mut ports = free_ports()?;
-    let plan = Topology::shop(args.gateway).plan(&mut ports, &bootstrap_path);
+    let plan = {
+        // The allocator holds its probe ports until dropped: drop it before
+        // the processes need them.
+        let mut ports = free_ports();
+        Topology::shop(args.gateway).plan(&mut ports, &bootstrap_path)
+    };
     for spec in &plan.processes {
         let path = bin_dir.join(&spec.program);
         if !path.is_file() {
@@ -98,16 +102,16 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
 
 /// A port allocator that asks the OS for free loopback ports, never
 /// handing out the same one twice.
-fn free_ports() -> anyhow::Result<impl FnMut() -> u16> {
+fn free_ports() -> impl FnMut() -> u16 {
     let mut held = Vec::new();
-    Ok(move || {
+    move || {
         // Keeping each probe listener open until the allocator is dropped
         // stops the OS from handing the same port out again.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
         held.push(listener);
         port
-    })
+    }
 }
 
 async fn start_all(
@@ -174,7 +178,11 @@ async fn wait_ready(
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{} not ready in time (GET http://{admin}{})", spec.name, spec.ready_path);
+            bail!(
+                "{} not ready in time (GET http://{admin}{})",
+                spec.name,
+                spec.ready_path
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -247,7 +255,7 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
         "  grpcurl -plaintext -d '{{\"request_id\":\"r1\",\"customer_id\":\"alice\",\"lines\":[{{\"sku\":\"sku-espresso-beans\",\"quantity\":2}}]}}' {gateway} shop.orders.v1.OrdersService/PlaceOrder"
     );
     println!("  grpcurl -plaintext -d '{{\"order_id\":\"<id from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
-    println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.inventory.v1.InventoryService/GetStock   # x-served-by alternates");
+    println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.catalog.v1.CatalogService/GetProduct   # x-served-by alternates");
     println!(
         "\nLogs: {}   Table: {}",
         run_dir.join("logs").display(),

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -18,7 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use crate::metrics::Metrics;
-use crate::table::RouteTable;
+use crate::table::LiveTable;
 
 /// How long `/ready` waits for the app's health answer.
 const APP_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -30,7 +29,7 @@ pub struct Admin {
 }
 
 struct AdminInner {
-    table: Arc<ArcSwap<RouteTable>>,
+    table: Arc<LiveTable>,
     metrics: Arc<Metrics>,
     /// The local app's health service (sidecar mode); `None` at a gateway.
     app_health: Option<HealthClient<Channel>>,
@@ -40,7 +39,7 @@ impl Admin {
     /// An admin API over the proxy's table and metrics. `app` is the local
     /// app's address, whose gRPC health decides readiness.
     pub fn new(
-        table: Arc<ArcSwap<RouteTable>>,
+        table: Arc<LiveTable>,
         metrics: Arc<Metrics>,
         app: Option<std::net::SocketAddr>,
     ) -> Self {
@@ -104,8 +103,12 @@ impl Admin {
         }
     }
 
-    /// Ready once the local app answers SERVING (a gateway has no app).
+    /// Ready once a table is loaded and the local app answers SERVING (a
+    /// gateway has no app).
     async fn app_ready(&self) -> Result<(), String> {
+        if !self.inner.table.is_loaded() {
+            return Err("no routing table yet".into());
+        }
         let Some(client) = &self.inner.app_health else {
             return Ok(());
         };

@@ -10,6 +10,10 @@
 //!
 //! - [`settings`]: flags and environment, validated at start.
 //! - `table`: the routing table compiled from its source, swapped whole.
+//! - `discovery`: registration with the control plane and pushed tables.
+//! - `app_descriptors`: what the local app serves, from its reflection.
+//! - `mesh_reflection`: the gateway's mesh-wide reflection.
+//! - `backoff`: exponential backoff with jitter.
 //! - `wrr`: smooth weighted round-robin.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
 //! - `proxy`: the forwarding service behind each gRPC listener.
@@ -19,6 +23,10 @@
 //! - `metrics`: Prometheus counters.
 
 mod admin;
+mod app_descriptors;
+mod backoff;
+mod discovery;
+mod mesh_reflection;
 mod metrics;
 mod proxy;
 mod proxy_error;
@@ -29,17 +37,20 @@ mod upstream;
 mod wrr;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use mesh::model::Bootstrap;
+use mesh::proto::mesh::v1::Node;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::discovery::Subscriber;
+use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{Destination, Proxy};
 use crate::settings::{Mode, Settings};
-use crate::table::{RouteTable, UpstreamPool};
+use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::Upstream;
 
 pub use crate::proxy_error::ERROR_REASON_HEADER;
@@ -68,36 +79,50 @@ pub enum StartError {
     },
 }
 
-/// Runs the proxy until `shutdown` fires, then drains: listeners stop
-/// accepting, in-flight calls get `settings.drain()` to finish.
+/// Runs the proxy until `shutdown` fires, then: deregisters (control-plane
+/// mode), keeps serving for `settings.deregister_delay()` so peers learn it
+/// is gone, stops accepting, and gives in-flight calls `settings.drain()`.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
     settings.validate()?;
     let metrics = Arc::new(Metrics::default());
-    let pool = UpstreamPool::new(settings.connect_timeout());
     let routed_direction = match settings.mode {
         Mode::Sidecar => Direction::Outbound,
         Mode::Gateway => Direction::Ingress,
     };
-    let bootstrap = Bootstrap::load(&settings.bootstrap)?;
-    let table = RouteTable::build(
-        bootstrap,
-        "bootstrap".to_owned(),
-        &pool,
-        &metrics,
+    let table = Arc::new(LiveTable::new(
+        UpstreamPool::new(settings.connect_timeout()),
+        metrics.clone(),
         routed_direction,
-    )?;
-    tracing::info!(
-        version = table.version(),
-        routes = table.source().routes.len(),
-        endpoints = table.source().endpoints.len(),
-        "table applied"
-    );
-    let table = Arc::new(ArcSwap::from_pointee(table));
+    ));
+    if let Some(path) = &settings.bootstrap {
+        table.apply(Bootstrap::load(path)?, "bootstrap".to_owned())?;
+    }
+    let discovery = !settings.control_plane.is_empty();
+    let reflection =
+        (discovery && settings.mode == Mode::Gateway).then(|| Arc::new(MeshReflection::default()));
     let routed = Proxy::new(
         routed_direction,
         Destination::Routed(table.clone()),
+        reflection.clone(),
         metrics.clone(),
     );
+
+    // Listeners stop after deregistration has had time to reach the peers.
+    let listeners_stop = CancellationToken::new();
+    let delay = if discovery {
+        settings.deregister_delay()
+    } else {
+        Duration::ZERO
+    };
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        let listeners_stop = listeners_stop.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(delay).await;
+            listeners_stop.cancel();
+        }
+    });
 
     let tasks = TaskTracker::new();
     let drain = settings.drain();
@@ -113,22 +138,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                     upstream: Arc::new(app),
                     counters: metrics.route_counters(Direction::Inbound, settings.service_name()),
                 },
+                None,
                 metrics.clone(),
             );
+            let stop = listeners_stop.clone();
             tasks.spawn(server::serve_grpc(
                 "outbound",
                 outbound,
                 routed,
-                shutdown.clone(),
+                stop.clone(),
                 drain,
             ));
-            tasks.spawn(server::serve_grpc(
-                "inbound",
-                inbound,
-                to_app,
-                shutdown.clone(),
-                drain,
-            ));
+            tasks.spawn(server::serve_grpc("inbound", inbound, to_app, stop, drain));
             Some(settings.app_addr)
         }
         Mode::Gateway => {
@@ -137,12 +158,35 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 "ingress",
                 ingress,
                 routed,
-                shutdown.clone(),
+                listeners_stop.clone(),
                 drain,
             ));
             None
         }
     };
+    if discovery {
+        let gateway = settings.mode == Mode::Gateway;
+        let subscriber = Subscriber {
+            control_planes: settings.control_plane.clone(),
+            node: Node {
+                service: settings.service_name().to_owned(),
+                instance: settings.instance_id(),
+                address: if gateway {
+                    String::new()
+                } else {
+                    settings.advertised_addr().to_string()
+                },
+                version: settings.version_label.clone(),
+                weight: settings.weight,
+                gateway,
+                ..Node::default()
+            },
+            app,
+            table: table.clone(),
+            reflection,
+        };
+        tasks.spawn(subscriber.run(shutdown.clone()));
+    }
     let admin_listener = bind("admin", settings.admin_addr).await?;
     let admin = admin::Admin::new(table, metrics, app);
     // Admin outlives the data listeners' drain so probes and scrapes keep

@@ -8,22 +8,24 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use tower::ServiceExt;
+
+use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics, RouteCounters};
 use crate::proxy_error::{ProxyBody, ProxyError};
-use crate::table::{RouteTable, Target};
+use crate::table::{LiveTable, Target};
 use crate::upstream::Upstream;
 
 /// Where a listener's calls go.
 #[derive(Debug, Clone)]
 pub enum Destination {
     /// Routed by the table (outbound and gateway ingress).
-    Routed(Arc<ArcSwap<RouteTable>>),
+    Routed(Arc<LiveTable>),
     /// Always the local app (inbound).
     App {
         /// The app's connection slot.
@@ -43,16 +45,25 @@ pub struct Proxy {
 struct ProxyInner {
     direction: Direction,
     destination: Destination,
+    /// The gateway's own mesh-wide reflection (control-plane mode).
+    reflection: Option<Arc<MeshReflection>>,
     metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    /// A proxy for one listener.
-    pub fn new(direction: Direction, destination: Destination, metrics: Arc<Metrics>) -> Self {
+    /// A proxy for one listener. With `reflection`, reflection calls are
+    /// answered by the proxy itself instead of routed.
+    pub fn new(
+        direction: Direction,
+        destination: Destination,
+        reflection: Option<Arc<MeshReflection>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(ProxyInner {
                 direction,
                 destination,
+                reflection,
                 metrics,
             }),
         }
@@ -73,6 +84,14 @@ impl Proxy {
     }
 
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        if let Some(reflection) = &self.inner.reflection {
+            if MeshReflection::handles(req.uri().path()) {
+                if let Some(service) = reflection.current() {
+                    let Ok(response) = service.oneshot(req).await;
+                    return Ok(response.map(Either::Right));
+                }
+            }
+        }
         let target = match &self.inner.destination {
             Destination::Routed(table) => table.load().route(req.uri().path(), req.headers())?,
             Destination::App { upstream, counters } => Target {

@@ -2,15 +2,15 @@
 //! (gRPC over HTTP/2 spec, "Responses": `Trailers-Only`), never as an HTTP
 //! error page: a gRPC client then sees a real status code and reason.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Empty};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tonic::Code;
 
 /// The body of every response the proxy sends: the upstream's, passed
-/// through untouched, or nothing (trailers-only errors).
-pub type ProxyBody = Either<Incoming, Empty<Bytes>>;
+/// through untouched, or one the proxy made (empty for trailers-only errors;
+/// the gateway's own reflection answers).
+pub type ProxyBody = Either<Incoming, tonic::body::Body>;
 
 /// Header naming which proxy rule made an error, short and machine-readable
 /// (e.g. `no-route`), beside the human `grpc-message`.
@@ -86,7 +86,7 @@ impl ProxyError {
     /// `grpc-status` and `grpc-message` in the headers, an empty body that
     /// ends the stream.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut response = Response::new(Either::Right(Empty::new()));
+        let mut response = Response::new(Either::Right(tonic::body::Body::default()));
         *response.status_mut() = StatusCode::OK;
         let headers = response.headers_mut();
         headers.insert(

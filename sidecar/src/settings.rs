@@ -47,11 +47,36 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Static endpoints and routes (YAML): the table when no control plane
     /// is used.
-    #[arg(long, env = "MESH_BOOTSTRAP")]
-    pub bootstrap: PathBuf,
+    #[arg(long, env = "MESH_BOOTSTRAP", conflicts_with = "control_plane")]
+    pub bootstrap: Option<PathBuf>,
+    /// Control-plane replicas (`http://host:port`, comma-separated or
+    /// repeated); the sidecar registers with one and takes its tables from it,
+    /// moving to another when it goes away.
+    #[arg(long, env = "MESH_CONTROL_PLANE", value_delimiter = ',')]
+    pub control_plane: Vec<String>,
+    /// The address other sidecars reach this one at (registered with the
+    /// control plane). Defaults to the inbound address, with `$POD_IP` in
+    /// place of an unspecified (0.0.0.0) host.
+    #[arg(long, env = "MESH_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// The `version` label of this instance (its subset in routes).
+    #[arg(
+        long = "version-label",
+        env = "MESH_VERSION_LABEL",
+        default_value = "v1"
+    )]
+    pub version_label: String,
+    /// This instance's weight in weighted round-robin.
+    #[arg(long, env = "MESH_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
     /// Seconds in-flight calls get to finish after SIGTERM.
     #[arg(long, env = "MESH_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Milliseconds between deregistering (SIGTERM) and closing the
+    /// listeners: time for the control plane's push to reach the peers, so
+    /// no new call is sent to a closed port.
+    #[arg(long, env = "MESH_DEREGISTER_DELAY_MS", default_value_t = 1000)]
+    pub deregister_delay_ms: u64,
     /// Timeout of one TCP connect to an upstream, in milliseconds.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
     pub connect_timeout_ms: u64,
@@ -72,6 +97,27 @@ impl Settings {
             return Err(SettingsError(
                 "--service is required in sidecar mode (the mesh service of the local app)".into(),
             ));
+        }
+        if self.bootstrap.is_none() && self.control_plane.is_empty() {
+            return Err(SettingsError(
+                "give a table source: --bootstrap FILE or --control-plane URL[,URL...]".into(),
+            ));
+        }
+        for uri in &self.control_plane {
+            if uri
+                .parse::<http::Uri>()
+                .map_or(true, |u| u.authority().is_none())
+            {
+                return Err(SettingsError(format!(
+                    "--control-plane {uri:?} is not a URL like http://127.0.0.1:15010"
+                )));
+            }
+        }
+        if self.weight == 0 || self.weight > mesh::model::MAX_ENDPOINT_WEIGHT {
+            return Err(SettingsError(format!(
+                "--weight must be between 1 and {}",
+                mesh::model::MAX_ENDPOINT_WEIGHT
+            )));
         }
         if self.connect_timeout_ms == 0 {
             return Err(SettingsError(
@@ -97,9 +143,27 @@ impl Settings {
             .unwrap_or_else(|| format!("{}-{}", self.service_name(), std::process::id()))
     }
 
+    /// Where other sidecars reach this one.
+    pub fn advertised_addr(&self) -> SocketAddr {
+        if let Some(addr) = self.advertise_addr {
+            return addr;
+        }
+        let mut addr = self.inbound_addr;
+        if addr.ip().is_unspecified() {
+            let pod_ip = std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok());
+            addr.set_ip(pod_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()));
+        }
+        addr
+    }
+
     /// Grace period for in-flight calls at shutdown.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+
+    /// Time between deregistering and closing the listeners.
+    pub fn deregister_delay(&self) -> Duration {
+        Duration::from_millis(self.deregister_delay_ms)
     }
 
     /// Timeout of one upstream connect.

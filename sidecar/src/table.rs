@@ -3,9 +3,11 @@
 //! allocation.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route, WeightedSubset};
 use regex::Regex;
@@ -185,7 +187,65 @@ impl UpstreamPool {
     }
 }
 
+/// The table requests read now, and what building the next one needs. A
+/// new table replaces the old one whole (one atomic pointer swap); calls in
+/// flight keep the `Arc` of the table they started on.
+#[derive(Debug)]
+pub struct LiveTable {
+    current: ArcSwap<RouteTable>,
+    loaded: AtomicBool,
+    pool: UpstreamPool,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl LiveTable {
+    /// An empty table (every call: no route) until the first [`LiveTable::apply`].
+    pub fn new(pool: UpstreamPool, metrics: Arc<Metrics>, direction: Direction) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(RouteTable::empty()),
+            loaded: AtomicBool::new(false),
+            pool,
+            metrics,
+            direction,
+        }
+    }
+
+    /// Builds a table from `source` and swaps it in; on error the current
+    /// table stays.
+    pub fn apply(&self, source: Bootstrap, version: String) -> Result<(), TableError> {
+        let table = RouteTable::build(source, version, &self.pool, &self.metrics, self.direction)?;
+        tracing::info!(
+            version = table.version(),
+            routes = table.source().routes.len(),
+            endpoints = table.source().endpoints.len(),
+            "table applied"
+        );
+        self.current.store(Arc::new(table));
+        self.loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The table to route a call with.
+    pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.current.load()
+    }
+
+    /// True once a table has been applied: before that the proxy is not ready.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+}
+
 impl RouteTable {
+    fn empty() -> Self {
+        Self {
+            by_path: HashMap::new(),
+            source: Bootstrap::default(),
+            version: "none".to_owned(),
+        }
+    }
+
     /// Compiles `source` into a table, taking connection slots from `pool`.
     pub fn build(
         source: Bootstrap,

@@ -8,7 +8,7 @@ pub(crate) mod route;
 mod validation;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
-pub use endpoint::Endpoint;
+pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};
 pub use route::{
     compile_header_regex, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule, RouteSpec,
     WeightedSubset,
