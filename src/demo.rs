@@ -81,6 +81,35 @@ pub struct Topology {
     pub extra_routes: Vec<Route>,
     /// Endpoints beyond the planned instances (e.g. deliberately dead ones).
     pub extra_endpoints: Vec<Endpoint>,
+    /// A control plane instead of a static bootstrap file.
+    pub control_plane: Option<ControlPlaneSpec>,
+}
+
+/// How the control plane of a topology runs.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneSpec {
+    /// Number of replicas (one when there is no etcd).
+    pub replicas: usize,
+    /// Run a real etcd; without it, one replica on the in-memory store.
+    pub etcd: bool,
+    /// Registration TTL: how soon a dead sidecar is gone.
+    pub lease_ttl_seconds: u64,
+    /// Time a stopping sidecar keeps serving after deregistering.
+    pub deregister_delay_ms: u64,
+    /// Replica `i` (from 0) listens on this port + `i`; `None` for free ports.
+    pub first_port: Option<u16>,
+}
+
+impl Default for ControlPlaneSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            etcd: true,
+            lease_ttl_seconds: 10,
+            deregister_delay_ms: 1000,
+            first_port: None,
+        }
+    }
 }
 
 /// What a planned process is.
@@ -90,6 +119,8 @@ pub enum Role {
     App,
     /// An etcd member.
     Etcd,
+    /// A control-plane replica.
+    ControlPlane,
     /// A sidecar beside an app.
     Sidecar,
     /// The gateway.
@@ -128,8 +159,11 @@ pub struct ProcessSpec {
 pub struct Plan {
     /// Start order: each app before its sidecar, the gateway last.
     pub processes: Vec<ProcessSpec>,
-    /// The table every proxy is given.
+    /// The table every proxy is given (static mode); with a control plane,
+    /// `routes` are to be applied through it and `endpoints` register.
     pub bootstrap: Bootstrap,
+    /// gRPC URIs of the control-plane replicas (empty in static mode).
+    pub control_planes: Vec<String>,
 }
 
 impl Plan {
@@ -177,12 +211,69 @@ impl Topology {
         }
     }
 
-    /// Lays the topology out on loopback ports taken from `next_port`, with
-    /// every proxy reading its table from `bootstrap_path`.
+    /// Lays the topology out on loopback ports taken from `next_port`. In
+    /// static mode every proxy reads its table from `bootstrap_path`; with a
+    /// control plane, etcd keeps its data beside it and the proxies register
+    /// with the replicas.
     pub fn plan(&self, next_port: &mut dyn FnMut() -> u16, bootstrap_path: &Path) -> Plan {
         let loopback = |port: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-        let bootstrap_arg = bootstrap_path.display().to_string();
         let mut processes = Vec::new();
+        let mut control_planes = Vec::new();
+        let table_source: Vec<String> = match &self.control_plane {
+            None => vec!["--bootstrap".into(), bootstrap_path.display().to_string()],
+            Some(cp) => {
+                let etcd = cp.etcd.then(|| {
+                    let client = loopback(next_port());
+                    let peer = loopback(next_port());
+                    let data = bootstrap_path.with_file_name("etcd-data");
+                    processes.push(etcd_process("etcd", client, peer, &data));
+                    client
+                });
+                for i in 1..=cp.replicas.max(1) {
+                    let listen = match cp.first_port {
+                        Some(first) => loopback(first.saturating_add(i as u16 - 1)),
+                        None => loopback(next_port()),
+                    };
+                    let admin = loopback(next_port());
+                    let mut args = vec![
+                        "--listen".to_owned(),
+                        listen.to_string(),
+                        "--admin-addr".into(),
+                        admin.to_string(),
+                        "--replica-id".into(),
+                        format!("control-plane-{i}"),
+                        "--lease-ttl-seconds".into(),
+                        cp.lease_ttl_seconds.to_string(),
+                    ];
+                    match etcd {
+                        Some(client) => args.extend(["--etcd".into(), format!("http://{client}")]),
+                        None => args.extend(["--store".into(), "memory".into()]),
+                    }
+                    processes.push(ProcessSpec {
+                        name: format!("control-plane-{i}"),
+                        program: "control-plane".into(),
+                        args,
+                        env: Vec::new(),
+                        role: Role::ControlPlane,
+                        service: "control-plane".into(),
+                        admin: Some(admin),
+                        ready_path: "/ready",
+                        serving: listen,
+                        outbound: None,
+                    });
+                    control_planes.push(format!("http://{listen}"));
+                    if etcd.is_none() {
+                        break; // an in-memory store cannot be shared
+                    }
+                }
+                vec![
+                    "--control-plane".into(),
+                    control_planes.join(","),
+                    "--deregister-delay-ms".into(),
+                    cp.deregister_delay_ms.to_string(),
+                ]
+            }
+        };
         let mut endpoints = Vec::new();
         for (service, instances) in &self.services {
             for instance in instances {
@@ -213,27 +304,31 @@ impl Topology {
                     serving: app,
                     outbound: None,
                 });
+                let mut args: Vec<String> = [
+                    "--service",
+                    service,
+                    "--instance",
+                    &instance.id,
+                    "--version-label",
+                    &instance.version,
+                    "--weight",
+                    &instance.weight.to_string(),
+                    "--app-addr",
+                    &app.to_string(),
+                    "--outbound-addr",
+                    &outbound.to_string(),
+                    "--inbound-addr",
+                    &inbound.to_string(),
+                    "--admin-addr",
+                    &admin.to_string(),
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                args.extend(table_source.iter().cloned());
                 processes.push(ProcessSpec {
                     name: format!("{}-sidecar", instance.id),
                     program: "sidecar".into(),
-                    args: [
-                        "--service",
-                        service,
-                        "--instance",
-                        &instance.id,
-                        "--app-addr",
-                        &app.to_string(),
-                        "--outbound-addr",
-                        &outbound.to_string(),
-                        "--inbound-addr",
-                        &inbound.to_string(),
-                        "--admin-addr",
-                        &admin.to_string(),
-                        "--bootstrap",
-                        &bootstrap_arg,
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
+                    args,
                     env: Vec::new(),
                     role: Role::Sidecar,
                     service: service.clone(),
@@ -258,23 +353,23 @@ impl Topology {
                 ingress
             };
             let admin = loopback(next_port());
+            let mut args: Vec<String> = [
+                "--mode",
+                "gateway",
+                "--instance",
+                "gateway",
+                "--ingress-addr",
+                &ingress.to_string(),
+                "--admin-addr",
+                &admin.to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            args.extend(table_source.iter().cloned());
             processes.push(ProcessSpec {
                 name: "gateway".into(),
                 program: "sidecar".into(),
-                args: [
-                    "--mode",
-                    "gateway",
-                    "--instance",
-                    "gateway",
-                    "--ingress-addr",
-                    &ingress.to_string(),
-                    "--admin-addr",
-                    &admin.to_string(),
-                    "--bootstrap",
-                    &bootstrap_arg,
-                ]
-                .map(str::to_owned)
-                .to_vec(),
+                args,
                 env: Vec::new(),
                 role: Role::Gateway,
                 service: "gateway".into(),
@@ -284,18 +379,25 @@ impl Topology {
                 outbound: None,
             });
         }
-        endpoints.extend(self.extra_endpoints.iter().cloned());
         let mut routes = self.default_routes();
         routes.extend(self.extra_routes.iter().cloned());
+        if self.control_plane.is_some() {
+            // Endpoints register themselves; routes are applied through the
+            // control plane once it runs.
+            endpoints.clear();
+        }
+        endpoints.extend(self.extra_endpoints.iter().cloned());
         Plan {
             processes,
             bootstrap: Bootstrap { endpoints, routes },
+            control_planes,
         }
     }
 
-    /// A route per shop gRPC service to its mesh service, and the
-    /// reflection services to `orders` (or the first service), so grpcurl
-    /// works at the gateway.
+    /// A route per shop gRPC service to its mesh service. In static mode
+    /// also the reflection services to `orders` (or the first service), so
+    /// grpcurl works at the gateway; with a control plane the gateway serves
+    /// mesh-wide reflection itself.
     fn default_routes(&self) -> Vec<Route> {
         let has = |name: &str| self.services.iter().any(|(s, _)| s == name);
         let mut routes: Vec<Route> = SHOP_SERVICES
@@ -308,13 +410,40 @@ impl Topology {
         } else {
             self.services.first().map(|(s, _)| s.as_str())
         };
-        if let Some(target) = reflection_target {
+        if let Some(target) = reflection_target.filter(|_| self.control_plane.is_none()) {
             for (i, grpc) in REFLECTION_SERVICES.iter().enumerate() {
                 routes.push(route(&format!("reflection-{i}"), grpc, target));
             }
         }
         routes
     }
+}
+
+/// Applies `routes` through the control plane at `uri` (whatever is
+/// stored is overwritten); returns the highest revision written.
+pub async fn apply_routes(uri: &str, routes: &[Route]) -> Result<i64, tonic::Status> {
+    use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
+    use crate::proto::mesh::v1::ApplyRouteRequest;
+    let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
+    let mut client = MeshAdminClient::new(channel);
+    let mut revision = 0;
+    for route in routes {
+        let route_json =
+            serde_json::to_string(route).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let applied = client
+            .apply_route(ApplyRouteRequest {
+                route_json,
+                expected_revision: None,
+            })
+            .await?
+            .into_inner();
+        revision = revision.max(applied.route.map_or(0, |r| r.revision));
+    }
+    Ok(revision)
 }
 
 /// A single-member etcd on loopback with its own data directory: what
@@ -369,6 +498,7 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             destination: destination.into(),
             rules: Vec::new(),
             split: Vec::new(),
+            timeout: None,
         },
     }
 }

@@ -334,6 +334,7 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
             version: "v1".into(),
             weight: 1,
         }],
+        ..Topology::default()
     };
     let mut mesh = TestMesh::start(&topology);
     let gw = channel(mesh.gateway_uri()).await;

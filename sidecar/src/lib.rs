@@ -14,6 +14,7 @@
 //! - `app_descriptors`: what the local app serves, from its reflection.
 //! - `mesh_reflection`: the gateway's mesh-wide reflection.
 //! - `backoff`: exponential backoff with jitter.
+//! - `deadline`: the `grpc-timeout` header.
 //! - `wrr`: smooth weighted round-robin.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
 //! - `proxy`: the forwarding service behind each gRPC listener.
@@ -25,6 +26,7 @@
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod deadline;
 mod discovery;
 mod mesh_reflection;
 mod metrics;

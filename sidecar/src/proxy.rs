@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 
 use tower::ServiceExt;
 
+use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics, RouteCounters};
 use crate::proxy_error::{ProxyBody, ProxyError};
@@ -97,6 +98,7 @@ impl Proxy {
             Destination::App { upstream, counters } => Target {
                 upstream: upstream.clone(),
                 counters: counters.clone(),
+                timeout: None,
             },
         };
         let upstream = &target.upstream;
@@ -113,10 +115,33 @@ impl Proxy {
         *req.uri_mut() =
             Uri::from_parts(parts).map_err(|e| ProxyError::malformed_path(&e.to_string()))?;
 
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::upstream_reset(upstream.addr(), e))?;
+        // The caller's deadline and the route's: the smaller wins, and the
+        // upstream is told what is left of it.
+        let caller = req
+            .headers()
+            .get(deadline::GRPC_TIMEOUT)
+            .and_then(deadline::parse);
+        let budget = match (caller, target.timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sent = sender.send_request(match budget {
+            Some(budget) => {
+                req.headers_mut()
+                    .insert(deadline::GRPC_TIMEOUT, deadline::encode(budget));
+                req
+            }
+            None => req,
+        });
+        let response = match budget {
+            // Dropping the response future on expiry resets the upstream
+            // stream (RST_STREAM CANCEL): the upstream sees the cancellation.
+            Some(budget) => tokio::time::timeout(budget, sent)
+                .await
+                .map_err(|_| ProxyError::deadline_exceeded(budget, caller == Some(budget)))?,
+            None => sent.await,
+        }
+        .map_err(|e| ProxyError::upstream_reset(upstream.addr(), e))?;
         Ok(response.map(Either::Left))
     }
 }

@@ -74,6 +74,20 @@ impl ProxyError {
         )
     }
 
+    /// The call's deadline passed before the upstream answered.
+    pub fn deadline_exceeded(budget: std::time::Duration, callers: bool) -> Self {
+        let whose = if callers {
+            "caller's grpc-timeout"
+        } else {
+            "route timeout"
+        };
+        Self::new(
+            Code::DeadlineExceeded,
+            "deadline-exceeded",
+            format!("no response within {budget:?} ({whose})"),
+        )
+    }
+
     fn new(code: Code, reason: &'static str, message: String) -> Self {
         Self {
             code,

@@ -40,6 +40,8 @@ pub struct Target {
     pub upstream: Arc<Upstream>,
     /// Counters of the route that took the call.
     pub counters: RouteCounters,
+    /// The route's timeout, if it has one.
+    pub timeout: Option<Duration>,
 }
 
 /// An immutable routing table. A new source builds a new table; the proxy
@@ -58,6 +60,7 @@ struct CompiledRoute {
     rules: Vec<(Vec<CompiledHeaderMatch>, Balancer)>,
     default: Balancer,
     counters: RouteCounters,
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -298,6 +301,7 @@ impl RouteTable {
         Ok(Target {
             upstream: balancer.pick()?.clone(),
             counters: route.counters.clone(),
+            timeout: route.timeout,
         })
     }
 
@@ -349,5 +353,14 @@ fn compile_route(
         rules,
         default: Balancer::new(service, &route.spec.split, endpoints),
         counters: metrics.route_counters(direction, service),
+        timeout: match &route.spec.timeout {
+            Some(text) => Some(mesh::model::parse_duration(text).map_err(|reason| {
+                mesh::model::ValidationError {
+                    field: "spec.timeout".into(),
+                    reason,
+                }
+            })?),
+            None => None,
+        },
     })
 }

@@ -10,8 +10,8 @@ mod validation;
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};
 pub use route::{
-    compile_header_regex, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule, RouteSpec,
-    WeightedSubset,
+    compile_header_regex, parse_duration, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule,
+    RouteSpec, WeightedSubset,
 };
 pub use validation::ValidationError;
 

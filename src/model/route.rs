@@ -64,6 +64,10 @@ pub struct RouteSpec {
     /// every endpoint of the destination, whatever its subset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub split: Vec<WeightedSubset>,
+    /// Longest a call may take (e.g. `250ms`, `2s`, `1m`); a caller's
+    /// shorter `grpc-timeout` wins. Absent: only the caller's deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// The gRPC path a route takes: `/service/method`.
@@ -174,6 +178,9 @@ impl RouteSpec {
             rule.validate()
                 .map_err(|e| e.within(&format!("rules[{i}]")))?;
         }
+        if let Some(timeout) = &self.timeout {
+            parse_duration(timeout).map_err(|reason| ValidationError::new("timeout", reason))?;
+        }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }
 }
@@ -216,6 +223,36 @@ impl HeaderMatch {
             )),
         }
     }
+}
+
+/// Parses a duration written `<number><unit>` with unit `ms`, `s` or `m`
+/// (e.g. `250ms`, `1.5s`): positive, at most an hour.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("{text:?} needs a unit: ms, s or m (e.g. 250ms)"));
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 250ms or 2s"))?;
+    if value.is_nan() || value < 0.0 {
+        return Err(format!("{text:?} is negative"));
+    }
+    let seconds = value * scale;
+    if seconds == 0.0 {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    if seconds > 3600.0 {
+        return Err(format!("{text:?} is more than an hour"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 /// Compiles a header regex anchored at both ends: a route that says

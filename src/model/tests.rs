@@ -113,3 +113,23 @@ fn header_regex_is_anchored() {
     assert!(re.is_match("v2"));
     assert!(!re.is_match("v20"));
 }
+
+#[test]
+fn timeouts_parse_and_bad_ones_are_refused() {
+    assert_eq!(
+        parse_duration("250ms").unwrap(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        parse_duration("1.5s").unwrap(),
+        std::time::Duration::from_millis(1500)
+    );
+    for bad in ["-1s", "0s", "10", "abc", "2h", "90m"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+    let text = GOOD.replace(
+        "destination: inventory",
+        "destination: inventory\n      timeout: -200ms",
+    );
+    assert_eq!(invalid_field(&text), "routes[0].spec.timeout");
+}

