@@ -2,7 +2,35 @@
 //!
 //! # Layout
 //!
+//! - [`store`]: the state store trait, with etcd and in-memory
+//!   implementations held to one conformance suite.
+//! - [`keys`]: where each kind of state lives in the store.
+//! - [`registration`]: the stored shapes of endpoints and replica status.
+//! - [`index`]: the pure, synchronous view of the store that pushes are
+//!   built from; bad data is reported and skipped here.
+//! - [`watcher`]: keeps the index in step with the store (get, then watch
+//!   from the last revision, resync on compaction).
+//! - [`discovery`]: the sidecar streams: registration under a lease, pushes,
+//!   ACK/NACK.
+//! - [`sessions`]: the sidecars connected to this replica.
+//! - [`admin`]: the MeshAdmin API behind meshctl (validated, compare-and-swap).
+//! - [`replica`]: this replica's status, published for `meshctl status`.
+//! - [`server`]: one replica, wired.
+//! - [`cli`]: meshctl's commands that talk to the admin API (apply, get,
+//!   delete, status, describe), one module each.
 //! - [`up`]: `meshctl up`, the whole demo mesh on loopback in one command.
 //!   It runs the plan of [`mesh::demo`] and supervises its processes.
 
+pub mod admin;
+
+pub mod cli;
+pub mod discovery;
+pub mod index;
+pub mod keys;
+pub mod registration;
+pub mod replica;
+pub mod server;
+pub mod sessions;
+pub mod store;
 pub mod up;
+pub mod watcher;

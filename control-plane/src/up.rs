@@ -8,7 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use mesh::demo::{admin_get, Plan, ProcessSpec, Role, Topology};
+use mesh::demo::{
+    admin_get, apply_routes, ControlPlaneSpec, Plan, PortAllocator, ProcessSpec, Role, Topology,
+};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,10 @@ pub struct UpArgs {
     /// a new directory under the system temp dir.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// The first control-plane replica's port (the second takes the next):
+    /// where meshctl's other commands look by default.
+    #[arg(long, default_value_t = 15010)]
+    pub control_plane_port: u16,
     /// Seconds to wait for every proxy to be ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
@@ -54,13 +60,27 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let bootstrap_path = run_dir.join("bootstrap.yaml");
+    let etcd_found = on_path("etcd");
+    if !etcd_found {
+        eprintln!(
+            "meshctl: no etcd binary on PATH: running one control-plane replica on an in-memory store \
+             (install etcd, e.g. Debian's etcd-server, for two replicas sharing etcd)"
+        );
+    }
+    let mut topology = Topology::shop(args.gateway);
+    topology.control_plane = Some(ControlPlaneSpec {
+        replicas: 2,
+        etcd: etcd_found,
+        first_port: Some(args.control_plane_port),
+        ..ControlPlaneSpec::default()
+    });
     let plan = {
         // The allocator holds its probe ports until dropped: drop it before
         // the processes need them.
-        let mut ports = free_ports();
-        Topology::shop(args.gateway).plan(&mut ports, &bootstrap_path)
+        let mut ports = PortAllocator::new(std::process::id());
+        topology.plan(&mut || ports.next_port(), &bootstrap_path)
     };
-    for spec in &plan.processes {
+    for spec in plan.processes.iter().filter(|p| p.role != Role::Etcd) {
         let path = bin_dir.join(&spec.program);
         if !path.is_file() {
             bail!(
@@ -100,20 +120,6 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     Ok(())
 }
 
-/// A port allocator that asks the OS for free loopback ports, never
-/// handing out the same one twice.
-fn free_ports() -> impl FnMut() -> u16 {
-    let mut held = Vec::new();
-    move || {
-        // Keeping each probe listener open until the allocator is dropped
-        // stops the OS from handing the same port out again.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local addr").port();
-        held.push(listener);
-        port
-    }
-}
-
 async fn start_all(
     plan: &Plan,
     bin_dir: &Path,
@@ -126,7 +132,11 @@ async fn start_all(
         let log_path = run_dir.join("logs").join(format!("{}.log", spec.name));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let child = Command::new(bin_dir.join(&spec.program))
+        let program = match spec.role {
+            Role::Etcd => PathBuf::from(&spec.program),
+            _ => bin_dir.join(&spec.program),
+        };
+        let child = Command::new(program)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -144,7 +154,48 @@ async fn start_all(
     for spec in plan.processes.iter().filter(|p| p.admin.is_some()) {
         wait_ready(spec, running, deadline, shutdown, run_dir).await?;
     }
+    if let Some(control_plane) = plan.control_planes.first() {
+        let revision = apply_routes(control_plane, &plan.bootstrap.routes)
+            .await
+            .map_err(|s| anyhow::anyhow!("applying the shop's routes: {}", s.message()))?;
+        wait_tables(plan, revision, deadline).await?;
+    }
     Ok(())
+}
+
+/// Waits until every proxy runs a table at least as new as `revision`.
+async fn wait_tables(
+    plan: &Plan,
+    revision: i64,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    for spec in plan
+        .processes
+        .iter()
+        .filter(|p| matches!(p.role, Role::Sidecar | Role::Gateway))
+    {
+        let Some(admin) = spec.admin else { continue };
+        loop {
+            let config = tokio::task::spawn_blocking(move || admin_get(admin, "/config")).await?;
+            let version = config
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["version"].as_str().and_then(|s| s.parse::<i64>().ok()));
+            if version.is_some_and(|v| v >= revision) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} did not get the routes in time", spec.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 async fn wait_ready(
@@ -239,6 +290,7 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
         let role = match p.role {
             Role::App => "app",
             Role::Etcd => "etcd",
+            Role::ControlPlane => "control",
             Role::Sidecar => "sidecar",
             Role::Gateway => "gateway",
         };
@@ -249,6 +301,10 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
         );
     }
     println!("\nTry:");
+    println!("  meshctl get routes");
+    println!("  meshctl get endpoints");
+    println!("  meshctl status");
+    println!("  meshctl describe route catalog");
     println!("  grpcurl -plaintext {gateway} list");
     println!("  grpcurl -plaintext {gateway} describe shop.orders.v1.OrdersService");
     println!(

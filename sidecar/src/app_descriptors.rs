@@ -23,6 +23,9 @@ const INFRASTRUCTURE: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
+/// Import chains deeper than this are refused rather than followed.
+const MAX_IMPORT_DEPTH: usize = 32;
+
 /// The app's services and their descriptors.
 #[derive(Debug, Clone, Default)]
 pub struct AppDescriptors {
@@ -86,26 +89,43 @@ async fn read_inner(app: SocketAddr) -> Result<AppDescriptors, ReflectionError> 
     grpc_services.sort();
     grpc_services.dedup();
 
-    let requests: Vec<_> = grpc_services
+    // The files declaring the services, then their imports (servers may
+    // answer with the file alone), until the set is closed under imports.
+    let mut requests: Vec<_> = grpc_services
         .iter()
         .map(|s| request(MessageRequest::FileContainingSymbol(s.clone())))
         .collect();
-    let mut answers = client
-        .server_reflection_info(tokio_stream::iter(requests))
-        .await?
-        .into_inner();
-    let mut files = BTreeMap::new();
-    while let Some(answer) = answers.next().await {
-        match answer?.message_response {
-            Some(MessageResponse::FileDescriptorResponse(found)) => {
-                for bytes in found.file_descriptor_proto {
-                    let file = FileDescriptorProto::decode(bytes.as_slice())
-                        .map_err(|e| ReflectionError::Protocol(e.to_string()))?;
-                    files.entry(file.name().to_owned()).or_insert(file);
-                }
-            }
-            other => return Err(unexpected(other)),
+    let mut files: BTreeMap<String, FileDescriptorProto> = BTreeMap::new();
+    for _round in 0..MAX_IMPORT_DEPTH {
+        if requests.is_empty() {
+            break;
         }
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(std::mem::take(&mut requests)))
+            .await?
+            .into_inner();
+        while let Some(answer) = answers.next().await {
+            match answer?.message_response {
+                Some(MessageResponse::FileDescriptorResponse(found)) => {
+                    for bytes in found.file_descriptor_proto {
+                        let file = FileDescriptorProto::decode(bytes.as_slice())
+                            .map_err(|e| ReflectionError::Protocol(e.to_string()))?;
+                        files.entry(file.name().to_owned()).or_insert(file);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        let missing: std::collections::BTreeSet<String> = files
+            .values()
+            .flat_map(|f| f.dependency.iter())
+            .filter(|d| !files.contains_key(*d))
+            .cloned()
+            .collect();
+        requests = missing
+            .into_iter()
+            .map(|name| request(MessageRequest::FileByFilename(name)))
+            .collect();
     }
     let set = FileDescriptorSet {
         file: files.into_values().collect(),

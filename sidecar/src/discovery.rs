@@ -103,9 +103,15 @@ impl Subscriber {
             () = stop.cancelled() => return SessionEnd::Stopped,
         };
         let (tx, rx) = mpsc::channel(4);
+        let current_version = if self.table.is_loaded() {
+            self.table.load().version().parse().unwrap_or(0)
+        } else {
+            0
+        };
         let hello = SidecarMessage {
             message: Some(Message::Hello(Hello {
                 node: Some(self.node.clone()),
+                current_version,
             })),
         };
         if tx.send(hello).await.is_err() {

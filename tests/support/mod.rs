@@ -62,15 +62,14 @@ fn bin(program: &str) -> PathBuf {
     path
 }
 
-/// Free loopback ports, never the same twice within one allocator.
+/// Free loopback ports, never the same twice within this test process
+/// (one allocator for every test of the binary, outside the ephemeral range).
 pub fn port_allocator() -> impl FnMut() -> u16 {
-    let mut held = Vec::new();
-    move || {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let port = listener.local_addr().expect("local addr").port();
-        held.push(listener);
-        port
-    }
+    static PORTS: std::sync::OnceLock<std::sync::Mutex<mesh::demo::PortAllocator>> =
+        std::sync::OnceLock::new();
+    let ports = PORTS
+        .get_or_init(|| std::sync::Mutex::new(mesh::demo::PortAllocator::new(std::process::id())));
+    move || ports.lock().unwrap_or_else(|e| e.into_inner()).next_port()
 }
 
 impl TestMesh {
@@ -94,20 +93,7 @@ impl TestMesh {
             dir,
         };
         for spec in mesh.plan.processes.clone() {
-            let log = std::fs::File::create(mesh.log_path(&spec.name)).expect("log file");
-            let program = match spec.role {
-                Role::Etcd => PathBuf::from(&spec.program),
-                _ => bin(&spec.program),
-            };
-            let child = Command::new(program)
-                .args(&spec.args)
-                .envs(spec.env.iter().map(|(k, v)| (k, v)))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {}: {e}", spec.name));
+            let child = mesh.spawn(&spec);
             mesh.processes.push((spec.name.clone(), Some(child)));
         }
         mesh.wait_ready();
@@ -160,6 +146,94 @@ impl TestMesh {
         self.processes
             .iter()
             .any(|(n, child)| n == name && child.is_some())
+    }
+
+    fn spawn(&self, spec: &mesh::demo::ProcessSpec) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(&spec.name))
+            .expect("log file");
+        let program = match spec.role {
+            Role::Etcd => PathBuf::from(&spec.program),
+            _ => bin(&spec.program),
+        };
+        Command::new(program)
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", spec.name))
+    }
+
+    /// Starts a killed process again, with the same flags, and waits until
+    /// it is ready.
+    pub fn restart(&mut self, name: &str) {
+        let spec = self.spec(name).clone();
+        let child = self.spawn(&spec);
+        let slot = self
+            .processes
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("a planned process");
+        assert!(slot.1.is_none(), "{name} is still running");
+        slot.1 = Some(child);
+        if let Some(admin) = spec.admin {
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !matches!(admin_get(admin, spec.ready_path), Ok((200, _))) {
+                self.assert_all_alive();
+                assert!(Instant::now() < deadline, "{name} not ready again in time");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Runs `meshctl` against this mesh's control plane; `(success, stdout,
+    /// stderr)`.
+    pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use std::io::Write;
+        let mut child = Command::new(bin("meshctl"))
+            .arg("--control-plane")
+            .arg(self.plan.control_planes.join(","))
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run meshctl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write meshctl stdin");
+        }
+        let out = child.wait_with_output().expect("meshctl output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The proxy's `/config` as JSON.
+    pub fn config(&self, proxy: &str) -> serde_json::Value {
+        let admin = self.spec(proxy).admin.expect("a proxy");
+        let (_, body) = admin_get(admin, "/config").expect("GET /config");
+        serde_json::from_str(&body).expect("/config is JSON")
+    }
+
+    /// Where the test's files are (bootstrap, logs, etcd data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn wait_ready(&mut self) {

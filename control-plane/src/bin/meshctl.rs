@@ -1,10 +1,13 @@
 //! `meshctl`: the mesh's command-line tool, with kubectl habits.
 
 use clap::{Parser, Subcommand};
+use control_plane::cli;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Operate the mesh")]
 struct Cli {
+    #[command(flatten)]
+    control_plane: cli::ControlPlaneArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -13,16 +16,42 @@ struct Cli {
 enum Commands {
     /// Run the whole demo mesh on this machine (loopback only) until Ctrl-C.
     Up(control_plane::up::UpArgs),
+    /// Create or update routes from YAML or JSON files.
+    Apply(cli::apply::ApplyArgs),
+    /// List routes or endpoints.
+    Get(cli::get::GetArgs),
+    /// Delete a route.
+    Delete(cli::delete::DeleteArgs),
+    /// Show the control plane replicas and the sidecars connected to them.
+    Status(cli::status::StatusArgs),
+    /// Show where a route's calls go: subsets, endpoints, shares.
+    Describe(cli::describe::DescribeArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     mesh::logging::init(mesh::logging::LogFormat::Text);
+    let cp = &cli.control_plane;
     match cli.command {
         Commands::Up(args) => {
             let shutdown = mesh::shutdown::on_signal()?;
             control_plane::up::run(args, shutdown).await
         }
+        Commands::Apply(args) => exit_on_error(cli::apply::run(cp, args).await),
+        Commands::Get(args) => exit_on_error(cli::get::run(cp, args).await),
+        Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
+        Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
+        Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
     }
+}
+
+/// kubectl's way of failing: one `error: ...` line (the whole context
+/// chain) and exit code 1, rather than anyhow's multi-line debug report.
+fn exit_on_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -1,0 +1,342 @@
+//! The control plane's side of discovery: one stream per sidecar. Register
+//! the node under a lease kept alive while the stream lives, push a table
+//! whenever the sidecar's table changes, record its ACKs and NACKs, and
+//! revoke the lease when the stream ends (so a sidecar that leaves is gone
+//! at once, and one that dies is gone within the TTL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::model::Endpoint;
+use mesh::proto::mesh::v1::discovery_server::Discovery;
+use mesh::proto::mesh::v1::sidecar_message::Message;
+use mesh::proto::mesh::v1::{Node, SidecarMessage, TableSnapshot};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::index::Published;
+use crate::keys;
+use crate::registration::{Registration, SidecarStatus};
+use crate::sessions::Sessions;
+use crate::store::{LeaseId, Precondition, Store, StoreError};
+
+/// How long a new stream may take to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Discovery gRPC service of one replica.
+pub struct DiscoveryService<S> {
+    store: S,
+    published: watch::Receiver<Arc<Published>>,
+    lease_ttl: Duration,
+    sessions: Arc<Sessions>,
+    stop: CancellationToken,
+    started: std::time::Instant,
+    warmup: Duration,
+}
+
+impl<S: Store> DiscoveryService<S> {
+    /// A service registering nodes in `store` with leases of `lease_ttl`,
+    /// pushing what `published` holds. For `warmup` after start, sidecars
+    /// that already have a table get their first push only when it ends.
+    pub fn new(
+        store: S,
+        published: watch::Receiver<Arc<Published>>,
+        lease_ttl: Duration,
+        warmup: Duration,
+        sessions: Arc<Sessions>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            published,
+            lease_ttl,
+            sessions,
+            stop,
+            started: std::time::Instant::now(),
+            warmup,
+        }
+    }
+}
+
+/// Checks a node's identity; the error names the field.
+fn registration(node: &Node) -> Result<Registration, Status> {
+    let endpoint = Endpoint {
+        service: node.service.clone(),
+        instance: node.instance.clone(),
+        address: node.address.clone(),
+        version: node.version.clone(),
+        weight: node.weight,
+    };
+    endpoint
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("hello.node.{e}")))?;
+    Ok(Registration {
+        endpoint,
+        grpc_services: node.grpc_services.clone(),
+    })
+}
+
+/// Writes a node's keys under a fresh lease.
+async fn register<S: Store>(
+    store: &S,
+    ttl: Duration,
+    registration: &Registration,
+    descriptors: &[u8],
+) -> Result<LeaseId, StoreError> {
+    let lease = store.grant_lease(ttl).await?;
+    let endpoint = &registration.endpoint;
+    let value = serde_json::to_vec(registration).unwrap_or_default();
+    store
+        .put(
+            &keys::endpoint(&endpoint.service, &endpoint.instance),
+            value,
+            Precondition::Any,
+            Some(lease),
+        )
+        .await?;
+    store
+        .put(
+            &keys::descriptors(&endpoint.service, &endpoint.instance),
+            descriptors.to_vec(),
+            Precondition::Any,
+            Some(lease),
+        )
+        .await?;
+    Ok(lease)
+}
+
+#[tonic::async_trait]
+impl<S: Store> Discovery for DiscoveryService<S> {
+    type SubscribeStream = ReceiverStream<Result<TableSnapshot, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
+            .ok_or_else(|| Status::invalid_argument("stream closed before its Hello"))?;
+        let (node, current_version) = match first.message {
+            Some(Message::Hello(hello)) => (
+                hello
+                    .node
+                    .ok_or_else(|| Status::invalid_argument("hello.node: required"))?,
+                hello.current_version,
+            ),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ))
+            }
+        };
+        if node.instance.is_empty() {
+            return Err(Status::invalid_argument("hello.node.instance: required"));
+        }
+        let registered = if node.gateway {
+            None
+        } else {
+            let registration = registration(&node)?;
+            let lease = register(
+                &self.store,
+                self.lease_ttl,
+                &registration,
+                &node.file_descriptor_set,
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot register: {e}")))?;
+            Some((registration, lease))
+        };
+        tracing::info!(
+            service = %node.service,
+            instance = %node.instance,
+            gateway = node.gateway,
+            "sidecar connected"
+        );
+        let id = self.sessions.open(SidecarStatus {
+            service: node.service.clone(),
+            instance: node.instance.clone(),
+            gateway: node.gateway,
+            ..SidecarStatus::default()
+        });
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session {
+            id,
+            store: self.store.clone(),
+            lease_ttl: self.lease_ttl,
+            sessions: self.sessions.clone(),
+            node,
+            registered,
+            descriptors_sent: None,
+            table_sent: None,
+        };
+        // A sidecar that has a table keeps it until this replica has seen the
+        // others re-register (after a control-plane outage, the store has
+        // lost their leases).
+        let hold = if current_version > 0 {
+            self.warmup.saturating_sub(self.started.elapsed())
+        } else {
+            Duration::ZERO
+        };
+        tokio::spawn(session.run(inbound, tx, self.published.clone(), hold, self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Session<S> {
+    id: u64,
+    store: S,
+    lease_ttl: Duration,
+    sessions: Arc<Sessions>,
+    node: Node,
+    registered: Option<(Registration, LeaseId)>,
+    /// What was last pushed, to push only what changed for this node.
+    table_sent: Option<String>,
+    descriptors_sent: Option<(Vec<Vec<u8>>, Vec<String>)>,
+}
+
+impl<S: Store> Session<S> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<SidecarMessage>,
+        tx: mpsc::Sender<Result<TableSnapshot, Status>>,
+        mut published: watch::Receiver<Arc<Published>>,
+        hold: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut keepalive = tokio::time::interval(self.lease_ttl / 3);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        published.mark_changed();
+        let held = tokio::time::sleep(hold);
+        tokio::pin!(held);
+        let mut holding = !hold.is_zero();
+        loop {
+            tokio::select! {
+                () = &mut held, if holding => {
+                    holding = false;
+                    published.mark_changed();
+                }
+                changed = published.changed(), if !holding => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let current = published.borrow_and_update().clone();
+                    if let Some(snapshot) = self.snapshot_if_changed(&current) {
+                        let version = snapshot.version;
+                        if tx.send(Ok(snapshot)).await.is_err() {
+                            break;
+                        }
+                        self.sessions.update(self.id, |s| s.pushed_version = version);
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.on_message(message),
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(instance = %self.node.instance, %status, "stream error");
+                        break;
+                    }
+                },
+                _ = keepalive.tick(), if self.registered.is_some() => self.keep_alive().await,
+                () = stop.cancelled() => break,
+            }
+        }
+        if let Some((_, lease)) = &self.registered {
+            if let Err(error) = self.store.revoke(*lease).await {
+                tracing::warn!(instance = %self.node.instance, %error, "cannot revoke lease; it will expire");
+            }
+        }
+        self.sessions.close(self.id);
+        tracing::info!(service = %self.node.service, instance = %self.node.instance, "sidecar disconnected");
+    }
+
+    fn snapshot_if_changed(&mut self, current: &Published) -> Option<TableSnapshot> {
+        if current.revision == 0 {
+            return None; // the store has not been read yet
+        }
+        let table_changed = self.table_sent.as_deref() != Some(current.table_json.as_str());
+        let descriptors_changed = self.node.gateway
+            && self
+                .descriptors_sent
+                .as_ref()
+                .is_none_or(|(sets, services)| {
+                    *sets != current.descriptor_sets || *services != current.grpc_services
+                });
+        if !table_changed && !descriptors_changed {
+            return None;
+        }
+        self.table_sent = Some(current.table_json.clone());
+        let mut snapshot = TableSnapshot {
+            version: current.revision as u64,
+            table_json: current.table_json.clone(),
+            ..TableSnapshot::default()
+        };
+        if self.node.gateway {
+            snapshot.file_descriptor_sets = current.descriptor_sets.clone();
+            snapshot.grpc_services = current.grpc_services.clone();
+            self.descriptors_sent = Some((
+                current.descriptor_sets.clone(),
+                current.grpc_services.clone(),
+            ));
+        }
+        Some(snapshot)
+    }
+
+    fn on_message(&self, message: SidecarMessage) {
+        match message.message {
+            Some(Message::Ack(ack)) => {
+                tracing::debug!(instance = %self.node.instance, version = ack.version, "ACK");
+                self.sessions.update(self.id, |s| {
+                    s.acked_version = ack.version;
+                    s.nack_reason.clear();
+                });
+            }
+            Some(Message::Nack(nack)) => {
+                tracing::warn!(
+                    instance = %self.node.instance,
+                    version = nack.version,
+                    reason = %nack.reason,
+                    "NACK: sidecar refused its table"
+                );
+                self.sessions.update(self.id, |s| {
+                    s.nack_reason = format!("v{}: {}", nack.version, nack.reason)
+                });
+            }
+            Some(Message::Hello(_)) | None => {
+                tracing::debug!(instance = %self.node.instance, "ignoring a repeated Hello");
+            }
+        }
+    }
+
+    async fn keep_alive(&mut self) {
+        let Some((registration, lease)) = &self.registered else {
+            return;
+        };
+        match self.store.keep_alive(*lease).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseExpired { .. }) => {
+                // The store lost the lease (e.g. we could not reach it for
+                // longer than the TTL): register again under a new one.
+                tracing::warn!(instance = %self.node.instance, "lease expired; registering again");
+                match register(
+                    &self.store,
+                    self.lease_ttl,
+                    registration,
+                    &self.node.file_descriptor_set,
+                )
+                .await
+                {
+                    Ok(new_lease) => {
+                        let registration = registration.clone();
+                        self.registered = Some((registration, new_lease));
+                    }
+                    Err(error) => tracing::warn!(%error, "re-registration failed; will retry"),
+                }
+            }
+            Err(error) => tracing::warn!(%error, "lease keep-alive failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The control plane's view of the store: a synchronous index fed by the
+//! watch, from which every push is built. Pure (no I/O), so its rules are
+//! plain unit tests.
+//!
+//! Bad data found in the store (a route that does not parse or validate, a
+//! registration under the wrong key, two routes for one gRPC path) is
+//! reported and skipped: it never reaches a sidecar.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh::model::{Bootstrap, Route};
+
+use crate::keys::{self, Key};
+use crate::registration::Registration;
+use crate::store::{KeyValue, Revision, Snapshot, WatchBatch, WatchEvent};
+
+/// Everything under the mesh prefix, parsed.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    revision: Revision,
+    routes: BTreeMap<String, Result<Route, String>>,
+    endpoints: BTreeMap<(String, String), Result<Registration, String>>,
+    descriptors: BTreeMap<(String, String), Vec<u8>>,
+    unknown: BTreeSet<String>,
+}
+
+/// What a push is made of, built once per change and shared by every
+/// subscriber of the replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The store revision this was built at: the version sidecars ack.
+    pub revision: Revision,
+    /// The table every sidecar gets, as JSON (bootstrap schema).
+    pub table_json: String,
+    /// The table itself.
+    pub table: Bootstrap,
+    /// Every registered app's descriptors (for gateways).
+    pub descriptor_sets: Vec<Vec<u8>>,
+    /// Every registered gRPC service (for gateways).
+    pub grpc_services: Vec<String>,
+    /// Data in the store that was skipped, and why.
+    pub problems: Vec<String>,
+}
+
+impl Index {
+    /// The index of a full read of the prefix.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let mut index = Self {
+            revision: snapshot.revision,
+            ..Self::default()
+        };
+        for kv in &snapshot.items {
+            index.put(kv);
+        }
+        index
+    }
+
+    /// Applies a batch of watch events, in order.
+    pub fn apply(&mut self, batch: &WatchBatch) {
+        for event in &batch.events {
+            match event {
+                WatchEvent::Put(kv) => self.put(kv),
+                WatchEvent::Delete { key, .. } => self.delete(key),
+            }
+        }
+        self.revision = self.revision.max(batch.revision);
+    }
+
+    /// The latest store revision seen.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    fn put(&mut self, kv: &KeyValue) {
+        match keys::parse(&kv.key) {
+            Key::Route(name) => {
+                let parsed = parse_route(&name, &kv.value);
+                self.routes.insert(name, parsed);
+            }
+            Key::Endpoint(service, instance) => {
+                let parsed = parse_registration(&service, &instance, &kv.value);
+                self.endpoints.insert((service, instance), parsed);
+            }
+            Key::Descriptors(service, instance) => {
+                self.descriptors
+                    .insert((service, instance), kv.value.clone());
+            }
+            Key::Replica(_) => {}
+            Key::Unknown(key) => {
+                self.unknown.insert(key);
+            }
+        }
+    }
+
+    fn delete(&mut self, key: &str) {
+        match keys::parse(key) {
+            Key::Route(name) => {
+                self.routes.remove(&name);
+            }
+            Key::Endpoint(service, instance) => {
+                self.endpoints.remove(&(service, instance));
+            }
+            Key::Descriptors(service, instance) => {
+                self.descriptors.remove(&(service, instance));
+            }
+            Key::Replica(_) => {}
+            Key::Unknown(key) => {
+                self.unknown.remove(&key);
+            }
+        }
+    }
+
+    /// The route stored under `name`, if it is valid.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name).and_then(|r| r.as_ref().ok())
+    }
+
+    /// The name of the valid route that takes `path`, if any.
+    pub fn route_for_path(&self, path: &str) -> Option<&str> {
+        self.routes
+            .values()
+            .filter_map(|r| r.as_ref().ok())
+            .find(|r| r.path() == path)
+            .map(|r| r.metadata.name.as_str())
+    }
+
+    /// Builds what sidecars get from the current state.
+    pub fn publish(&self) -> Published {
+        let mut problems = Vec::new();
+        let mut routes: Vec<Route> = Vec::new();
+        for (name, parsed) in &self.routes {
+            match parsed {
+                Ok(route) => {
+                    if let Some(first) = routes.iter().find(|r| r.path() == route.path()) {
+                        problems.push(format!(
+                            "route {name:?} skipped: {} is already routed by {:?}",
+                            route.path(),
+                            first.metadata.name
+                        ));
+                    } else {
+                        routes.push(route.clone());
+                    }
+                }
+                Err(why) => problems.push(format!("route {name:?} skipped: {why}")),
+            }
+        }
+        let mut endpoints = Vec::new();
+        let mut grpc_services = BTreeSet::new();
+        let mut descriptor_sets = Vec::new();
+        for ((service, instance), parsed) in &self.endpoints {
+            match parsed {
+                Ok(registration) => {
+                    endpoints.push(registration.endpoint.clone());
+                    grpc_services.extend(registration.grpc_services.iter().cloned());
+                    if let Some(set) = self.descriptors.get(&(service.clone(), instance.clone())) {
+                        descriptor_sets.push(set.clone());
+                    }
+                }
+                Err(why) => problems.push(format!("endpoint {service}/{instance} skipped: {why}")),
+            }
+        }
+        for key in &self.unknown {
+            problems.push(format!("unknown key {key:?} ignored"));
+        }
+        let table = Bootstrap { endpoints, routes };
+        Published {
+            revision: self.revision,
+            table_json: serde_json::to_string(&table).unwrap_or_default(),
+            table,
+            descriptor_sets,
+            grpc_services: grpc_services.into_iter().collect(),
+            problems,
+        }
+    }
+}
+
+fn parse_route(name: &str, value: &[u8]) -> Result<Route, String> {
+    let route: Route = serde_json::from_slice(value).map_err(|e| format!("not a route: {e}"))?;
+    route.validate().map_err(|e| e.to_string())?;
+    if route.metadata.name != name {
+        return Err(format!(
+            "metadata.name {:?} does not match its key",
+            route.metadata.name
+        ));
+    }
+    Ok(route)
+}
+
+fn parse_registration(service: &str, instance: &str, value: &[u8]) -> Result<Registration, String> {
+    let registration: Registration =
+        serde_json::from_slice(value).map_err(|e| format!("not a registration: {e}"))?;
+    registration
+        .endpoint
+        .validate()
+        .map_err(|e| e.to_string())?;
+    if registration.endpoint.service != service || registration.endpoint.instance != instance {
+        return Err("service/instance do not match its key".into());
+    }
+    Ok(registration)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,98 @@
+//! Where the mesh keeps its state in the store (etcd):
+//!
+//! - `/mesh/routes/<name>`: a validated route document (JSON).
+//! - `/mesh/endpoints/<service>/<instance>`: a live registration (JSON),
+//!   bound to the lease of the sidecar's discovery stream.
+//! - `/mesh/descriptors/<service>/<instance>`: that app's encoded
+//!   `FileDescriptorSet`, on the same lease.
+//! - `/mesh/replicas/<id>`: a control-plane replica's status (JSON), bound to
+//!   the replica's own lease.
+
+/// Everything the mesh stores is under this prefix.
+pub const ROOT: &str = "/mesh/";
+/// Routes prefix.
+pub const ROUTES: &str = "/mesh/routes/";
+/// Endpoints prefix.
+pub const ENDPOINTS: &str = "/mesh/endpoints/";
+/// Descriptor sets prefix.
+pub const DESCRIPTORS: &str = "/mesh/descriptors/";
+/// Replica status prefix.
+pub const REPLICAS: &str = "/mesh/replicas/";
+
+/// The key of route `name`.
+pub fn route(name: &str) -> String {
+    format!("{ROUTES}{name}")
+}
+
+/// The key of an endpoint registration.
+pub fn endpoint(service: &str, instance: &str) -> String {
+    format!("{ENDPOINTS}{service}/{instance}")
+}
+
+/// The key of an app's descriptors.
+pub fn descriptors(service: &str, instance: &str) -> String {
+    format!("{DESCRIPTORS}{service}/{instance}")
+}
+
+/// The key of a replica's status.
+pub fn replica(id: &str) -> String {
+    format!("{REPLICAS}{id}")
+}
+
+/// What a key under [`ROOT`] names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// A route, by name.
+    Route(String),
+    /// An endpoint registration: service, instance.
+    Endpoint(String, String),
+    /// An app's descriptors: service, instance.
+    Descriptors(String, String),
+    /// A replica's status, by id.
+    Replica(String),
+    /// Something else under the prefix (reported, ignored).
+    Unknown(String),
+}
+
+/// Classifies a key.
+pub fn parse(key: &str) -> Key {
+    let pair = |rest: &str| {
+        rest.split_once('/')
+            .filter(|(s, i)| !s.is_empty() && !i.is_empty() && !i.contains('/'))
+            .map(|(s, i)| (s.to_owned(), i.to_owned()))
+    };
+    if let Some(name) = key.strip_prefix(ROUTES).filter(|n| !n.is_empty()) {
+        return Key::Route(name.to_owned());
+    }
+    if let Some((s, i)) = key.strip_prefix(ENDPOINTS).and_then(pair) {
+        return Key::Endpoint(s, i);
+    }
+    if let Some((s, i)) = key.strip_prefix(DESCRIPTORS).and_then(pair) {
+        return Key::Descriptors(s, i);
+    }
+    if let Some(id) = key.strip_prefix(REPLICAS).filter(|n| !n.is_empty()) {
+        return Key::Replica(id.to_owned());
+    }
+    Key::Unknown(key.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(parse(&route("inv")), Key::Route("inv".into()));
+        assert_eq!(
+            parse(&endpoint("inventory", "inv-1")),
+            Key::Endpoint("inventory".into(), "inv-1".into())
+        );
+        assert_eq!(
+            parse(&descriptors("a", "b")),
+            Key::Descriptors("a".into(), "b".into())
+        );
+        assert_eq!(parse(&replica("r1")), Key::Replica("r1".into()));
+        assert!(matches!(parse("/mesh/endpoints/x"), Key::Unknown(_)));
+        assert!(matches!(parse("/mesh/other"), Key::Unknown(_)));
+    }
+}

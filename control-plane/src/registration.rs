@@ -1,0 +1,45 @@
+//! What the control plane stores for a registered sidecar and for itself.
+
+use mesh::model::Endpoint;
+use serde::{Deserialize, Serialize};
+
+/// A live endpoint: the routable part plus what its app serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// Where and how much traffic it takes.
+    pub endpoint: Endpoint,
+    /// Fully qualified gRPC services its app serves.
+    #[serde(default)]
+    pub grpc_services: Vec<String>,
+}
+
+/// A sidecar connected to a replica, as `meshctl status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidecarStatus {
+    /// Its mesh service (empty for a gateway).
+    pub service: String,
+    /// Its instance id.
+    pub instance: String,
+    /// Whether it is a gateway.
+    pub gateway: bool,
+    /// Last version pushed to it.
+    pub pushed_version: u64,
+    /// Last version it acknowledged.
+    pub acked_version: u64,
+    /// Why it refused its latest push, if it did.
+    pub nack_reason: String,
+}
+
+/// A replica's status, kept in the store so any replica can report on all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Replica id.
+    pub id: String,
+    /// Where it serves.
+    pub address: String,
+    /// The latest store revision it has seen.
+    pub revision: i64,
+    /// Its connected sidecars.
+    pub sidecars: Vec<SidecarStatus>,
+}
