@@ -51,7 +51,8 @@ impl Subscriber {
     /// Runs until `stop`; closing the stream on stop deregisters this node.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let mut next = 0;
+        // Start at a random replica so sidecars spread over them.
+        let mut next = rand::random_range(0..self.control_planes.len());
         loop {
             if let Some(app) = self.app {
                 match app_descriptors::read(app, REFLECTION_TIMEOUT).await {
