@@ -182,8 +182,8 @@ impl Plan {
 }
 
 impl Topology {
-    /// The demo shop: one instance of each service (two of catalog, so
-    /// balancing is visible; catalog is read-mostly, while the demo's
+    /// The demo shop: one instance of each service (two of catalog, `v1` and
+    /// `v2`, so balancing and splits are visible; catalog is read-mostly, while the demo's
     /// in-memory inventory and payments keep state per instance) and a
     /// gateway on `gateway`.
     pub fn shop(gateway: SocketAddr) -> Self {
@@ -199,7 +199,7 @@ impl Topology {
                     "catalog".into(),
                     vec![
                         InstanceSpec::new("catalog-1"),
-                        InstanceSpec::new("catalog-2"),
+                        InstanceSpec::new("catalog-2").version("v2"),
                     ],
                 ),
                 one("inventory"),
