@@ -533,6 +533,10 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             rules: Vec::new(),
             split: Vec::new(),
             timeout: None,
+            retries: None,
+            outlier_detection: None,
+            concurrency: None,
+            fault: None,
         },
     }
 }

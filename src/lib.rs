@@ -12,7 +12,10 @@
 //!   outbound channel to its sidecar and graceful shutdown.
 //! - [`demo`]: the demo shop as a plan of processes and their table, run
 //!   by `meshctl up` and by the end-to-end tests alike.
-//! - [`logging`]: one `tracing` subscriber set-up for every binary.
+//! - [`telemetry`]: logs and OpenTelemetry traces for every binary (one
+//!   `init`, `OTEL_*` configuration, OTLP export with a bounded queue and a
+//!   drop counter), and the gRPC layers that carry trace context.
+//! - [`logging`]: logs without traces, for tools and tests.
 //! - [`shutdown`]: the process-wide shutdown signal (SIGTERM and SIGINT).
 
 pub mod app;
@@ -21,3 +24,4 @@ pub mod logging;
 pub mod model;
 pub mod proto;
 pub mod shutdown;
+pub mod telemetry;

@@ -1,30 +1,17 @@
-//! Log set-up shared by every binary: `RUST_LOG`-style filters, human or
-//! JSON lines.
+//! Logs only, for code that wants no traces (tools, tests, embedding).
+//! Binaries use [`crate::telemetry::init`], which installs the same log
+//! layer plus tracing; [`LogFormat`] lives there and is re-exported here.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event, for people.
-    #[default]
-    Text,
-    /// One JSON object per event, for log pipelines.
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
-/// Installs the global subscriber. The filter comes from `RUST_LOG` and
-/// defaults to `info`, so a binary started by hand says what it is doing
-/// without being asked. Logs go to stderr: stdout stays free for output a
-/// program is asked for.
+/// Installs a global subscriber that only logs: `RUST_LOG`-style filter
+/// (default `info`), lines on stderr. A second init (tests, embedding) is
+/// harmless: the first subscriber stays.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests, embedding) is harmless: keep the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let _ = tracing_subscriber::registry()
+        .with(crate::telemetry::log_layer(format))
+        .try_init();
 }

@@ -26,7 +26,7 @@ pub struct Index {
 
 /// What a push is made of, built once per change and shared by every
 /// subscriber of the replica.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Published {
     /// The store revision this was built at: the version sidecars ack.
     pub revision: Revision,

@@ -1,4 +1,5 @@
-//! The admin HTTP API: `/live`, `/ready`, `/config`, `/metrics`. For people
+//! The admin HTTP API: `/live`, `/ready`, `/config`, `/endpoints` (each
+//! endpoint's connection and breaker state), `/metrics`. For people
 //! (curl), Kubernetes probes and Prometheus.
 
 use std::convert::Infallible;
@@ -86,6 +87,17 @@ impl Admin {
                 );
                 response
             }
+            "/endpoints" => {
+                let views = self.inner.table.pool().views();
+                let mut response = Response::new(Full::new(Bytes::from(
+                    serde_json::to_vec_pretty(&views).unwrap_or_default(),
+                )));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
+            }
             "/metrics" => {
                 let mut response = text(StatusCode::OK, self.inner.metrics.render());
                 response.headers_mut().insert(
@@ -98,7 +110,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /config, /metrics\n".into(),
+                "not found; try /live, /ready, /config, /endpoints, /metrics\n".into(),
             ),
         }
     }

@@ -14,6 +14,14 @@
 //! - `app_descriptors`: what the local app serves, from its reflection.
 //! - `mesh_reflection`: the gateway's mesh-wide reflection.
 //! - `backoff`: exponential backoff with jitter.
+//! - `policy`: a route's timeouts, retries, breakers, limits and faults,
+//!   compiled.
+//! - `replay_body`: request bodies kept (up to a cap) so a retry can resend.
+//! - `response_body`: response bodies watched for their gRPC status and
+//!   deadline.
+//! - `outlier`: per-endpoint circuit breaking (outlier detection).
+//! - `outcome`: an attempt in flight and its outcome, fed to the breaker.
+//! - `concurrency`: fail-fast caps on calls in flight.
 //! - `deadline`: the `grpc-timeout` header.
 //! - `wrr`: smooth weighted round-robin.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
@@ -26,12 +34,18 @@
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod concurrency;
 mod deadline;
 mod discovery;
 mod mesh_reflection;
 mod metrics;
+mod outcome;
+mod outlier;
+mod policy;
 mod proxy;
 mod proxy_error;
+mod replay_body;
+mod response_body;
 mod server;
 pub mod settings;
 mod table;

@@ -39,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
     proxy_errors: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
 }
 
 /// The counters of one route, bumped by every call it takes.
@@ -69,10 +70,17 @@ impl Default for Metrics {
             "Calls the proxy answered itself with an error, by direction and reason",
             proxy_errors.clone(),
         );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts beyond the first, by direction and route",
+            retries.clone(),
+        );
         Self {
             registry,
             requests,
             proxy_errors,
+            retries,
         }
     }
 }
@@ -89,6 +97,16 @@ impl Metrics {
                 ])
                 .clone(),
         }
+    }
+
+    /// Counts a retry the route made.
+    pub fn record_retry(&self, direction: Direction, route: &str) {
+        self.retries
+            .get_or_create(&vec![
+                ("direction", direction.as_str().to_owned()),
+                ("route", route.to_owned()),
+            ])
+            .inc();
     }
 
     /// Counts an error the proxy made (off the hot path: errors only).

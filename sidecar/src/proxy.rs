@@ -2,24 +2,42 @@
 //! goes, hand it to that upstream's HTTP/2 connection, pass the response
 //! back. Bodies and trailers stream through untouched; protobuf is never
 //! decoded.
+//!
+//! A routed call goes through its route's policies in this order: fault
+//! injection, deadline, concurrency cap, then attempts. Each attempt picks
+//! an endpoint (another one than before when it can, never an ejected one),
+//! waits for a connection (under the pending-connect cap), sends, and looks
+//! at the answer: a trailers-only failure with a retryable code, or a
+//! connection failure before the request was sent, is retried after a
+//! jittered backoff if the body could be replayed, the route's retry budget
+//! allows, and the deadline has time left. Once response headers go to the
+//! client the call is never retried.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::request::Parts;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-
+use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics, RouteCounters};
+use crate::outcome::{CallGuard, Outcome, OutlierScope};
+use crate::outlier::Admission;
+use crate::policy::RoutePolicy;
 use crate::proxy_error::{ProxyBody, ProxyError};
-use crate::table::{LiveTable, Target};
+use crate::replay_body::{Replay, RequestBody};
+use crate::response_body::{grpc_status, ResponseBody};
+use crate::table::LiveTable;
 use crate::upstream::Upstream;
 
 /// Where a listener's calls go.
@@ -49,6 +67,18 @@ struct ProxyInner {
     /// The gateway's own mesh-wide reflection (control-plane mode).
     reflection: Option<Arc<MeshReflection>>,
     metrics: Arc<Metrics>,
+}
+
+/// How one attempt went.
+enum Attempt {
+    /// Response headers came (success, or a gRPC error status).
+    Answered(Response<Incoming>, CallGuard),
+    /// No response; `retryable` if the request was never sent.
+    Failed {
+        error: ProxyError,
+        retryable: bool,
+        guard: Option<CallGuard>,
+    },
 }
 
 impl Proxy {
@@ -84,7 +114,7 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         if let Some(reflection) = &self.inner.reflection {
             if MeshReflection::handles(req.uri().path()) {
                 if let Some(service) = reflection.current() {
@@ -93,57 +123,320 @@ impl Proxy {
                 }
             }
         }
-        let target = match &self.inner.destination {
-            Destination::Routed(table) => table.load().route(req.uri().path(), req.headers())?,
-            Destination::App { upstream, counters } => Target {
-                upstream: upstream.clone(),
-                counters: counters.clone(),
-                timeout: None,
-            },
-        };
-        let upstream = &target.upstream;
-        let mut sender = upstream
-            .sender()
-            .await
-            .map_err(|e| ProxyError::connect_failed(upstream.addr(), e))?;
-        target.counters.record_request();
+        match &self.inner.destination {
+            Destination::App { upstream, counters } => {
+                let (parts, body) = req.into_parts();
+                let request = rebuild(parts, RequestBody::Direct(body), upstream, None);
+                counters.record_request();
+                match send(upstream, request, None, None, None).await {
+                    Attempt::Answered(response, guard) => Ok(respond(response, guard, None, None)),
+                    Attempt::Failed { error, .. } => Err(error),
+                }
+            }
+            Destination::Routed(table) => {
+                let table = table.load_full();
+                let (route, balancer) = table.route(req.uri().path(), req.headers())?;
+                route.counters.record_request();
+                self.forward_routed(req, &route.policy, |avoid, breakers| {
+                    balancer.pick(avoid, breakers, Instant::now())
+                })
+                .await
+            }
+        }
+    }
 
-        // The upstream sees its own authority, as if called directly.
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(upstream.authority().clone());
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| ProxyError::malformed_path(&e.to_string()))?;
-
-        // The caller's deadline and the route's: the smaller wins, and the
-        // upstream is told what is left of it.
+    async fn forward_routed(
+        &self,
+        req: Request<Incoming>,
+        policy: &Arc<RoutePolicy>,
+        pick: impl Fn(&[Arc<Upstream>], bool) -> Result<crate::table::Pick, ProxyError>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // The caller's deadline and the route's: the smaller wins.
         let caller = req
             .headers()
             .get(deadline::GRPC_TIMEOUT)
             .and_then(deadline::parse);
-        let budget = match (caller, target.timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let (budget, callers) = match (caller, policy.timeout) {
+            (Some(c), Some(r)) if c <= r => (Some(c), true),
+            (Some(_), Some(r)) => (Some(r), false),
+            (Some(c), None) => (Some(c), true),
+            (None, r) => (r, false),
         };
-        let sent = sender.send_request(match budget {
-            Some(budget) => {
-                req.headers_mut()
-                    .insert(deadline::GRPC_TIMEOUT, deadline::encode(budget));
-                req
+        let deadline = budget.map(|b| Instant::now() + b);
+        let expired =
+            || ProxyError::deadline_exceeded(&policy.name, budget.unwrap_or_default(), callers);
+
+        if let Some(fault) = &policy.fault {
+            if fault.delay_ratio > 0.0 && rand::random::<f64>() < fault.delay_ratio {
+                match deadline {
+                    Some(d) if Instant::now() + fault.delay >= d => {
+                        tokio::time::sleep_until(d).await;
+                        return Err(expired());
+                    }
+                    _ => tokio::time::sleep(fault.delay).await,
+                }
             }
-            None => req,
-        });
-        let response = match budget {
-            // Dropping the response future on expiry resets the upstream
-            // stream (RST_STREAM CANCEL): the upstream sees the cancellation.
-            Some(budget) => tokio::time::timeout(budget, sent)
-                .await
-                .map_err(|_| ProxyError::deadline_exceeded(budget, caller == Some(budget)))?,
-            None => sent.await,
+            if fault.abort_ratio > 0.0 && rand::random::<f64>() < fault.abort_ratio {
+                return Err(ProxyError::fault_abort(&policy.name, fault.abort_code));
+            }
         }
-        .map_err(|e| ProxyError::upstream_reset(upstream.addr(), e))?;
-        Ok(response.map(Either::Left))
+
+        let permit: Option<Permit> = match &policy.max_requests {
+            Some(limit) => Some(
+                limit
+                    .try_acquire()
+                    .ok_or_else(|| ProxyError::concurrency_limit(&policy.name, limit.max()))?,
+            ),
+            None => None,
+        };
+
+        let (parts, body) = req.into_parts();
+        let attempts = policy.retry.as_ref().map_or(1, |r| r.attempts);
+        let (mut direct, replay) = match &policy.retry {
+            Some(retry) => {
+                retry.deposit();
+                (None, Some(Replay::new(body, retry.buffer_bytes)))
+            }
+            None => (Some(body), None),
+        };
+        let mut parts = Some(parts);
+        let mut tried: Vec<Arc<Upstream>> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= attempts;
+            let remaining = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(expired()),
+                },
+                None => None,
+            };
+            let per_try = policy.retry.as_ref().and_then(|r| r.per_try_timeout);
+            let try_budget = match (remaining, per_try) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let picked = pick(&tried, policy.outlier.is_some())?;
+            let upstream = picked.upstream.clone();
+            tried.push(upstream.clone());
+            let outlier = policy.outlier.as_ref().map(|p| OutlierScope {
+                policy: p.clone(),
+                peers: picked.peers.clone(),
+                route: policy.name.clone(),
+            });
+            if picked.admission == Admission::Probe {
+                tracing::info!(route = %policy.name, endpoint = upstream.addr(), "probing an ejected endpoint");
+            }
+
+            let body = match &replay {
+                Some(replay) => RequestBody::Replay(replay.body()),
+                None => RequestBody::Direct(direct.take().ok_or_else(|| {
+                    ProxyError::upstream_reset(upstream.addr(), "request body already sent")
+                })?),
+            };
+            let request = if last {
+                let parts = parts.take().ok_or_else(|| {
+                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
+                })?;
+                rebuild(parts, body, &upstream, try_budget)
+            } else {
+                let parts = parts.as_ref().ok_or_else(|| {
+                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
+                })?;
+                rebuild(copy_parts(parts), body, &upstream, try_budget)
+            };
+
+            let pending = policy
+                .max_pending_connects
+                .as_ref()
+                .map(|limit| (&*policy.name, limit));
+            let outcome = send(&upstream, request, try_budget, outlier.clone(), pending).await;
+            let can_retry = !last && replay.as_ref().is_some_and(Replay::can_replay);
+            let retry_on = |code: i32| {
+                policy
+                    .retry
+                    .as_ref()
+                    .is_some_and(|r| r.retry_on.contains(&code))
+            };
+            let reason = match outcome {
+                Attempt::Answered(response, mut guard) => match grpc_status(response.headers()) {
+                    // A trailers-only error: nothing has reached the client yet.
+                    Some(code) if code != 0 => {
+                        guard.report(Outcome::Status(code));
+                        if !(can_retry && retry_on(code) && self.take_retry(policy)) {
+                            return Ok(respond(response, guard, permit, None));
+                        }
+                        format!("grpc-status {code} from {}", upstream.addr())
+                    }
+                    _ => return Ok(respond(response, guard, permit, deadline)),
+                },
+                Attempt::Failed {
+                    error,
+                    retryable,
+                    guard,
+                } => {
+                    if let Some(mut guard) = guard {
+                        guard.report(Outcome::Reset(error.message.clone()));
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(expired());
+                    }
+                    if !(can_retry && retryable && self.take_retry(policy)) {
+                        return Err(error);
+                    }
+                    error.to_string()
+                }
+            };
+            let Some(retry) = policy.retry.as_ref() else {
+                return Err(ProxyError::upstream_reset(upstream.addr(), reason));
+            };
+            let mut wait = retry
+                .backoff_ceiling(attempt)
+                .mul_f64(rand::random::<f64>());
+            if let Some(d) = deadline {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            tracing::debug!(route = %policy.name, attempt, ?wait, %reason, "retrying");
+            tokio::time::sleep(wait).await;
+        }
     }
+
+    /// Takes a retry from the route's budget, counting the outcome.
+    fn take_retry(&self, policy: &RoutePolicy) -> bool {
+        let Some(retry) = &policy.retry else {
+            return false;
+        };
+        let direction = self.inner.direction;
+        if retry.withdraw() {
+            self.inner.metrics.record_retry(direction, &policy.name);
+            true
+        } else {
+            tracing::debug!(route = %policy.name, "retry budget exhausted");
+            self.inner
+                .metrics
+                .record_proxy_error(direction, "retry-budget-exhausted");
+            false
+        }
+    }
+}
+
+/// Sends one request to `upstream`, waiting for response headers at most
+/// `timeout`. A call that has to wait for a connection takes a place under
+/// `pending` (the route's cap on such calls) while it waits.
+async fn send(
+    upstream: &Arc<Upstream>,
+    request: Request<RequestBody>,
+    timeout: Option<Duration>,
+    outlier: Option<OutlierScope>,
+    pending: Option<(&str, &Arc<ConcurrencyLimit>)>,
+) -> Attempt {
+    let mut sender = match upstream.ready_now() {
+        Some(sender) => sender,
+        None => match connect(upstream, pending).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                return Attempt::Failed {
+                    retryable: e.reason != "pending-connect-limit",
+                    guard: (e.reason != "pending-connect-limit")
+                        .then(|| CallGuard::new(upstream.clone(), outlier, None)),
+                    error: e,
+                }
+            }
+        },
+    };
+    let guard = CallGuard::new(upstream.clone(), outlier, None);
+    let sent = sender.try_send_request(request);
+    let result = match timeout {
+        // Dropping the response future on expiry resets the upstream
+        // stream (RST_STREAM CANCEL): the upstream sees the cancellation.
+        Some(t) => match tokio::time::timeout(t, sent).await {
+            Ok(result) => result,
+            Err(_) => {
+                return Attempt::Failed {
+                    error: ProxyError::attempt_timeout(upstream.addr(), t),
+                    retryable: true,
+                    guard: Some(guard),
+                }
+            }
+        },
+        None => sent.await,
+    };
+    match result {
+        Ok(response) => Attempt::Answered(response, guard),
+        Err(mut e) => {
+            let unsent = e.take_message().is_some();
+            Attempt::Failed {
+                error: ProxyError::upstream_reset(upstream.addr(), e.into_error()),
+                retryable: unsent,
+                guard: Some(guard),
+            }
+        }
+    }
+}
+
+/// Waits for a connection to `upstream`, under the pending-connect cap.
+async fn connect(
+    upstream: &Upstream,
+    pending: Option<(&str, &Arc<ConcurrencyLimit>)>,
+) -> Result<hyper::client::conn::http2::SendRequest<RequestBody>, ProxyError> {
+    let _place = match pending {
+        Some((route, limit)) => Some(
+            limit
+                .try_acquire()
+                .ok_or_else(|| ProxyError::pending_connect_limit(route, limit.max()))?,
+        ),
+        None => None,
+    };
+    upstream
+        .sender()
+        .await
+        .map_err(|e| ProxyError::connect_failed(upstream.addr(), e))
+}
+
+/// The response to send back: the upstream's, watched.
+fn respond(
+    response: Response<Incoming>,
+    guard: CallGuard,
+    permit: Option<Permit>,
+    deadline: Option<Instant>,
+) -> Response<ProxyBody> {
+    let trailers_only = grpc_status(response.headers()).is_some();
+    let deadline = deadline
+        .filter(|_| !trailers_only)
+        .map(|d| Box::pin(tokio::time::sleep_until(d)));
+    response.map(|body| Either::Left(ResponseBody::new(body, Some(guard), permit, deadline)))
+}
+
+/// Copies what a retry needs of a request's head (extensions are local to
+/// this hop and not copied).
+fn copy_parts(parts: &Parts) -> Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+/// The request for `upstream`: its own authority, as if called directly,
+/// and the time left in `grpc-timeout`.
+fn rebuild(
+    mut parts: Parts,
+    body: RequestBody,
+    upstream: &Upstream,
+    timeout: Option<Duration>,
+) -> Request<RequestBody> {
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(upstream.authority().clone());
+    parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    if let Some(t) = timeout {
+        parts
+            .headers
+            .insert(deadline::GRPC_TIMEOUT, deadline::encode(t));
+    }
+    Request::from_parts(parts, body)
 }
 
 impl hyper::service::Service<Request<Incoming>> for Proxy {

@@ -4,13 +4,14 @@
 
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Either;
-use hyper::body::Incoming;
+
+use crate::response_body::ResponseBody;
 use tonic::Code;
 
 /// The body of every response the proxy sends: the upstream's, passed
 /// through untouched, or one the proxy made (empty for trailers-only errors;
 /// the gateway's own reflection answers).
-pub type ProxyBody = Either<Incoming, tonic::body::Body>;
+pub type ProxyBody = Either<ResponseBody, tonic::body::Body>;
 
 /// Header naming which proxy rule made an error, short and machine-readable
 /// (e.g. `no-route`), beside the human `grpc-message`.
@@ -75,16 +76,54 @@ impl ProxyError {
     }
 
     /// The call's deadline passed before the upstream answered.
-    pub fn deadline_exceeded(budget: std::time::Duration, callers: bool) -> Self {
+    pub fn deadline_exceeded(route: &str, budget: std::time::Duration, callers: bool) -> Self {
         let whose = if callers {
-            "caller's grpc-timeout"
+            "the caller's grpc-timeout"
         } else {
-            "route timeout"
+            "the route's timeout"
         };
         Self::new(
             Code::DeadlineExceeded,
             "deadline-exceeded",
-            format!("no response within {budget:?} ({whose})"),
+            format!("route {route}: no response within {budget:?} ({whose})"),
+        )
+    }
+
+    /// One attempt's per-try timeout passed.
+    pub fn attempt_timeout(addr: &str, timeout: std::time::Duration) -> Self {
+        Self::new(
+            Code::Unavailable,
+            "per-try-timeout",
+            format!("{addr} did not answer within the per-try timeout of {timeout:?}"),
+        )
+    }
+
+    /// The route's concurrency cap is full.
+    pub fn concurrency_limit(route: &str, max: usize) -> Self {
+        Self::new(
+            Code::Unavailable,
+            "concurrency-limit",
+            format!("route {route}: {max} calls already in flight (concurrency.maxRequests)"),
+        )
+    }
+
+    /// Too many calls wait for a connection.
+    pub fn pending_connect_limit(route: &str, max: usize) -> Self {
+        Self::new(
+            Code::Unavailable,
+            "pending-connect-limit",
+            format!(
+                "route {route}: {max} calls already wait for a connection (concurrency.maxPendingConnects)"
+            ),
+        )
+    }
+
+    /// Fault injection aborted the call.
+    pub fn fault_abort(route: &str, code: i32) -> Self {
+        Self::new(
+            Code::from_i32(code),
+            "fault-injected",
+            format!("route {route}: aborted by fault injection"),
         )
     }
 

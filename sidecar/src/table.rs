@@ -12,7 +12,11 @@ use http::HeaderMap;
 use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route, WeightedSubset};
 use regex::Regex;
 
+use tokio::time::Instant;
+
 use crate::metrics::{Direction, Metrics, RouteCounters};
+use crate::outlier::Admission;
+use crate::policy::RoutePolicy;
 use crate::proxy_error::ProxyError;
 use crate::upstream::Upstream;
 use crate::wrr::SmoothWeightedRoundRobin;
@@ -33,15 +37,15 @@ pub enum TableError {
     },
 }
 
-/// Where a call goes: the endpoint picked for it and the route that sent it.
+/// An endpoint picked for one attempt.
 #[derive(Debug, Clone)]
-pub struct Target {
-    /// The chosen endpoint's connection slot.
+pub struct Pick {
+    /// Its connection slot.
     pub upstream: Arc<Upstream>,
-    /// Counters of the route that took the call.
-    pub counters: RouteCounters,
-    /// The route's timeout, if it has one.
-    pub timeout: Option<Duration>,
+    /// The subset it was picked from (for max-ejection-percent).
+    pub peers: Arc<[Arc<Upstream>]>,
+    /// Whether this attempt is the probe of an ejected endpoint.
+    pub admission: Admission,
 }
 
 /// An immutable routing table. A new source builds a new table; the proxy
@@ -55,12 +59,15 @@ pub struct RouteTable {
     version: String,
 }
 
+/// A route compiled: its rules' balancers, counters and policies.
 #[derive(Debug)]
-struct CompiledRoute {
+pub struct CompiledRoute {
     rules: Vec<(Vec<CompiledHeaderMatch>, Balancer)>,
     default: Balancer,
-    counters: RouteCounters,
-    timeout: Option<Duration>,
+    /// Counters of the calls it takes.
+    pub counters: RouteCounters,
+    /// Timeouts, retries, breakers, limits, faults.
+    pub policy: Arc<RoutePolicy>,
 }
 
 #[derive(Debug)]
@@ -94,7 +101,7 @@ impl CompiledHeaderMatch {
 /// then an endpoint of that subset by the endpoints' weights, both smooth
 /// weighted round-robin.
 #[derive(Debug)]
-struct Balancer {
+pub struct Balancer {
     service: String,
     subsets: Vec<Subset>,
     by_weight: Option<SmoothWeightedRoundRobin>,
@@ -104,7 +111,7 @@ struct Balancer {
 struct Subset {
     /// `None` when the split is empty: every endpoint of the service.
     name: Option<String>,
-    endpoints: Vec<Arc<Upstream>>,
+    endpoints: Arc<[Arc<Upstream>]>,
     by_weight: Option<SmoothWeightedRoundRobin>,
 }
 
@@ -122,7 +129,11 @@ impl Balancer {
             Subset {
                 name: name.map(str::to_owned),
                 by_weight: SmoothWeightedRoundRobin::new(members.iter().map(|(ep, _)| ep.weight)),
-                endpoints: members.into_iter().map(|(_, up)| up.clone()).collect(),
+                endpoints: members
+                    .into_iter()
+                    .map(|(_, up)| up.clone())
+                    .collect::<Vec<_>>()
+                    .into(),
             }
         };
         let (subsets, by_weight) = if split.is_empty() {
@@ -140,17 +151,60 @@ impl Balancer {
         }
     }
 
-    fn pick(&self) -> Result<&Arc<Upstream>, ProxyError> {
+    /// Picks an endpoint for an attempt: a subset by the split's weights,
+    /// then an endpoint of it by weight, passing over endpoints tried
+    /// already (`avoid`) and, with `breakers`, ejected ones. If every
+    /// endpoint is out, one is used anyway (a guess beats a certain failure).
+    pub fn pick(
+        &self,
+        avoid: &[Arc<Upstream>],
+        breakers: bool,
+        now: Instant,
+    ) -> Result<Pick, ProxyError> {
         let subset = self
             .by_weight
             .as_ref()
             .map(|w| &self.subsets[w.pick()])
             .ok_or_else(|| ProxyError::no_endpoints(&self.service, None))?;
-        subset
+        let wrr = subset
             .by_weight
             .as_ref()
-            .map(|w| &subset.endpoints[w.pick()])
-            .ok_or_else(|| ProxyError::no_endpoints(&self.service, subset.name.as_deref()))
+            .ok_or_else(|| ProxyError::no_endpoints(&self.service, subset.name.as_deref()))?;
+        let pick = |upstream: &Arc<Upstream>, admission| Pick {
+            upstream: upstream.clone(),
+            peers: subset.endpoints.clone(),
+            admission,
+        };
+        // Second choices: an endpoint tried already (better than none),
+        // else any (every endpoint ejected: a guess beats a sure failure).
+        let mut tried_already = None;
+        for _ in 0..subset.endpoints.len() {
+            let candidate = &subset.endpoints[wrr.pick()];
+            if avoid.iter().any(|a| Arc::ptr_eq(a, candidate)) {
+                tried_already = tried_already.or(Some(candidate));
+                continue;
+            }
+            let admission = if breakers {
+                candidate.breaker().admit(now)
+            } else {
+                Admission::Normal
+            };
+            if admission != Admission::Refused {
+                return Ok(pick(candidate, admission));
+            }
+        }
+        if let Some(candidate) = tried_already {
+            let admission = if breakers {
+                candidate.breaker().admit(now)
+            } else {
+                Admission::Normal
+            };
+            if admission != Admission::Refused {
+                return Ok(pick(candidate, admission));
+            }
+        }
+        let any = &subset.endpoints[wrr.pick()];
+        Ok(pick(any, Admission::Normal))
     }
 }
 
@@ -180,6 +234,14 @@ impl UpstreamPool {
         let up = Arc::new(Upstream::new(address, self.connect_timeout)?);
         slots.insert(address.to_owned(), up.clone());
         Ok(up)
+    }
+
+    /// Every slot's state, for `/endpoints`.
+    pub fn views(&self) -> Vec<crate::upstream::UpstreamView> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut views: Vec<_> = slots.values().map(|u| u.view()).collect();
+        views.sort_by(|a, b| a.address.cmp(&b.address));
+        views
     }
 
     /// Forgets slots no table uses any more (their connections close when
@@ -232,6 +294,17 @@ impl LiveTable {
     /// The table to route a call with.
     pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.current.load()
+    }
+
+    /// The table to route a call with, held for the whole call (retries
+    /// and all) even if a newer one is swapped in meanwhile.
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    /// The connection slots of every endpoint.
+    pub fn pool(&self) -> &UpstreamPool {
+        &self.pool
     }
 
     /// True once a table has been applied: before that the proxy is not ready.
@@ -290,19 +363,20 @@ impl RouteTable {
         })
     }
 
-    /// Routes a call by its gRPC path (`/pkg.Service/Method`) and headers.
-    pub fn route(&self, path: &str, headers: &HeaderMap) -> Result<Target, ProxyError> {
+    /// Routes a call by its gRPC path (`/pkg.Service/Method`) and headers:
+    /// the route and the balancer of the rule that takes it.
+    pub fn route(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(&CompiledRoute, &Balancer), ProxyError> {
         let route = self.lookup(path)?;
         let balancer = route
             .rules
             .iter()
             .find(|(matches, _)| matches.iter().all(|m| m.matches(headers)))
             .map_or(&route.default, |(_, b)| b);
-        Ok(Target {
-            upstream: balancer.pick()?.clone(),
-            counters: route.counters.clone(),
-            timeout: route.timeout,
-        })
+        Ok((route, balancer))
     }
 
     fn lookup(&self, path: &str) -> Result<&CompiledRoute, ProxyError> {
@@ -353,14 +427,6 @@ fn compile_route(
         rules,
         default: Balancer::new(service, &route.spec.split, endpoints),
         counters: metrics.route_counters(direction, service),
-        timeout: match &route.spec.timeout {
-            Some(text) => Some(mesh::model::parse_duration(text).map_err(|reason| {
-                mesh::model::ValidationError {
-                    field: "spec.timeout".into(),
-                    reason,
-                }
-            })?),
-            None => None,
-        },
+        policy: Arc::new(RoutePolicy::compile(route)?),
     })
 }

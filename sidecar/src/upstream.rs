@@ -6,14 +6,19 @@
 //! per-request balancing). The connection is made on first use, so an
 //! endpoint nobody calls costs nothing.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+
+use serde::Serialize;
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
+
+use crate::outlier::{Breaker, BreakerView};
+use crate::replay_body::RequestBody;
 
 /// Backoff after the first failed connect; doubles per failure up to
 /// [`MAX_BACKOFF`]. Short at first so a restarted app is found again fast.
@@ -39,7 +44,7 @@ pub enum ConnectError {
 
 enum State {
     Idle,
-    Ready(SendRequest<Incoming>),
+    Ready(SendRequest<RequestBody>),
     BackingOff {
         until: Instant,
         failures: u32,
@@ -56,6 +61,24 @@ pub struct Upstream {
     /// Single flight: one connect at a time; callers that arrive meanwhile
     /// wait for its outcome instead of opening connections of their own.
     connecting: tokio::sync::Mutex<()>,
+    /// Circuit breaking state; survives table changes with the slot.
+    breaker: Breaker,
+    /// Attempts in flight here now.
+    in_flight: AtomicUsize,
+}
+
+/// What `/endpoints` shows of one upstream.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamView {
+    /// `host:port`.
+    pub address: String,
+    /// `connected`, `idle` or `backing-off`.
+    pub connection: &'static str,
+    /// Attempts in flight now.
+    pub in_flight: usize,
+    /// Circuit breaking state.
+    #[serde(flatten)]
+    pub breaker: BreakerView,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -75,7 +98,42 @@ impl Upstream {
             connect_timeout,
             state: Mutex::new(State::Idle),
             connecting: tokio::sync::Mutex::new(()),
+            breaker: Breaker::default(),
+            in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// The endpoint's breaker.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn call_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// For `/endpoints`.
+    pub fn view(&self) -> UpstreamView {
+        let connection = match &*self.lock() {
+            State::Ready(s) if !s.is_closed() => "connected",
+            State::BackingOff { .. } => "backing-off",
+            _ => "idle",
+        };
+        UpstreamView {
+            address: self.addr.clone(),
+            connection,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            breaker: self.breaker.view(Instant::now()),
+        }
+    }
+
+    /// The live sender without waiting, if there is one.
+    pub fn ready_now(&self) -> Option<SendRequest<RequestBody>> {
+        self.ready_sender().ok().flatten()
     }
 
     /// `host:port` of the upstream.
@@ -90,7 +148,7 @@ impl Upstream {
 
     /// A handle to send requests on the live connection, connecting first if
     /// there is none. Fails fast while backing off after a failed connect.
-    pub async fn sender(&self) -> Result<SendRequest<Incoming>, ConnectError> {
+    pub async fn sender(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
         if let Some(sender) = self.ready_sender()? {
             return Ok(sender);
         }
@@ -126,7 +184,7 @@ impl Upstream {
 
     /// The live sender, `None` if a connect should be tried, or the backoff
     /// error if it is too early to try.
-    fn ready_sender(&self) -> Result<Option<SendRequest<Incoming>>, ConnectError> {
+    fn ready_sender(&self) -> Result<Option<SendRequest<RequestBody>>, ConnectError> {
         let mut state = self.lock();
         match &*state {
             State::Ready(sender) if !sender.is_closed() => Ok(Some(sender.clone())),
@@ -151,7 +209,7 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Incoming>, String> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, String> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(&self.addr),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{Endpoint, Route, ValidationError};
 
 /// Everything a sidecar needs to route without a control plane.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     /// Every endpoint of every mesh service the sidecar may call.

@@ -4,11 +4,16 @@
 
 mod bootstrap;
 mod endpoint;
+mod policy;
 pub(crate) mod route;
 mod validation;
 
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};
+pub use policy::{
+    grpc_code, Backoff, ConcurrencyLimits, FaultAbort, FaultDelay, FaultInjection,
+    OutlierDetection, RetryBudget, RetryPolicy, GRPC_CODES,
+};
 pub use route::{
     compile_header_regex, parse_duration, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule,
     RouteSpec, WeightedSubset,

@@ -22,6 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::policy::{ConcurrencyLimits, FaultInjection, OutlierDetection, RetryPolicy};
 use super::validation::{is_dns_label, is_proto_ident, ValidationError};
 
 /// The `kind` every route document carries.
@@ -29,7 +30,7 @@ pub const ROUTE_KIND: &str = "Route";
 
 /// A route document as written by operators (kubectl habits: kind,
 /// metadata, spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Always `Route`; lets one YAML stream carry several kinds later.
@@ -49,7 +50,7 @@ pub struct RouteMetadata {
 }
 
 /// What a route matches and where the matched calls go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Which calls the route takes, by gRPC path.
@@ -68,6 +69,22 @@ pub struct RouteSpec {
     /// shorter `grpc-timeout` wins. Absent: only the caller's deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Retries of failed calls; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryPolicy>,
+    /// Circuit breaking per endpoint of the destination; absent: none.
+    #[serde(
+        default,
+        rename = "outlierDetection",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Caps on calls in flight; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyLimits>,
+    /// Deliberate failures for drills; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
 }
 
 /// The gRPC path a route takes: `/service/method`.
@@ -180,6 +197,18 @@ impl RouteSpec {
         }
         if let Some(timeout) = &self.timeout {
             parse_duration(timeout).map_err(|reason| ValidationError::new("timeout", reason))?;
+        }
+        if let Some(p) = &self.retries {
+            p.validate().map_err(|e| e.within("retries"))?;
+        }
+        if let Some(p) = &self.outlier_detection {
+            p.validate().map_err(|e| e.within("outlierDetection"))?;
+        }
+        if let Some(p) = &self.concurrency {
+            p.validate().map_err(|e| e.within("concurrency"))?;
+        }
+        if let Some(p) = &self.fault {
+            p.validate().map_err(|e| e.within("fault"))?;
         }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }

@@ -31,7 +31,7 @@ pub struct ApplyArgs {
 }
 
 /// A valid route and where it was read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourcedRoute {
     /// The file as named on the command line (`<stdin>` for `-`).
     pub file: String,

@@ -19,7 +19,7 @@ use mesh::proto::mesh::v1::{GetRouteRequest, StoredRoute};
 pub use connect::{AdminClient, ControlPlaneArgs, GrpcError};
 
 /// A route as the control plane stores it: the document and its revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RevisionedRoute {
     /// The route document.
     pub route: Route,
