@@ -73,7 +73,8 @@ struct ProxyInner {
 enum Attempt {
     /// Response headers came (success, or a gRPC error status).
     Answered(Response<Incoming>, CallGuard),
-    /// No response; `retryable` if the request was never sent.
+    /// No response; `retryable` if the request was never sent (so a retry
+    /// cannot duplicate it).
     Failed {
         error: ProxyError,
         retryable: bool,
@@ -282,6 +283,10 @@ impl Proxy {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(expired());
                     }
+                    // Never sent: always safe to retry. Sent and then lost
+                    // (reset, per-try timeout): the caller would see
+                    // UNAVAILABLE, so retry if the route retries that.
+                    let retryable = retryable || retry_on(tonic::Code::Unavailable as i32);
                     if !(can_retry && retryable && self.take_retry(policy)) {
                         return Err(error);
                     }

@@ -191,6 +191,18 @@ impl TestMesh {
         }
     }
 
+    /// Waits until a (running) proxy is ready again, e.g. after its app
+    /// was restarted.
+    pub fn restart_wait_ready(&self, name: &str) {
+        let spec = self.spec(name);
+        let admin = spec.admin.expect("a proxy");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !matches!(admin_get(admin, spec.ready_path), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "{name} not ready again in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `meshctl` against this mesh's control plane; `(success, stdout,
     /// stderr)`.
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -329,6 +341,15 @@ impl TestMesh {
         }
     }
 
+    /// The planned process, to change its flags before a [`TestMesh::restart`].
+    pub fn spec_mut(&mut self, name: &str) -> &mut mesh::demo::ProcessSpec {
+        self.plan
+            .processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name} in the plan"))
+    }
+
     fn spec(&self, name: &str) -> &mesh::demo::ProcessSpec {
         self.plan
             .process(name)
@@ -365,6 +386,43 @@ impl Drop for TestMesh {
             }
         }
     }
+}
+
+/// A unary gRPC call made by hand over HTTP/2, with no client-side
+/// deadline or retry of its own: what the proxy answers is what comes back.
+/// Returns the response headers and, if any, the trailers.
+pub async fn raw_unary(
+    addr: SocketAddr,
+    path: &str,
+    message: &[u8],
+    headers: &[(&str, &str)],
+) -> (http::HeaderMap, Option<http::HeaderMap>) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(framed)))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("body");
+    (parts.headers, collected.trailers().cloned())
 }
 
 /// Runs a future to completion on a runtime of its own (the harness is

@@ -125,11 +125,14 @@ fn refund(request: RefundRequest) -> Result<(RefundTarget, Option<String>), Stat
 #[tonic::async_trait]
 impl PaymentsService for Payments {
     async fn charge(&self, request: Request<ChargeRequest>) -> Result<Response<Payment>, Status> {
+        // A drill makes the instance unhealthy: it fails before it even
+        // looks at the request.
+        self.drill
+            .disturb()
+            .await
+            .inspect_err(|_| tracing::debug!("charge failed by the drill"))?;
         let charge = charge(request.into_inner())?;
         tracing::debug!(key = %charge.idempotency_key, amount_minor = charge.amount_minor, currency = %charge.currency, "charge");
-        self.drill.disturb().await.inspect_err(
-            |_| tracing::debug!(key = %charge.idempotency_key, "charge failed by the drill"),
-        )?;
         let key = charge.idempotency_key.clone();
         let (paid, made) = self
             .ledger
