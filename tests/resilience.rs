@@ -160,6 +160,13 @@ fn failing_endpoint_is_ejected_then_probed_and_readmitted() {
         "ejected after exactly 3 failures in a row: {first:?}"
     );
     assert_eq!(gateway_endpoint_state(&mesh, "payments-1"), "ejected");
+    let (ok, described, err) = mesh.meshctl(&["describe", "route", "payments"], None);
+    assert!(ok, "{err}");
+    assert!(
+        described.contains("gateway/gateway (ejected"),
+        "meshctl describe shows the ejection and where:\n{described}"
+    );
+    assert!(described.contains("grpc-status 14"), "{described}");
 
     // While ejected, payments-1 gets nothing.
     let uri = mesh.gateway_uri();

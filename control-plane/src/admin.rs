@@ -262,6 +262,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
                     acked_version: s.acked_version,
                     nack_reason: s.nack_reason,
                     replica: replica.id.clone(),
+                    admin_address: s.admin_address,
                 }));
         }
         Ok(Response::new(response))

@@ -29,6 +29,9 @@ pub struct SidecarStatus {
     pub acked_version: u64,
     /// Why it refused its latest push, if it did.
     pub nack_reason: String,
+    /// Its admin HTTP address.
+    #[serde(default)]
+    pub admin_address: String,
 }
 
 /// A replica's status, kept in the store so any replica can report on all.

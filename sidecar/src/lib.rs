@@ -195,6 +195,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 version: settings.version_label.clone(),
                 weight: settings.weight,
                 gateway,
+                admin_address: settings.advertised_admin_addr().to_string(),
                 ..Node::default()
             },
             app,

@@ -4,7 +4,7 @@ use sidecar::settings::Settings;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    mesh::logging::init(settings.log_format);
+    let _telemetry = mesh::telemetry::init("sidecar", settings.log_format, None)?;
     let shutdown = mesh::shutdown::on_signal()?;
     sidecar::run(settings, shutdown).await?;
     Ok(())

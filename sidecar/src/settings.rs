@@ -156,6 +156,16 @@ impl Settings {
         addr
     }
 
+    /// Where the admin port is reached from elsewhere (same host rule as
+    /// [`Settings::advertised_addr`]).
+    pub fn advertised_admin_addr(&self) -> SocketAddr {
+        let mut addr = self.admin_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(self.advertised_addr().ip());
+        }
+        addr
+    }
+
     /// Grace period for in-flight calls at shutdown.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)

@@ -6,8 +6,11 @@
 
 use anyhow::Context;
 use mesh::model::{HeaderMatch, Route, WeightedSubset};
-use mesh::proto::mesh::v1::{ListEndpointsRequest, ListRoutesRequest, RegisteredEndpoint};
+use mesh::proto::mesh::v1::{
+    ListEndpointsRequest, ListRoutesRequest, RegisteredEndpoint, StatusRequest,
+};
 
+use super::health;
 use super::output::{print, Table};
 use super::{fetch_route, ControlPlaneArgs, GrpcError, RevisionedRoute, RouteKind};
 
@@ -47,7 +50,17 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: DescribeArgs) -> anyhow
         .filter_map(|stored| RevisionedRoute::try_from(stored).ok())
         .map(|r| r.route)
         .collect();
-    print(&render(&route, &endpoints, &others))
+    let proxies = client
+        .status(StatusRequest {})
+        .await
+        .map_err(GrpcError)
+        .context("cannot read the mesh's status")?
+        .into_inner()
+        .sidecars;
+    let (views, silent) = health::collect(&proxies).await;
+    let mut text = render(&route, &endpoints, &others);
+    text.push_str(&health::render(&endpoints, &views, &silent));
+    print(&text)
 }
 
 /// One subset of a split and the calls it gets.

@@ -9,6 +9,7 @@ pub mod connect;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod health;
 pub mod output;
 pub mod status;
 
