@@ -83,6 +83,13 @@ pub struct Topology {
     pub extra_endpoints: Vec<Endpoint>,
     /// A control plane instead of a static bootstrap file.
     pub control_plane: Option<ControlPlaneSpec>,
+    /// An OTLP/gRPC collector (e.g. Jaeger's `http://127.0.0.1:4317`) every
+    /// planned mesh process sends its traces to: each gets
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` (the mesh service
+    /// for an app, `<service>-sidecar` for a sidecar, `gateway`,
+    /// `control-plane`), `service.instance.id` (the process name) and a
+    /// 100 ms batch delay, so a trace shows up while one still looks.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How the control plane of a topology runs.
@@ -387,6 +394,12 @@ impl Topology {
             endpoints.clear();
         }
         endpoints.extend(self.extra_endpoints.iter().cloned());
+        if let Some(endpoint) = &self.otlp_endpoint {
+            for process in processes.iter_mut().filter(|p| p.role != Role::Etcd) {
+                let env = otel_env(endpoint, process);
+                process.env.extend(env);
+            }
+        }
         Plan {
             processes,
             bootstrap: Bootstrap { endpoints, routes },
@@ -417,6 +430,25 @@ impl Topology {
         }
         routes
     }
+}
+
+/// The `OTEL_*` environment of a process that sends traces to `endpoint`.
+fn otel_env(endpoint: &str, process: &ProcessSpec) -> Vec<(String, String)> {
+    let service_name = match process.role {
+        Role::Sidecar => format!("{}-sidecar", process.service),
+        _ => process.service.clone(),
+    };
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+        ("OTEL_SERVICE_NAME", service_name),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("service.instance.id={}", process.name),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v))
+    .to_vec()
 }
 
 /// Hands out free loopback ports below the kernel's ephemeral range
@@ -566,4 +598,53 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otlp_endpoint_reaches_every_mesh_process() {
+        let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
+        topology.control_plane = Some(ControlPlaneSpec::default());
+        topology.otlp_endpoint = Some("http://127.0.0.1:4317".into());
+        let mut port = 30_000;
+        let plan = topology.plan(
+            &mut || {
+                port += 1;
+                port
+            },
+            Path::new("/tmp/bootstrap.yaml"),
+        );
+        let env = |name: &str, key: &str| {
+            let process = plan.process(name).expect("planned");
+            process
+                .env
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        for (name, service) in [
+            ("orders-1", "orders"),
+            ("orders-1-sidecar", "orders-sidecar"),
+            ("gateway", "gateway"),
+            ("control-plane-1", "control-plane"),
+        ] {
+            assert_eq!(
+                env(name, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+                Some("http://127.0.0.1:4317")
+            );
+            assert_eq!(env(name, "OTEL_SERVICE_NAME").as_deref(), Some(service));
+            assert_eq!(
+                env(name, "OTEL_RESOURCE_ATTRIBUTES"),
+                Some(format!("service.instance.id={name}"))
+            );
+        }
+        assert_eq!(env("etcd", "OTEL_SERVICE_NAME"), None);
+
+        topology.otlp_endpoint = None;
+        let plan = topology.plan(&mut || 0, Path::new("/tmp/bootstrap.yaml"));
+        assert!(plan.processes.iter().all(|p| p.env.is_empty()));
+    }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::index::Published;
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::registration::{Registration, SidecarStatus};
 use crate::sessions::Sessions;
 use crate::store::{LeaseId, Precondition, Store, StoreError};
@@ -34,12 +35,14 @@ pub struct DiscoveryService<S> {
     stop: CancellationToken,
     started: std::time::Instant,
     warmup: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> DiscoveryService<S> {
     /// A service registering nodes in `store` with leases of `lease_ttl`,
     /// pushing what `published` holds. For `warmup` after start, sidecars
     /// that already have a table get their first push only when it ends.
+    /// Pushes, ACKs, NACKs and store errors are counted in `metrics`.
     pub fn new(
         store: S,
         published: watch::Receiver<Arc<Published>>,
@@ -47,6 +50,7 @@ impl<S: Store> DiscoveryService<S> {
         warmup: Duration,
         sessions: Arc<Sessions>,
         stop: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
@@ -56,6 +60,7 @@ impl<S: Store> DiscoveryService<S> {
             stop,
             started: std::time::Instant::now(),
             warmup,
+            metrics,
         }
     }
 }
@@ -147,7 +152,10 @@ impl<S: Store> Discovery for DiscoveryService<S> {
                 &node.file_descriptor_set,
             )
             .await
-            .map_err(|e| Status::unavailable(format!("cannot register: {e}")))?;
+            .map_err(|e| {
+                self.metrics.store_error("register");
+                Status::unavailable(format!("cannot register: {e}"))
+            })?;
             Some((registration, lease))
         };
         tracing::info!(
@@ -160,6 +168,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             service: node.service.clone(),
             instance: node.instance.clone(),
             gateway: node.gateway,
+            admin_address: node.admin_address.clone(),
             ..SidecarStatus::default()
         });
         let (tx, rx) = mpsc::channel(4);
@@ -172,6 +181,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             registered,
             descriptors_sent: None,
             table_sent: None,
+            metrics: self.metrics.clone(),
         };
         // A sidecar that has a table keeps it until this replica has seen the
         // others re-register (after a control-plane outage, the store has
@@ -196,6 +206,7 @@ struct Session<S> {
     /// What was last pushed, to push only what changed for this node.
     table_sent: Option<String>,
     descriptors_sent: Option<(Vec<Vec<u8>>, Vec<String>)>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Session<S> {
@@ -229,6 +240,7 @@ impl<S: Store> Session<S> {
                         if tx.send(Ok(snapshot)).await.is_err() {
                             break;
                         }
+                        self.metrics.pushed();
                         self.sessions.update(self.id, |s| s.pushed_version = version);
                     }
                 }
@@ -246,6 +258,7 @@ impl<S: Store> Session<S> {
         }
         if let Some((_, lease)) = &self.registered {
             if let Err(error) = self.store.revoke(*lease).await {
+                self.metrics.store_error("revoke");
                 tracing::warn!(instance = %self.node.instance, %error, "cannot revoke lease; it will expire");
             }
         }
@@ -289,6 +302,7 @@ impl<S: Store> Session<S> {
         match message.message {
             Some(Message::Ack(ack)) => {
                 tracing::debug!(instance = %self.node.instance, version = ack.version, "ACK");
+                self.metrics.acked();
                 self.sessions.update(self.id, |s| {
                     s.acked_version = ack.version;
                     s.nack_reason.clear();
@@ -301,6 +315,7 @@ impl<S: Store> Session<S> {
                     reason = %nack.reason,
                     "NACK: sidecar refused its table"
                 );
+                self.metrics.nacked();
                 self.sessions.update(self.id, |s| {
                     s.nack_reason = format!("v{}: {}", nack.version, nack.reason)
                 });
@@ -321,6 +336,7 @@ impl<S: Store> Session<S> {
                 // The store lost the lease (e.g. we could not reach it for
                 // longer than the TTL): register again under a new one.
                 tracing::warn!(instance = %self.node.instance, "lease expired; registering again");
+                self.metrics.store_error("keep_alive");
                 match register(
                     &self.store,
                     self.lease_ttl,
@@ -333,10 +349,16 @@ impl<S: Store> Session<S> {
                         let registration = registration.clone();
                         self.registered = Some((registration, new_lease));
                     }
-                    Err(error) => tracing::warn!(%error, "re-registration failed; will retry"),
+                    Err(error) => {
+                        self.metrics.store_error("register");
+                        tracing::warn!(%error, "re-registration failed; will retry");
+                    }
                 }
             }
-            Err(error) => tracing::warn!(%error, "lease keep-alive failed; will retry"),
+            Err(error) => {
+                self.metrics.store_error("keep_alive");
+                tracing::warn!(%error, "lease keep-alive failed; will retry");
+            }
         }
     }
 }

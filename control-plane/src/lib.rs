@@ -15,6 +15,7 @@
 //! - [`sessions`]: the sidecars connected to this replica.
 //! - [`admin`]: the MeshAdmin API behind meshctl (validated, compare-and-swap).
 //! - [`replica`]: this replica's status, published for `meshctl status`.
+//! - [`metrics`]: the replica's Prometheus metrics (`/metrics`).
 //! - [`server`]: one replica, wired.
 //! - [`cli`]: meshctl's commands that talk to the admin API (apply, get,
 //!   delete, status, describe), one module each.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod discovery;
 pub mod index;
 pub mod keys;
+pub mod metrics;
 pub mod registration;
 pub mod replica;
 pub mod server;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use control_plane::server::{self, ReplicaSettings};
 use control_plane::store::{EtcdStore, MemoryStore};
-use mesh::logging::LogFormat;
+use mesh::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum StoreKind {
@@ -26,7 +26,7 @@ struct Args {
     /// gRPC listener: Discovery for sidecars, MeshAdmin for meshctl.
     #[arg(long, env = "MESH_CP_LISTEN", default_value = "0.0.0.0:15010")]
     listen: SocketAddr,
-    /// HTTP admin listener: /live, /ready.
+    /// HTTP admin listener: /live, /ready, /metrics.
     #[arg(long, env = "MESH_CP_ADMIN", default_value = "0.0.0.0:15020")]
     admin_addr: SocketAddr,
     /// Where state lives.
@@ -53,12 +53,26 @@ struct Args {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// OTLP/gRPC collector to send traces to; beats
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh::logging::init(args.log_format);
+    let telemetry = mesh::telemetry::init(
+        "control-plane",
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+    )?;
+    let result = run(args).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         (2..=3600).contains(&args.lease_ttl_seconds),
         "--lease-ttl-seconds must be between 2 and 3600"

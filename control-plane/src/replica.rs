@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::index::Published;
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::registration::ReplicaStatus;
 use crate::sessions::Sessions;
 use crate::store::{LeaseId, Precondition, Store};
@@ -34,6 +35,7 @@ pub async fn run<S: Store>(
     sessions: Arc<Sessions>,
     published: watch::Receiver<Arc<Published>>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut lease: Option<LeaseId> = None;
     let mut written: Option<ReplicaStatus> = None;
@@ -60,6 +62,7 @@ pub async fn run<S: Store>(
                     l
                 }
                 Err(error) => {
+                    metrics.store_error("keep_alive");
                     tracing::debug!(%error, "replica lease lost; granting a new one");
                     lease = None;
                     written = None;
@@ -73,6 +76,7 @@ pub async fn run<S: Store>(
                     l
                 }
                 Err(error) => {
+                    metrics.store_error("grant_lease");
                     tracing::debug!(%error, "cannot grant the replica lease");
                     continue;
                 }
@@ -92,7 +96,10 @@ pub async fn run<S: Store>(
             .await
         {
             Ok(_) => written = Some(status),
-            Err(error) => tracing::debug!(%error, "cannot write the replica status"),
+            Err(error) => {
+                metrics.store_error("put");
+                tracing::debug!(%error, "cannot write the replica status");
+            }
         }
     }
     if let Some(lease) = lease {

@@ -1,6 +1,7 @@
 //! One control-plane replica: follow the store, serve Discovery and
 //! MeshAdmin (plus health and reflection, for grpcurl), publish the
-//! replica's status, and answer `/ready` on an HTTP admin port.
+//! replica's status, and answer `/ready` and `/metrics` on an HTTP admin
+//! port.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tonic_health::ServingStatus;
 use crate::admin::AdminService;
 use crate::discovery::DiscoveryService;
 use crate::index::Published;
+use crate::metrics::Metrics;
 use crate::replica::{self, Identity};
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -30,7 +32,7 @@ use crate::watcher;
 pub struct ReplicaSettings {
     /// gRPC listener (Discovery, MeshAdmin).
     pub listen: SocketAddr,
-    /// HTTP admin listener (`/live`, `/ready`).
+    /// HTTP admin listener (`/live`, `/ready`, `/metrics`).
     pub admin: SocketAddr,
     /// TTL of registrations: a dead sidecar is gone within it.
     pub lease_ttl: Duration,
@@ -82,8 +84,14 @@ pub async fn run<S: Store>(
 
     let (publish, published) = watch::channel(Arc::new(Published::default()));
     let sessions = Arc::new(Sessions::default());
+    let metrics = Arc::new(Metrics::default());
     let background = CancellationToken::new();
-    let watcher = tokio::spawn(watcher::run(store.clone(), publish, background.clone()));
+    let watcher = tokio::spawn(watcher::run(
+        store.clone(),
+        publish,
+        background.clone(),
+        metrics.clone(),
+    ));
     let status = tokio::spawn(replica::run(
         store.clone(),
         Identity {
@@ -94,8 +102,15 @@ pub async fn run<S: Store>(
         sessions.clone(),
         published.clone(),
         background.clone(),
+        metrics.clone(),
     ));
-    let admin_task = tokio::spawn(serve_admin(admin, published.clone(), background.clone()));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        published.clone(),
+        sessions.clone(),
+        metrics.clone(),
+        background.clone(),
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
@@ -121,6 +136,7 @@ pub async fn run<S: Store>(
             settings.warmup,
             sessions,
             sessions_stop,
+            metrics,
         )))
         .add_service(MeshAdminServer::new(AdminService::new(store, published)))
         .add_service(health_service)
@@ -134,10 +150,13 @@ pub async fn run<S: Store>(
     Ok(result?)
 }
 
-/// `/live` always; `/ready` once the store has been read.
+/// `/live` always; `/ready` once the store has been read; `/metrics` in
+/// Prometheus text format.
 async fn serve_admin(
     listener: tokio::net::TcpListener,
     published: watch::Receiver<Arc<Published>>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     loop {
@@ -149,20 +168,40 @@ async fn serve_admin(
             () = stop.cancelled() => return,
         };
         let published = published.clone();
+        let sessions = sessions.clone();
+        let metrics = metrics.clone();
         let service =
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let ready = published.borrow().revision > 0;
+                let revision = published.borrow().revision;
+                let ready = revision > 0;
+                let (status, body) = match (req.uri().path(), ready) {
+                    ("/live", _) => (200, Bytes::from_static(b"live\n")),
+                    ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
+                    ("/ready", false) => {
+                        (503, Bytes::from_static(b"not ready: store not read yet\n"))
+                    }
+                    ("/metrics", _) => (
+                        200,
+                        Bytes::from(metrics.encode(sessions.list().len(), revision)),
+                    ),
+                    _ => (
+                        404,
+                        Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
+                    ),
+                };
+                let is_metrics = req.uri().path() == "/metrics";
                 async move {
-                    let (status, body) = match (req.uri().path(), ready) {
-                        ("/live", _) => (200, "live\n"),
-                        ("/ready", true) => (200, "ready\n"),
-                        ("/ready", false) => (503, "not ready: store not read yet\n"),
-                        _ => (404, "not found; try /live, /ready\n"),
-                    };
-                    let mut response =
-                        hyper::Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+                    let mut response = hyper::Response::new(Full::new(body));
                     *response.status_mut() =
                         hyper::StatusCode::from_u16(status).unwrap_or_default();
+                    if is_metrics {
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                        );
+                    }
                     Ok::<_, Infallible>(response)
                 }
             });

@@ -35,11 +35,17 @@ pub struct UpArgs {
     /// Seconds to wait for every proxy to be ready.
     #[arg(long, default_value_t = 60)]
     pub ready_timeout: u64,
+    /// OTLP/gRPC collector every process of the mesh sends its traces to,
+    /// e.g. a local Jaeger's `http://127.0.0.1:4317`. Without it (and
+    /// without `OTEL_EXPORTER_OTLP_ENDPOINT`) nothing is traced.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 struct Running {
     spec: ProcessSpec,
     child: Child,
+    exited: bool,
 }
 
 /// Runs the demo mesh until `shutdown` fires or a process dies.
@@ -74,6 +80,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         first_port: Some(args.control_plane_port),
         ..ControlPlaneSpec::default()
     });
+    topology.otlp_endpoint = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
     let plan = {
         // The allocator holds its probe ports until dropped: drop it before
         // the processes need them.
@@ -98,25 +105,27 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         stop_all(&mut running).await;
         return Err(error);
     }
-    print_welcome(&plan, &run_dir);
+    print_welcome(&plan, &run_dir, topology.otlp_endpoint.as_deref());
 
-    let died = tokio::select! {
-        () = shutdown.cancelled() => None,
-        died = first_exit(&mut running) => Some(died),
-    };
-    if let Some((name, status)) = &died {
-        eprintln!("meshctl: {name} exited ({status}); stopping the mesh");
-    } else {
-        eprintln!("meshctl: stopping the mesh");
+    // A process that dies (a drill's SIGKILL, a crash) is reported and the
+    // rest keeps running, as a mesh does; Ctrl-C stops everything.
+    while running.iter().any(|r| !r.exited) {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            (name, status) = first_exit(&mut running) => {
+                eprintln!(
+                    "meshctl: {name} exited ({status}); the rest keeps running (log: {})",
+                    run_dir.join("logs").join(format!("{name}.log")).display()
+                );
+            }
+        }
     }
+    eprintln!("meshctl: stopping the mesh");
     stop_all(&mut running).await;
     eprintln!(
         "meshctl: stopped; logs are in {}",
         run_dir.join("logs").display()
     );
-    if let Some((name, _)) = died {
-        bail!("{name} died; see its log");
-    }
     Ok(())
 }
 
@@ -148,6 +157,7 @@ async fn start_all(
         running.push(Running {
             spec: spec.clone(),
             child,
+            exited: false,
         });
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout);
@@ -242,10 +252,12 @@ async fn wait_ready(
     }
 }
 
+/// Waits for the first of the running processes to exit and marks it.
 async fn first_exit(running: &mut [Running]) -> (String, std::process::ExitStatus) {
-    let waits = running.iter_mut().map(|r| {
+    let waits = running.iter_mut().filter(|r| !r.exited).map(|r| {
         Box::pin(async move {
             let status = r.child.wait().await;
+            r.exited = true;
             (r.spec.name.clone(), status)
         })
     });
@@ -279,7 +291,7 @@ async fn stop_all(running: &mut [Running]) {
     }
 }
 
-fn print_welcome(plan: &Plan, run_dir: &Path) {
+fn print_welcome(plan: &Plan, run_dir: &Path, otlp_endpoint: Option<&str>) {
     let gateway = plan.gateway().map(|g| g.to_string()).unwrap_or_default();
     println!("mesh is up. Every call goes client -> gateway -> sidecar -> app, and app -> sidecar -> sidecar -> app.\n");
     println!(
@@ -312,6 +324,12 @@ fn print_welcome(plan: &Plan, run_dir: &Path) {
     );
     println!("  grpcurl -plaintext -d '{{\"order_id\":\"<id from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
     println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.catalog.v1.CatalogService/GetProduct   # x-served-by alternates");
+    match otlp_endpoint {
+        Some(endpoint) => println!(
+            "\nTraces go to {endpoint}; in Jaeger (http://localhost:16686) pick service `orders`, operation `shop.orders.v1.OrdersService/PlaceOrder`."
+        ),
+        None => println!("\nNo traces: pass --otlp-endpoint http://127.0.0.1:4317 with a Jaeger running to see them."),
+    }
     println!(
         "\nLogs: {}   Table: {}",
         run_dir.join("logs").display(),

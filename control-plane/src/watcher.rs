@@ -12,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::index::{Index, Published};
 use crate::keys;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
-/// Follows the store until `stop`, publishing each new state.
+/// Follows the store until `stop`, publishing each new state; store
+/// failures and restarts of the watch are counted in `metrics`.
 pub async fn run<S: Store>(
     store: S,
     publish: watch::Sender<Arc<Published>>,
     stop: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut failures: u32 = 0;
     let mut index: Option<Index> = None;
@@ -50,12 +53,17 @@ pub async fn run<S: Store>(
                     compact_revision,
                     "watch position compacted; reading the store again"
                 );
+                metrics.watch_resync("compacted");
                 index = None;
                 failures = 0;
                 continue;
             }
             Err(error) => {
                 failures += 1;
+                metrics.store_error("watch");
+                if index.is_some() {
+                    metrics.watch_resync("broken");
+                }
                 tracing::warn!(%error, "store unavailable; retrying");
             }
         }

@@ -33,6 +33,11 @@ pub struct AppArgs {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// OTLP/gRPC collector (e.g. Jaeger's `http://localhost:4317`) to send
+    /// traces to; beats `OTEL_EXPORTER_OTLP_ENDPOINT`. Without either (or
+    /// `OTEL_TRACES_EXPORTER=otlp`) no spans are exported.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl AppArgs {

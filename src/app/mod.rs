@@ -1,6 +1,8 @@
 //! What every shop service needs to be a good mesh citizen, written once:
 //! the standard flags, health and reflection, the `x-served-by` header, the
 //! channel to the local sidecar, and a server that shuts down gracefully.
+//! Both the server and the outbound channel carry trace context
+//! ([`crate::telemetry::rpc`]).
 
 mod args;
 mod outbound;
@@ -8,6 +10,6 @@ mod served_by;
 mod server;
 
 pub use args::AppArgs;
-pub use outbound::{outbound_channel, OutboundError};
+pub use outbound::{outbound_channel, OutboundChannel, OutboundError};
 pub use served_by::{ServedBy, ServedByLayer, SERVED_BY};
 pub use server::{serve, ServeError};

@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 
 use super::{AppArgs, ServedByLayer};
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::telemetry::ServerSpanLayer;
 
 /// Why a service could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum ServeError {
 /// Serves `routes` (the app's own services, named in `service_names`) plus
 /// `grpc.health.v1.Health` and server reflection v1 and v1alpha (grpcurl 1.8
 /// speaks only v1alpha), until `shutdown` fires.
+///
+/// Every call but health checks runs in a server span that continues the
+/// caller's trace ([`ServerSpanLayer`]).
 ///
 /// On shutdown the health status turns NOT_SERVING first (so probes and
 /// sidecars stop sending), then in-flight calls get
@@ -92,6 +96,7 @@ pub async fn serve(
     let health_on_stop = health.clone();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(ServerSpanLayer)
         .layer(served_by)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

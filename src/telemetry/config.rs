@@ -80,7 +80,11 @@ impl TraceSettings {
         endpoint_flag: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Self {
-        let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |name: &str| {
+            env(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let mut warnings = Vec::new();
 
         let endpoint_override = endpoint_flag
@@ -104,7 +108,10 @@ impl TraceSettings {
                     .collect()
             })
             .unwrap_or_default();
-        for other in exporters.iter().filter(|e| !matches!(e.as_str(), "otlp" | "none")) {
+        for other in exporters
+            .iter()
+            .filter(|e| !matches!(e.as_str(), "otlp" | "none"))
+        {
             warnings.push(format!(
                 "OTEL_TRACES_EXPORTER={other} is not supported (only otlp over gRPC); ignoring it"
             ));
@@ -132,7 +139,11 @@ impl TraceSettings {
         let service_name_from_env = from_env.is_some();
         let service_name = from_env.unwrap_or_else(|| service.to_owned());
 
-        let sampler = sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"), &mut warnings);
+        let sampler = sampler(
+            var("OTEL_TRACES_SAMPLER"),
+            var("OTEL_TRACES_SAMPLER_ARG"),
+            &mut warnings,
+        );
 
         let queue_size = match var("OTEL_BSP_MAX_QUEUE_SIZE") {
             None => DEFAULT_QUEUE_SIZE,
@@ -210,33 +221,60 @@ mod tests {
         assert!(s.warnings.is_empty());
 
         assert!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4317")], None).enabled);
-        assert!(settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://j:4317")], None).enabled);
+        assert!(
+            settings(
+                &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://j:4317")],
+                None
+            )
+            .enabled
+        );
         assert!(settings(&[("OTEL_TRACES_EXPORTER", "otlp")], None).enabled);
         let flagged = settings(&[], Some("http://flag:4317"));
         assert!(flagged.enabled);
-        assert_eq!(flagged.endpoint_override.as_deref(), Some("http://flag:4317"));
+        assert_eq!(
+            flagged.endpoint_override.as_deref(),
+            Some("http://flag:4317")
+        );
     }
 
     #[test]
     fn flag_beats_environment_and_off_switches_win() {
-        let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")], Some("http://flag:4317"));
+        let s = settings(
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")],
+            Some("http://flag:4317"),
+        );
         assert_eq!(s.endpoint, "http://flag:4317");
         for off in [
             ("OTEL_SDK_DISABLED", "true"),
             ("OTEL_SDK_DISABLED", "TRUE"),
             ("OTEL_TRACES_EXPORTER", "none"),
         ] {
-            let s = settings(&[off, ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")], Some("x"));
+            let s = settings(
+                &[off, ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317")],
+                Some("x"),
+            );
             assert!(!s.enabled, "{off:?} turns tracing off");
         }
-        assert!(settings(&[("OTEL_SDK_DISABLED", "false"), ("OTEL_TRACES_EXPORTER", "otlp")], None).enabled);
+        assert!(
+            settings(
+                &[
+                    ("OTEL_SDK_DISABLED", "false"),
+                    ("OTEL_TRACES_EXPORTER", "otlp")
+                ],
+                None
+            )
+            .enabled
+        );
     }
 
     #[test]
     fn service_name_from_env_then_resource_then_binary() {
         assert_eq!(settings(&[], None).service_name, "orders");
         assert!(!settings(&[], None).service_name_from_env);
-        let s = settings(&[("OTEL_RESOURCE_ATTRIBUTES", "a=b, service.name=shop-orders")], None);
+        let s = settings(
+            &[("OTEL_RESOURCE_ATTRIBUTES", "a=b, service.name=shop-orders")],
+            None,
+        );
         assert_eq!(s.service_name, "shop-orders");
         assert!(s.service_name_from_env);
         let s = settings(
@@ -253,10 +291,19 @@ mod tests {
     fn samplers_by_name_with_ratio() {
         let choice = |vars: &[(&str, &str)]| settings(vars, None).sampler;
         assert_eq!(choice(&[]), SamplerChoice::ParentBasedAlwaysOn);
-        assert_eq!(choice(&[("OTEL_TRACES_SAMPLER", "always_on")]), SamplerChoice::AlwaysOn);
-        assert_eq!(choice(&[("OTEL_TRACES_SAMPLER", "always_off")]), SamplerChoice::AlwaysOff);
         assert_eq!(
-            choice(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")]),
+            choice(&[("OTEL_TRACES_SAMPLER", "always_on")]),
+            SamplerChoice::AlwaysOn
+        );
+        assert_eq!(
+            choice(&[("OTEL_TRACES_SAMPLER", "always_off")]),
+            SamplerChoice::AlwaysOff
+        );
+        assert_eq!(
+            choice(&[
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25")
+            ]),
             SamplerChoice::TraceIdRatio(0.25)
         );
         assert_eq!(
@@ -285,12 +332,18 @@ mod tests {
         );
         assert_eq!(s.sampler, SamplerChoice::ParentBasedTraceIdRatio(1.0));
         assert_eq!(s.queue_size, DEFAULT_QUEUE_SIZE);
-        assert!(!s.enabled, "an unsupported exporter alone does not turn tracing on");
+        assert!(
+            !s.enabled,
+            "an unsupported exporter alone does not turn tracing on"
+        );
         assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
 
         let s = settings(&[("OTEL_TRACES_SAMPLER", "xray")], None);
         assert_eq!(s.sampler, SamplerChoice::ParentBasedAlwaysOn);
         assert_eq!(s.warnings.len(), 1);
-        assert_eq!(settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "64")], None).queue_size, 64);
+        assert_eq!(
+            settings(&[("OTEL_BSP_MAX_QUEUE_SIZE", "64")], None).queue_size,
+            64
+        );
     }
 }

@@ -67,6 +67,7 @@ const SCOPE: &str = "mesh";
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The OTLP exporter could not be built (e.g. a malformed endpoint).
+    /// [`init`] reports it as a warning and runs without export.
     #[error("OTLP span exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     /// The tonic exporter spawns its connection onto the current tokio
@@ -85,6 +86,14 @@ pub fn dropped_spans() -> u64 {
     export::DROPPED_SPANS.load(Ordering::Relaxed)
 }
 
+/// Marks `span` as failed, with a description, in the exported trace (the
+/// OpenTelemetry span status): what Jaeger shows in red. For spans a
+/// service makes itself; the RPC layers mark their own.
+pub fn mark_error(span: &tracing::Span, description: impl Into<String>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.set_status(opentelemetry::trace::Status::error(description.into()));
+}
+
 /// Installs logging and tracing for the process: the log layer
 /// ([`log_layer`]), the OpenTelemetry layer (exporting when the
 /// environment or `otlp_endpoint` says so, see the module docs) and the W3C
@@ -98,16 +107,32 @@ pub fn init(
     log_format: LogFormat,
     otlp_endpoint: Option<&str>,
 ) -> Result<Telemetry, TelemetryError> {
-    let settings = TraceSettings::from_env(service, otlp_endpoint, |name| std::env::var(name).ok());
-    let provider = if settings.enabled {
-        exporting_provider(&settings)?
+    let mut settings =
+        TraceSettings::from_env(service, otlp_endpoint, |name| std::env::var(name).ok());
+    let exporting = if settings.enabled {
+        match exporting_provider(&settings) {
+            Ok(provider) => Some(provider),
+            // Telemetry must never keep a service from serving: a bad
+            // endpoint costs the traces, not the traffic.
+            Err(TelemetryError::Exporter(error)) => {
+                settings
+                    .warnings
+                    .push(format!("{error}; not exporting traces"));
+                settings.enabled = false;
+                None
+            }
+            Err(error) => return Err(error),
+        }
     } else {
+        None
+    };
+    let provider = exporting.unwrap_or_else(|| {
         // No processor: spans are not recorded, only their context is
         // kept. Parent-based so a sampled caller's decision still passes on.
         SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
             .build()
-    };
+    });
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     // Spans are traced at info and above whatever RUST_LOG says about logs:
@@ -115,6 +140,7 @@ pub fn init(
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SCOPE))
         .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(LevelFilter::INFO);
     let installed = tracing_subscriber::registry()
         .with(log_layer(log_format))
@@ -200,11 +226,16 @@ impl Telemetry {
         let Some(provider) = self.provider.take() else {
             return;
         };
-        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT));
+        let flush =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT));
         match tokio::time::timeout(FLUSH_TIMEOUT + Duration::from_secs(1), flush).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "spans may be lost: flush at shutdown failed"),
-            Ok(Err(_)) | Err(_) => tracing::warn!("spans may be lost: flush at shutdown did not finish"),
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(%error, "spans may be lost: flush at shutdown failed")
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("spans may be lost: flush at shutdown did not finish")
+            }
         }
     }
 }

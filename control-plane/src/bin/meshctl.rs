@@ -31,9 +31,9 @@ enum Commands {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    mesh::logging::init(mesh::logging::LogFormat::Text);
+    let telemetry = mesh::telemetry::init("meshctl", mesh::telemetry::LogFormat::Text, None)?;
     let cp = &cli.control_plane;
-    match cli.command {
+    let result = match cli.command {
         Commands::Up(args) => {
             let shutdown = mesh::shutdown::on_signal()?;
             control_plane::up::run(args, shutdown).await
@@ -43,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
         Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
-    }
+    };
+    telemetry.shutdown().await;
+    result
 }
 
 /// kubectl's way of failing: one `error: ...` line (the whole context

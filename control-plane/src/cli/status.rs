@@ -201,6 +201,7 @@ mod tests {
             acked_version: acked,
             nack_reason: nack.into(),
             replica: "cp-0".into(),
+            admin_address: String::new(),
         }
     }
 

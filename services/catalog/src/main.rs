@@ -26,17 +26,24 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh::logging::init(args.app.log_format);
+    let telemetry = mesh::telemetry::init(
+        "catalog",
+        args.app.log_format,
+        args.app.otlp_endpoint.as_deref(),
+    )?;
     let shutdown = mesh::shutdown::on_signal()?;
 
     let server = CatalogServiceServer::new(service::Catalog::new(store::ProductStore::seeded()));
-    mesh::app::serve(
+    let served = mesh::app::serve(
         "catalog",
         &args.app,
         &[<CatalogServiceServer<service::Catalog> as tonic::server::NamedService>::NAME],
         tonic::service::Routes::new(server),
         shutdown,
     )
-    .await?;
+    .await;
+    // Flush spans even when serving failed: they may say why.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

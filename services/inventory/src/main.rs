@@ -31,18 +31,25 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh::logging::init(args.app.log_format);
+    let telemetry = mesh::telemetry::init(
+        "inventory",
+        args.app.log_format,
+        args.app.otlp_endpoint.as_deref(),
+    )?;
     let shutdown = mesh::shutdown::on_signal()?;
 
     let store = store::Inventory::new(seed::SKUS.iter().map(|sku| (*sku, args.seed_stock)));
     let server = InventoryServiceServer::new(service::InventoryApi::new(store, shutdown.clone()));
-    mesh::app::serve(
+    let served = mesh::app::serve(
         "inventory",
         &args.app,
         &[<InventoryServiceServer<service::InventoryApi> as tonic::server::NamedService>::NAME],
         tonic::service::Routes::new(server),
         shutdown,
     )
-    .await?;
+    .await;
+    // Flush spans even when serving failed: they may say why.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The services orders calls, all through the local sidecar on one channel
-//! (the mesh routes each call by its `:path`), each call with a deadline.
+//! (the mesh routes each call by its `:path`), each call with a deadline and
+//! a client span whose trace context goes with it.
 
 use std::time::Duration;
 
+use mesh::app::OutboundChannel;
 use mesh::proto::shop::catalog::v1::{
     catalog_service_client::CatalogServiceClient, GetProductRequest, Product,
 };
@@ -13,22 +15,21 @@ use mesh::proto::shop::inventory::v1::{
 use mesh::proto::shop::payments::v1::{
     payments_service_client::PaymentsServiceClient, ChargeRequest, Payment, RefundRequest,
 };
-use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// Clients of catalog, inventory and payments. Cheap to clone: every clone
 /// shares the one channel to the sidecar.
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    catalog: CatalogServiceClient<Channel>,
-    inventory: InventoryServiceClient<Channel>,
-    payments: PaymentsServiceClient<Channel>,
+    catalog: CatalogServiceClient<OutboundChannel>,
+    inventory: InventoryServiceClient<OutboundChannel>,
+    payments: PaymentsServiceClient<OutboundChannel>,
     timeout: Duration,
 }
 
 impl Downstream {
     /// Clients on `channel` (the sidecar), each call limited to `timeout`.
-    pub fn new(channel: Channel, timeout: Duration) -> Self {
+    pub fn new(channel: OutboundChannel, timeout: Duration) -> Self {
         Self {
             catalog: CatalogServiceClient::new(channel.clone()),
             inventory: InventoryServiceClient::new(channel.clone()),

@@ -49,7 +49,11 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh::logging::init(args.app.log_format);
+    let telemetry = mesh::telemetry::init(
+        "orders",
+        args.app.log_format,
+        args.app.otlp_endpoint.as_deref(),
+    )?;
     let shutdown = mesh::shutdown::on_signal()?;
 
     let channel = mesh::app::outbound_channel(&args.app.outbound)
@@ -62,14 +66,14 @@ async fn main() -> anyhow::Result<()> {
         sagas.clone(),
         shutdown.clone(),
     ));
-    mesh::app::serve(
+    let served = mesh::app::serve(
         "orders",
         &args.app,
         &[<OrdersServiceServer<service::Orders> as tonic::server::NamedService>::NAME],
         tonic::service::Routes::new(server),
         shutdown,
     )
-    .await?;
+    .await;
 
     // Sagas outlive the calls that started them: let the running ones
     // confirm or compensate before the process ends.
@@ -82,5 +86,8 @@ async fn main() -> anyhow::Result<()> {
             "sagas still running at exit: their orders may hold stock or money"
         );
     }
+    // Last, so the sagas' spans go out too.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

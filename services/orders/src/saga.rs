@@ -6,7 +6,14 @@
 //! hanging up mid-saga drops only its wait for the answer, so the saga
 //! still either confirms or compensates, and never leaves stock reserved or
 //! money taken for an order nobody will see.
+//!
+//! Each step (price, reserve, charge, confirm) and each compensation
+//! (refund, release) runs in a span of its own, `saga.<step>`, under the
+//! saga's span (itself under the `PlaceOrder` server span), with the order
+//! id and the step's outcome; a failed step marks its span as an error.
+//! The calls a step makes are client spans under it.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use mesh::proto::shop::inventory::v1::ReservationLine;
@@ -14,13 +21,61 @@ use mesh::proto::shop::orders::v1::{Order, OrderStatus};
 use mesh::proto::shop::payments::v1::ChargeRequest;
 use tokio::task::JoinSet;
 use tonic::Status;
+use tracing::{Instrument, Span};
 
 use crate::book::OrderBook;
 use crate::compensation;
 use crate::downstream::Downstream;
 use crate::pricing::{self, Priced};
 use crate::request::OrderRequest;
-use crate::undo::{self, Effect, Step, StepFailure, Undo};
+use crate::undo::{self, Effect, Step, StepFailure, Undo, Undone};
+
+/// The span of one saga step, with the fields every step records.
+macro_rules! step_span {
+    ($name:literal, $order_id:expr $(, $($field:tt)*)?) => {
+        tracing::info_span!(
+            $name,
+            order_id = %$order_id,
+            outcome = tracing::field::Empty,
+            code = tracing::field::Empty,
+            $($($field)*)?
+        )
+    };
+}
+
+/// Runs one forward step in `span`, recording how it went.
+async fn step<T>(span: &Span, work: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    let result = work.instrument(span.clone()).await;
+    match &result {
+        Ok(_) => {
+            span.record("outcome", "ok");
+        }
+        Err(status) => {
+            span.record("outcome", "failed");
+            span.record("code", tracing::field::debug(status.code()));
+            mesh::telemetry::mark_error(span, format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    result
+}
+
+/// Runs one compensation in `span`, recording what it achieved.
+async fn undo_step(span: Span, work: impl Future<Output = Undone>) -> Undone {
+    let undone = work.instrument(span.clone()).await;
+    match &undone {
+        Undone::Nothing => {
+            span.record("outcome", "nothing to undo");
+        }
+        Undone::Done => {
+            span.record("outcome", "undone");
+        }
+        Undone::Failed(reason) => {
+            span.record("outcome", "failed");
+            mesh::telemetry::mark_error(&span, reason.clone());
+        }
+    }
+    undone
+}
 
 /// One order's saga.
 #[derive(Debug)]
@@ -87,10 +142,19 @@ impl Saga {
 
     /// The happy path; records in `undo` every effect to undo on failure.
     async fn forward(&self, undo: &mut Undo) -> Result<(), StepFailure> {
-        let priced = self.price().await.map_err(|status| StepFailure {
-            step: Step::Pricing,
-            status,
-        })?;
+        let price_span = step_span!(
+            "saga.price",
+            self.order_id,
+            lines = self.request.lines.len(),
+            total_minor = tracing::field::Empty
+        );
+        let priced = step(&price_span, self.price())
+            .await
+            .map_err(|status| StepFailure {
+                step: Step::Pricing,
+                status,
+            })?;
+        price_span.record("total_minor", priced.total_minor);
         let Priced {
             items,
             total_minor,
@@ -103,10 +167,17 @@ impl Saga {
             order.currency = currency;
         });
 
-        let reservation = match self
-            .downstream
-            .reserve(&self.order_id, self.reservation_lines())
-            .await
+        let reserve_span = step_span!(
+            "saga.reserve",
+            self.order_id,
+            reservation_id = tracing::field::Empty
+        );
+        let reservation = match step(
+            &reserve_span,
+            self.downstream
+                .reserve(&self.order_id, self.reservation_lines()),
+        )
+        .await
         {
             Ok(reservation) => reservation,
             Err(status) => {
@@ -118,6 +189,7 @@ impl Saga {
             }
         };
         let reservation_id = reservation.reservation_id;
+        reserve_span.record("reservation_id", reservation_id.as_str());
         undo.reservation = Effect::Done(reservation_id.clone());
         self.book.update(&self.order_id, |order| {
             order.reservation_id = reservation_id.clone()
@@ -135,7 +207,14 @@ impl Saga {
                 amount_minor: total_minor,
                 currency: charge_currency.clone(),
             };
-            let payment = match self.downstream.charge(charge).await {
+            let charge_span = step_span!(
+                "saga.charge",
+                self.order_id,
+                amount_minor = total_minor,
+                currency = %charge_currency,
+                payment_id = tracing::field::Empty
+            );
+            let payment = match step(&charge_span, self.downstream.charge(charge)).await {
                 Ok(payment) => payment,
                 Err(status) => {
                     undo.charge = Effect::after_error(status.code());
@@ -146,6 +225,7 @@ impl Saga {
                 }
             };
             let payment_id = payment.payment_id;
+            charge_span.record("payment_id", payment_id.as_str());
             undo.charge = Effect::Done(payment_id.clone());
             self.book.update(&self.order_id, |order| {
                 order.payment_id = payment_id.clone()
@@ -161,7 +241,9 @@ impl Saga {
             );
         }
 
-        self.advance(OrderStatus::Confirmed, "order confirmed".into());
+        let confirm_span = step_span!("saga.confirm", self.order_id);
+        confirm_span.in_scope(|| self.advance(OrderStatus::Confirmed, "order confirmed".into()));
+        confirm_span.record("outcome", "ok");
         Ok(())
     }
 
@@ -173,7 +255,8 @@ impl Saga {
         for (i, line) in lines.iter().enumerate() {
             let downstream = self.downstream.clone();
             let sku = line.sku.clone();
-            calls.spawn(async move { (i, downstream.get_product(&sku).await) });
+            // In the step's span, so each call's client span is its child.
+            calls.spawn(async move { (i, downstream.get_product(&sku).await) }.in_current_span());
         }
         let mut products = vec![None; lines.len()];
         while let Some(joined) = calls.join_next().await {
@@ -194,12 +277,19 @@ impl Saga {
         let order_id = &self.order_id;
         self.advance(OrderStatus::Compensating, format!("{failure}; undoing"));
         tracing::debug!(%order_id, ?undo, "compensating");
-        let refund = compensation::refund(&self.downstream, order_id, &undo.charge).await;
-        let release = compensation::release(
-            &self.downstream,
-            order_id,
-            &self.reservation_lines(),
-            &undo.reservation,
+        let refund = undo_step(
+            step_span!("saga.refund", order_id, charge = ?undo.charge),
+            compensation::refund(&self.downstream, order_id, &undo.charge),
+        )
+        .await;
+        let release = undo_step(
+            step_span!("saga.release", order_id, reservation = ?undo.reservation),
+            compensation::release(
+                &self.downstream,
+                order_id,
+                &self.reservation_lines(),
+                &undo.reservation,
+            ),
         )
         .await;
         let message = undo::cancellation_message(order_id, &failure, &refund, &release);

@@ -38,7 +38,11 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh::logging::init(args.app.log_format);
+    let telemetry = mesh::telemetry::init(
+        "payments",
+        args.app.log_format,
+        args.app.otlp_endpoint.as_deref(),
+    )?;
     let shutdown = mesh::shutdown::on_signal()?;
 
     let drill = drill::Drill::new(args.failure_rate, Duration::from_millis(args.latency_ms))?;
@@ -51,13 +55,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let server =
         PaymentsServiceServer::new(service::Payments::new(ledger::Ledger::default(), drill));
-    mesh::app::serve(
+    let served = mesh::app::serve(
         "payments",
         &args.app,
         &[<PaymentsServiceServer<service::Payments> as tonic::server::NamedService>::NAME],
         tonic::service::Routes::new(server),
         shutdown,
     )
-    .await?;
+    .await;
+    // Flush spans even when serving failed: they may say why.
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }

@@ -44,7 +44,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let span = rpc_span(Side::Client, request.uri().path());
+        let span = rpc_span(Side::Client, request.uri().path(), None);
         let mut cx = span.context();
         if !cx.span().span_context().is_valid() {
             // No tracing layer (or the span is disabled): still pass on the

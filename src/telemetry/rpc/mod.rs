@@ -10,10 +10,10 @@
 //! `rpc.grpc.status_code`. A span lasts until the response body ends, so
 //! a streaming call's span covers the stream.
 //!
-//! - [`server`]: [`ServerSpanLayer`].
-//! - [`client`]: [`ClientSpanLayer`].
-//! - [`status`]: reading `grpc-status` and deciding what is an error.
-//! - [`future`] and [`body`]: the response future and body that carry the
+//! - `server`: [`ServerSpanLayer`], the callee's half.
+//! - `client`: [`ClientSpanLayer`], the caller's half.
+//! - `status`: reading `grpc-status` and deciding what is an error.
+//! - `future` and `body`: [`RpcFuture`] and [`RpcBody`], which carry the
 //!   span to the end of the call.
 
 mod body;
@@ -28,6 +28,7 @@ pub use future::RpcFuture;
 pub use server::{ServerSpan, ServerSpanLayer};
 
 use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Which end of a call a span stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +49,13 @@ pub fn service_and_method(path: &str) -> (&str, &str) {
     }
 }
 
-/// A new span for one call on `path`; its parent is the current span
-/// (the server layer may replace it with the caller's context before
-/// the span is first entered).
-fn rpc_span(side: Side, path: &str) -> Span {
+/// A new span for one call on `path`, child of `parent` (the caller's
+/// context, on a server) or else of the current span.
+///
+/// Only the span's name and kind are `tracing` fields (they must be, for
+/// tracing-opentelemetry); the `rpc.*` attributes go to the OpenTelemetry
+/// span alone, so log lines stay short.
+fn rpc_span(side: Side, path: &str, parent: Option<opentelemetry::Context>) -> Span {
     let (service, method) = service_and_method(path);
     let name = if method.is_empty() {
         service.to_owned()
@@ -62,15 +66,15 @@ fn rpc_span(side: Side, path: &str) -> Span {
         Side::Server => "server",
         Side::Client => "client",
     };
-    tracing::info_span!(
-        "grpc",
-        otel.name = %name,
-        otel.kind = kind,
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-    )
+    let span = tracing::info_span!("grpc", otel.name = %name, otel.kind = kind);
+    if let Some(parent) = parent {
+        // Before anything starts the span: the parent is fixed when it does.
+        let _ = span.set_parent(parent);
+    }
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", service.to_owned());
+    span.set_attribute("rpc.method", method.to_owned());
+    span
 }
 
 #[cfg(test)]

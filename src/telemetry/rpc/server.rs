@@ -5,7 +5,6 @@ use std::task::{Context, Poll};
 
 use opentelemetry::trace::TraceContextExt;
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{rpc_span, RpcFuture, Side};
 use crate::telemetry::propagation::extract_context;
@@ -52,14 +51,9 @@ where
         let span = if path.starts_with(UNTRACED_PREFIX) {
             Span::none()
         } else {
-            let span = rpc_span(Side::Server, path);
             let caller = extract_context(request.headers());
-            if caller.span().span_context().is_valid() {
-                // Before the span is first entered: tracing-opentelemetry
-                // fixes the parent when the span starts.
-                let _ = span.set_parent(caller);
-            }
-            span
+            let caller = caller.span().span_context().is_valid().then_some(caller);
+            rpc_span(Side::Server, path, caller)
         };
         let future = span.in_scope(|| self.inner.call(request));
         RpcFuture::new(future, span, Side::Server)

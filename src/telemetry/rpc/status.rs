@@ -13,7 +13,13 @@ use super::Side;
 /// (response headers of a trailers-only answer, or trailers); `None` when
 /// there is no usable status.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<(i64, String)> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let message = headers
         .get("grpc-message")
         .map(|m| percent_decode(m.as_bytes()))
@@ -34,7 +40,7 @@ pub(crate) fn is_error(side: Side, code: i64) -> bool {
 
 /// Records a status on `span`.
 pub(crate) fn record(span: &Span, side: Side, code: i64, message: &str) {
-    span.record("rpc.grpc.status_code", code);
+    span.set_attribute("rpc.grpc.status_code", code);
     if is_error(side, code) {
         let description = if message.is_empty() {
             format!("gRPC status {code}")
@@ -91,7 +97,10 @@ mod tests {
     #[test]
     fn servers_err_only_on_their_own_failures() {
         assert!(!is_error(Side::Server, 0));
-        assert!(!is_error(Side::Server, 9), "FAILED_PRECONDITION is the caller's");
+        assert!(
+            !is_error(Side::Server, 9),
+            "FAILED_PRECONDITION is the caller's"
+        );
         assert!(is_error(Side::Server, 14));
         assert!(is_error(Side::Client, 9));
         assert!(!is_error(Side::Client, 0));
