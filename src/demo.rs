@@ -77,7 +77,8 @@ pub struct Topology {
     /// The gateway's ingress address; `None` for no gateway, port 0 for any
     /// free port.
     pub gateway: Option<SocketAddr>,
-    /// Routes beyond the shop's defaults (they must not take the same path).
+    /// Routes beyond the shop's defaults; one named like a default replaces
+    /// it (others must not take the same path).
     pub extra_routes: Vec<Route>,
     /// Endpoints beyond the planned instances (e.g. deliberately dead ones).
     pub extra_endpoints: Vec<Endpoint>,
@@ -387,6 +388,13 @@ impl Topology {
             });
         }
         let mut routes = self.default_routes();
+        // An extra route replaces the default of the same name.
+        routes.retain(|r| {
+            !self
+                .extra_routes
+                .iter()
+                .any(|e| e.metadata.name == r.metadata.name)
+        });
         routes.extend(self.extra_routes.iter().cloned());
         if self.control_plane.is_some() {
             // Endpoints register themselves; routes are applied through the

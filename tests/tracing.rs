@@ -330,3 +330,129 @@ async fn a_failed_saga_marks_its_spans_as_errors() {
         "nothing was confirmed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
+    use mesh::demo::InstanceSpec;
+    use mesh::model::RetryPolicy;
+
+    let receiver = OtlpReceiver::start();
+    let one = |name: &str| {
+        (
+            name.to_owned(),
+            vec![InstanceSpec::new(format!("{name}-1"))],
+        )
+    };
+    let mut retrying =
+        mesh::demo::route("payments", "shop.payments.v1.PaymentsService", "payments");
+    retrying.spec.retries = Some(
+        serde_json::from_value::<RetryPolicy>(serde_json::json!({ "attempts": 2 }))
+            .expect("a retry policy"),
+    );
+    let topology = Topology {
+        services: vec![
+            one("catalog"),
+            one("inventory"),
+            (
+                "payments".into(),
+                vec![
+                    // Picked first by round-robin, and always failing: the
+                    // charge is retried on payments-2.
+                    InstanceSpec::new("payments-1").app_args(["--failure-rate", "1"]),
+                    InstanceSpec::new("payments-2"),
+                ],
+            ),
+            one("orders"),
+        ],
+        gateway: Some("127.0.0.1:0".parse().expect("address")),
+        extra_routes: vec![retrying],
+        otlp_endpoint: Some(receiver.endpoint()),
+        ..Topology::default()
+    };
+    let mesh = TestMesh::start(&topology);
+    let gateway = channel(mesh.gateway_uri()).await;
+    let sku = some_sku(&gateway).await;
+
+    // No traceparent: the gateway starts the trace.
+    let placed = OrdersServiceClient::new(gateway)
+        .place_order(order("proxied-1", &sku))
+        .await
+        .expect("PlaceOrder succeeds thanks to the retry")
+        .into_inner();
+    assert_eq!(placed.status(), OrderStatus::Confirmed);
+
+    let services = [
+        "gateway",
+        "orders-sidecar",
+        "catalog-sidecar",
+        "inventory-sidecar",
+        "payments-sidecar",
+        "orders",
+        "catalog",
+        "inventory",
+        "payments",
+    ];
+    let trace = receiver.wait_until("the proxied PlaceOrder trace", SPAN_TIMEOUT, |spans| {
+        let root = spans.iter().find(|s| {
+            s.service_name == "gateway" && s.name == PLACE_ORDER && s.parent_span_id.is_none()
+        })?;
+        let trace: Vec<ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .cloned()
+            .collect();
+        let outbound_charge = find(&trace, "orders-sidecar", CHARGE, SpanKind::Client)?;
+        let attempts = trace
+            .iter()
+            .filter(|s| s.parent_span_id.as_deref() == Some(outbound_charge.span_id.as_str()))
+            .count();
+        // Spans arrive in batches: wait for the whole tree, not just some.
+        let whole = trace
+            .iter()
+            .all(|s| s.span_id == root.span_id || descends_from(s, &root.span_id, &trace));
+        (services
+            .iter()
+            .all(|svc| trace.iter().any(|s| s.service_name == *svc))
+            && attempts == 2
+            && whole)
+            .then_some(trace)
+    });
+
+    // One tree, rooted at the gateway's server span.
+    let root = require(&trace, "gateway", PLACE_ORDER, SpanKind::Server);
+    for span in &trace {
+        assert!(
+            span.span_id == root.span_id || descends_from(span, &root.span_id, &trace),
+            "{} from {} is outside the gateway's tree",
+            span.name,
+            span.service_name
+        );
+    }
+    // gateway -> orders' sidecar (inbound, server) -> orders.
+    let inbound = require(&trace, "orders-sidecar", PLACE_ORDER, SpanKind::Server);
+    let app = require(&trace, "orders", PLACE_ORDER, SpanKind::Server);
+    assert!(descends_from(inbound, &root.span_id, &trace));
+    assert!(descends_from(app, &inbound.span_id, &trace));
+    assert_eq!(root.attr("rpc.grpc.status_code"), Some("0"));
+    assert_eq!(root.attr("mesh.service"), Some("orders"));
+
+    // The retried charge: one outbound request span, two attempt spans,
+    // the first failed at payments-1, the second served by payments-2.
+    let outbound = require(&trace, "orders-sidecar", CHARGE, SpanKind::Client);
+    let mut attempts: Vec<&ReceivedSpan> = trace
+        .iter()
+        .filter(|s| s.parent_span_id.as_deref() == Some(outbound.span_id.as_str()))
+        .collect();
+    attempts.sort_by_key(|s| s.attr("mesh.attempt").map(str::to_owned));
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0].attr("mesh.attempt"), Some("1"));
+    assert!(attempts[0].error, "the first attempt failed");
+    assert_eq!(attempts[1].attr("mesh.attempt"), Some("2"));
+    assert!(!attempts[1].error);
+    assert_ne!(
+        attempts[0].attr("server.address"),
+        attempts[1].attr("server.address"),
+        "the retry went to another endpoint"
+    );
+    assert!(!outbound.error, "the call itself succeeded");
+}

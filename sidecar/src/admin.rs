@@ -17,7 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StateSnapshot};
 use crate::table::LiveTable;
 
 /// How long `/ready` waits for the app's health answer.
@@ -99,7 +99,22 @@ impl Admin {
                 response
             }
             "/metrics" => {
-                let mut response = text(StatusCode::OK, self.inner.metrics.render());
+                let table = &self.inner.table;
+                let views = table.pool().views();
+                let state = StateSnapshot {
+                    ejected_endpoints: views
+                        .iter()
+                        .filter(|v| v.breaker.state != "healthy")
+                        .count(),
+                    upstream_connections: views
+                        .iter()
+                        .filter(|v| v.connection == "connected")
+                        .count(),
+                    in_flight: views.iter().map(|v| v.in_flight).sum(),
+                    table_version: table.load().version().parse().unwrap_or(0),
+                    table_age: table.age(),
+                };
+                let mut response = text(StatusCode::OK, self.inner.metrics.render(&state));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     http::HeaderValue::from_static(

@@ -152,7 +152,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 Direction::Inbound,
                 Destination::App {
                     upstream: Arc::new(app),
-                    counters: metrics.route_counters(Direction::Inbound, settings.service_name()),
+                    counters: metrics.route_counters(
+                        Direction::Inbound,
+                        settings.service_name(),
+                        "inbound",
+                    ),
+                    service: settings.service_name().into(),
                 },
                 None,
                 metrics.clone(),

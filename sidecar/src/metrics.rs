@@ -1,12 +1,20 @@
-//! Prometheus metrics of the proxy, served at the admin port's `/metrics`.
+//! Prometheus metrics of the proxy, served at the admin port's `/metrics`
+//! (OpenMetrics text).
 //!
-//! Counters a request touches are registered when a table is built and
-//! handed to the route ([`RouteCounters`]), so the hot path increments an
-//! atomic and never looks up or allocates a label set.
+//! Counters a request touches on its way in are registered when a table is
+//! built and handed to the route ([`RouteCounters`]), so that part of the
+//! hot path increments an atomic and never looks up a label set. Gauges
+//! about state (ejected endpoints, connections, table version and age,
+//! dropped spans) are read when scraped.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Which listener a call came in on.
@@ -33,19 +41,46 @@ impl Direction {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// State read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct StateSnapshot {
+    /// Endpoints out of rotation (ejected or probing).
+    pub ejected_endpoints: usize,
+    /// Upstream HTTP/2 connections open.
+    pub upstream_connections: usize,
+    /// Attempts in flight.
+    pub in_flight: usize,
+    /// The running table's version (0 before the first).
+    pub table_version: i64,
+    /// Time since the running table was applied.
+    pub table_age: Option<Duration>,
+}
+
 /// Every metric of one proxy process.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
+    responses: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
     proxy_errors: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
+    ejections: Family<Labels, Counter>,
+    ejected_endpoints: Gauge,
+    upstream_connections: Gauge,
+    in_flight: Gauge,
+    table_version: Gauge,
+    table_age_ms: Gauge,
+    spans_dropped: Counter,
+    spans_dropped_seen: AtomicU64,
 }
 
 /// The counters of one route, bumped by every call it takes.
 #[derive(Debug, Clone)]
 pub struct RouteCounters {
     requests: Counter,
+    /// Ejections of the route's endpoints.
+    pub ejections: Counter,
 }
 
 impl RouteCounters {
@@ -55,19 +90,38 @@ impl RouteCounters {
     }
 }
 
+fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("mesh");
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Calls forwarded upstream, by direction and destination mesh service",
+            "Calls taken and forwarded upstream, by direction and destination mesh service",
             requests.clone(),
+        );
+        let responses = Family::<Labels, Counter>::default();
+        registry.register(
+            "responses",
+            "Calls answered, by direction, mesh service, gRPC method and status code",
+            responses.clone(),
+        );
+        let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
+            // 0.25 ms to ~16 s.
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from a call's arrival to the end of its response, by direction, mesh service, gRPC method and status code",
+            durations.clone(),
         );
         let proxy_errors = Family::<Labels, Counter>::default();
         registry.register(
             "proxy_errors",
-            "Calls the proxy answered itself with an error, by direction and reason",
+            "Calls the proxy answered itself with an error (or retries it declined), by direction and reason",
             proxy_errors.clone(),
         );
         let retries = Family::<Labels, Counter>::default();
@@ -76,51 +130,144 @@ impl Default for Metrics {
             "Attempts beyond the first, by direction and route",
             retries.clone(),
         );
+        let ejections = Family::<Labels, Counter>::default();
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints taken out of rotation by outlier detection, by direction and route",
+            ejections.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let ejected_endpoints = gauge(
+            &mut registry,
+            "ejected_endpoints",
+            "Endpoints out of rotation now",
+        );
+        let upstream_connections = gauge(
+            &mut registry,
+            "upstream_connections",
+            "Upstream HTTP/2 connections open now",
+        );
+        let in_flight = gauge(
+            &mut registry,
+            "in_flight_attempts",
+            "Upstream attempts in flight now",
+        );
+        let table_version = gauge(
+            &mut registry,
+            "table_version",
+            "Version of the routing table in use",
+        );
+        let table_age_ms = gauge(
+            &mut registry,
+            "table_age_milliseconds",
+            "Time since the routing table in use was applied (last push age)",
+        );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans lost on the way to the collector (queue full or export failed)",
+            spans_dropped.clone(),
+        );
         Self {
             registry,
             requests,
+            responses,
+            durations,
             proxy_errors,
             retries,
+            ejections,
+            ejected_endpoints,
+            upstream_connections,
+            in_flight,
+            table_version,
+            table_age_ms,
+            spans_dropped,
+            spans_dropped_seen: AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
-    /// The counters for calls of `direction` to `service`.
-    pub fn route_counters(&self, direction: Direction, service: &str) -> RouteCounters {
+    /// The counters for calls of `direction` to `service` by `route`.
+    pub fn route_counters(
+        &self,
+        direction: Direction,
+        service: &str,
+        route: &str,
+    ) -> RouteCounters {
+        let d = direction.as_str();
         RouteCounters {
             requests: self
                 .requests
-                .get_or_create(&vec![
-                    ("direction", direction.as_str().to_owned()),
-                    ("service", service.to_owned()),
-                ])
+                .get_or_create(&labels(&[("direction", d), ("service", service)]))
+                .clone(),
+            ejections: self
+                .ejections
+                .get_or_create(&labels(&[("direction", d), ("route", route)]))
                 .clone(),
         }
+    }
+
+    /// Records a finished call: its count and its duration.
+    pub fn record_response(
+        &self,
+        direction: Direction,
+        service: &str,
+        path: &str,
+        code: i32,
+        elapsed: Duration,
+    ) {
+        let method = path.strip_prefix('/').unwrap_or(path);
+        let code = code.to_string();
+        let key = labels(&[
+            ("direction", direction.as_str()),
+            ("service", service),
+            ("method", method),
+            ("code", &code),
+        ]);
+        self.responses.get_or_create(&key).inc();
+        self.durations
+            .get_or_create(&key)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a retry the route made.
     pub fn record_retry(&self, direction: Direction, route: &str) {
         self.retries
-            .get_or_create(&vec![
-                ("direction", direction.as_str().to_owned()),
-                ("route", route.to_owned()),
-            ])
+            .get_or_create(&labels(&[
+                ("direction", direction.as_str()),
+                ("route", route),
+            ]))
             .inc();
     }
 
     /// Counts an error the proxy made (off the hot path: errors only).
     pub fn record_proxy_error(&self, direction: Direction, reason: &'static str) {
         self.proxy_errors
-            .get_or_create(&vec![
-                ("direction", direction.as_str().to_owned()),
-                ("reason", reason.to_owned()),
-            ])
+            .get_or_create(&labels(&[
+                ("direction", direction.as_str()),
+                ("reason", reason),
+            ]))
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every metric, with the state
+    /// gauges set from `state`.
+    pub fn render(&self, state: &StateSnapshot) -> String {
+        self.ejected_endpoints.set(state.ejected_endpoints as i64);
+        self.upstream_connections
+            .set(state.upstream_connections as i64);
+        self.in_flight.set(state.in_flight as i64);
+        self.table_version.set(state.table_version);
+        self.table_age_ms
+            .set(state.table_age.map_or(-1, |a| a.as_millis() as i64));
+        let dropped = mesh::telemetry::dropped_spans();
+        let seen = self.spans_dropped_seen.swap(dropped, Ordering::Relaxed);
+        self.spans_dropped.inc_by(dropped.saturating_sub(seen));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -28,6 +28,8 @@ pub struct OutlierScope {
     pub peers: Arc<[Arc<Upstream>]>,
     /// Route name, for logs.
     pub route: Arc<str>,
+    /// Counts the route's ejections.
+    pub ejections: prometheus_client::metrics::counter::Counter,
 }
 
 /// One attempt in flight at `upstream`.
@@ -84,6 +86,7 @@ impl CallGuard {
             .count();
         let may_eject = scope.policy.may_eject(ejected, scope.peers.len());
         if let Some(length) = breaker.on_failure(now, &failure, &scope.policy, may_eject) {
+            scope.ejections.inc();
             tracing::info!(
                 route = %scope.route,
                 endpoint = self.upstream.addr(),

@@ -18,6 +18,8 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 pub struct RoutePolicy {
     /// The route's name: proxy errors say which rule made them.
     pub name: Arc<str>,
+    /// The destination mesh service (metrics and span attribute).
+    pub service: Arc<str>,
     /// Bound on the whole call.
     pub timeout: Option<Duration>,
     /// Retries, if any.
@@ -184,6 +186,7 @@ impl RoutePolicy {
             .transpose()?;
         Ok(Self {
             name: route.metadata.name.as_str().into(),
+            service: route.spec.destination.as_str().into(),
             timeout,
             retry,
             outlier,

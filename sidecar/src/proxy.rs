@@ -24,8 +24,13 @@ use http::uri::{Scheme, Uri};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use mesh::telemetry::rpc::{rpc_span, status, Side};
+use mesh::telemetry::{extract_context, inject_context};
+use opentelemetry::trace::TraceContextExt;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
@@ -36,8 +41,8 @@ use crate::outlier::Admission;
 use crate::policy::RoutePolicy;
 use crate::proxy_error::{ProxyBody, ProxyError};
 use crate::replay_body::{Replay, RequestBody};
-use crate::response_body::{grpc_status, ResponseBody};
-use crate::table::LiveTable;
+use crate::response_body::{grpc_status, status_message, Observer, ResponseBody};
+use crate::table::{CompiledRoute, LiveTable};
 use crate::upstream::Upstream;
 
 /// Where a listener's calls go.
@@ -51,6 +56,8 @@ pub enum Destination {
         upstream: Arc<Upstream>,
         /// Counters of calls to the app.
         counters: RouteCounters,
+        /// The local app's mesh service.
+        service: Arc<str>,
     },
 }
 
@@ -101,21 +108,72 @@ impl Proxy {
         }
     }
 
+    /// One span per call (server kind where calls come in from elsewhere,
+    /// client kind where the local app calls out), continuing the caller's
+    /// trace or starting one; one child span per attempt, whose context
+    /// goes upstream in `traceparent`.
     async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
-        match self.forward(req).await {
+        let direction = self.inner.direction;
+        let side = match direction {
+            Direction::Outbound => Side::Client,
+            Direction::Inbound | Direction::Ingress => Side::Server,
+        };
+        let path: Box<str> = req.uri().path().into();
+        let caller = extract_context(req.headers());
+        let caller = caller.span().span_context().is_valid().then_some(caller);
+        let span = rpc_span(side, &path, caller);
+        span.set_attribute("mesh.direction", direction.as_str());
+        let call = Call {
+            started: Instant::now(),
+            side,
+            path,
+            span: span.clone(),
+        };
+        let mut service = None;
+        let result = self
+            .forward(req, &call, &mut service)
+            .instrument(span.clone())
+            .await;
+        match result {
             Ok(response) => response,
             Err(error) => {
-                let direction = self.inner.direction;
-                tracing::debug!(direction = direction.as_str(), %error, "proxy error");
-                self.inner
-                    .metrics
-                    .record_proxy_error(direction, error.reason);
+                tracing::debug!(parent: &span, direction = direction.as_str(), %error, "proxy error");
+                let metrics = &self.inner.metrics;
+                metrics.record_proxy_error(direction, error.reason);
+                let service: &str = service.as_deref().unwrap_or("");
+                metrics.record_response(
+                    direction,
+                    service,
+                    &call.path,
+                    error.code as i32,
+                    call.started.elapsed(),
+                );
+                span.set_attribute("mesh.error", error.reason);
+                status::record(&span, side, error.code as i64, &error.message);
                 error.into_response()
             }
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    fn observer(&self, call: &Call, service: &Arc<str>, attempt: Span) -> Observer {
+        Observer {
+            metrics: self.inner.metrics.clone(),
+            direction: self.inner.direction,
+            service: service.clone(),
+            path: call.path.clone(),
+            started: call.started,
+            span: call.span.clone(),
+            side: call.side,
+            attempt,
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        call: &Call,
+        service: &mut Option<Arc<str>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if let Some(reflection) = &self.inner.reflection {
             if MeshReflection::handles(req.uri().path()) {
                 if let Some(service) = reflection.current() {
@@ -125,20 +183,41 @@ impl Proxy {
             }
         }
         match &self.inner.destination {
-            Destination::App { upstream, counters } => {
+            Destination::App {
+                upstream,
+                counters,
+                service: own,
+            } => {
+                *service = Some(own.clone());
+                let attempt = attempt_span(&call.span, 1, upstream, None);
                 let (parts, body) = req.into_parts();
-                let request = rebuild(parts, RequestBody::Direct(body), upstream, None);
+                let mut request = rebuild(parts, RequestBody::Direct(body), upstream, None);
+                inject_context(&attempt.context(), request.headers_mut());
                 counters.record_request();
-                match send(upstream, request, None, None, None).await {
-                    Attempt::Answered(response, guard) => Ok(respond(response, guard, None, None)),
-                    Attempt::Failed { error, .. } => Err(error),
+                let sent = send(upstream, request, None, None, None)
+                    .instrument(attempt.clone())
+                    .await;
+                match sent {
+                    Attempt::Answered(response, guard) => {
+                        let observer = self.observer(call, own, attempt);
+                        Ok(respond(response, guard, None, None, Some(observer)))
+                    }
+                    Attempt::Failed { error, .. } => {
+                        status::record_failure(&attempt, &error.message);
+                        Err(error)
+                    }
                 }
             }
             Destination::Routed(table) => {
                 let table = table.load_full();
                 let (route, balancer) = table.route(req.uri().path(), req.headers())?;
+                *service = Some(route.policy.service.clone());
+                call.span
+                    .set_attribute("mesh.service", route.policy.service.to_string());
+                call.span
+                    .set_attribute("mesh.route", route.policy.name.to_string());
                 route.counters.record_request();
-                self.forward_routed(req, &route.policy, |avoid, breakers| {
+                self.forward_routed(req, call, route, |avoid, breakers| {
                     balancer.pick(avoid, breakers, Instant::now())
                 })
                 .await
@@ -149,9 +228,11 @@ impl Proxy {
     async fn forward_routed(
         &self,
         req: Request<Incoming>,
-        policy: &Arc<RoutePolicy>,
+        call: &Call,
+        route: &CompiledRoute,
         pick: impl Fn(&[Arc<Upstream>], bool) -> Result<crate::table::Pick, ProxyError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let policy = &route.policy;
         // The caller's deadline and the route's: the smaller wins.
         let caller = req
             .headers()
@@ -225,7 +306,9 @@ impl Proxy {
                 policy: p.clone(),
                 peers: picked.peers.clone(),
                 route: policy.name.clone(),
+                ejections: route.counters.ejections.clone(),
             });
+            let span = attempt_span(&call.span, attempt, &upstream, picked.subset.as_deref());
             if picked.admission == Admission::Probe {
                 tracing::info!(route = %policy.name, endpoint = upstream.addr(), "probing an ejected endpoint");
             }
@@ -247,12 +330,16 @@ impl Proxy {
                 })?;
                 rebuild(copy_parts(parts), body, &upstream, try_budget)
             };
+            let mut request = request;
+            inject_context(&span.context(), request.headers_mut());
 
             let pending = policy
                 .max_pending_connects
                 .as_ref()
                 .map(|limit| (&*policy.name, limit));
-            let outcome = send(&upstream, request, try_budget, outlier.clone(), pending).await;
+            let outcome = send(&upstream, request, try_budget, outlier.clone(), pending)
+                .instrument(span.clone())
+                .await;
             let can_retry = !last && replay.as_ref().is_some_and(Replay::can_replay);
             let retry_on = |code: i32| {
                 policy
@@ -266,11 +353,17 @@ impl Proxy {
                     Some(code) if code != 0 => {
                         guard.report(Outcome::Status(code));
                         if !(can_retry && retry_on(code) && self.take_retry(policy)) {
-                            return Ok(respond(response, guard, permit, None));
+                            let observer = self.observer(call, &policy.service, span);
+                            return Ok(respond(response, guard, permit, None, Some(observer)));
                         }
+                        let message = status_message(response.headers());
+                        status::record(&span, Side::Client, i64::from(code), &message);
                         format!("grpc-status {code} from {}", upstream.addr())
                     }
-                    _ => return Ok(respond(response, guard, permit, deadline)),
+                    _ => {
+                        let observer = self.observer(call, &policy.service, span);
+                        return Ok(respond(response, guard, permit, deadline, Some(observer)));
+                    }
                 },
                 Attempt::Failed {
                     error,
@@ -280,6 +373,8 @@ impl Proxy {
                     if let Some(mut guard) = guard {
                         guard.report(Outcome::Reset(error.message.clone()));
                     }
+                    span.set_attribute("mesh.error", error.reason);
+                    status::record_failure(&span, &error.message);
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return Err(expired());
                     }
@@ -405,12 +500,54 @@ fn respond(
     guard: CallGuard,
     permit: Option<Permit>,
     deadline: Option<Instant>,
+    observer: Option<Observer>,
 ) -> Response<ProxyBody> {
-    let trailers_only = grpc_status(response.headers()).is_some();
+    let trailers_only = grpc_status(response.headers());
+    let observer = match (trailers_only, observer) {
+        (Some(code), Some(observer)) => {
+            observer.finish(code, &status_message(response.headers()));
+            None
+        }
+        (_, observer) => observer,
+    };
     let deadline = deadline
-        .filter(|_| !trailers_only)
+        .filter(|_| trailers_only.is_none())
         .map(|d| Box::pin(tokio::time::sleep_until(d)));
-    response.map(|body| Either::Left(ResponseBody::new(body, Some(guard), permit, deadline)))
+    response.map(|body| {
+        Either::Left(ResponseBody::new(
+            body,
+            Some(guard),
+            permit,
+            deadline,
+            observer,
+        ))
+    })
+}
+
+/// A child span of `parent` for one attempt at `upstream`.
+fn attempt_span(parent: &Span, attempt: u32, upstream: &Upstream, subset: Option<&str>) -> Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "attempt",
+        otel.name = "attempt",
+        otel.kind = "client",
+        attempt,
+        endpoint = upstream.addr()
+    );
+    span.set_attribute("mesh.attempt", i64::from(attempt));
+    span.set_attribute("server.address", upstream.addr().to_owned());
+    if let Some(subset) = subset {
+        span.set_attribute("mesh.subset", subset.to_owned());
+    }
+    span
+}
+
+/// What a call carries through the proxy for its span and metrics.
+struct Call {
+    started: Instant,
+    side: Side,
+    path: Box<str>,
+    span: Span,
 }
 
 /// Copies what a retry needs of a request's head (extensions are local to

@@ -14,7 +14,15 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use std::sync::Arc;
+
+use mesh::telemetry::rpc::status;
+use mesh::telemetry::rpc::Side;
+use tokio::time::Instant;
+use tracing::Span;
+
 use crate::concurrency::Permit;
+use crate::metrics::{Direction, Metrics};
 use crate::outcome::{CallGuard, Outcome};
 use crate::replay_body::BodyError;
 
@@ -23,6 +31,7 @@ pub struct ResponseBody {
     inner: Option<Incoming>,
     deadline: Option<Pin<Box<Sleep>>>,
     guard: Option<CallGuard>,
+    observer: Option<Observer>,
     /// The call's place under its route's concurrency cap, held until the
     /// response ends.
     _permit: Option<Permit>,
@@ -35,12 +44,20 @@ impl ResponseBody {
         guard: Option<CallGuard>,
         permit: Option<Permit>,
         deadline: Option<Pin<Box<Sleep>>>,
+        observer: Option<Observer>,
     ) -> Self {
         Self {
             inner: Some(inner),
             deadline,
             guard,
+            observer,
             _permit: permit,
+        }
+    }
+
+    fn finish(&mut self, code: i32, message: &str) {
+        if let Some(observer) = self.observer.take() {
+            observer.finish(code, message);
         }
     }
 
@@ -49,6 +66,56 @@ impl ResponseBody {
             guard.report(outcome);
         }
     }
+}
+
+/// What is recorded when a call ends: its metrics and its spans. Holding
+/// it keeps the call's spans open until the response is done.
+pub struct Observer {
+    /// Where the call is counted.
+    pub metrics: Arc<Metrics>,
+    /// Its listener.
+    pub direction: Direction,
+    /// Its destination mesh service.
+    pub service: Arc<str>,
+    /// Its gRPC path.
+    pub path: Box<str>,
+    /// When it arrived.
+    pub started: Instant,
+    /// The request span.
+    pub span: Span,
+    /// The request span's side (server for inbound and ingress).
+    pub side: Side,
+    /// The span of the attempt that answered.
+    pub attempt: Span,
+}
+
+impl Observer {
+    /// Records the call's end with gRPC status `code`.
+    pub fn finish(self, code: i32, message: &str) {
+        self.metrics.record_response(
+            self.direction,
+            &self.service,
+            &self.path,
+            code,
+            self.started.elapsed(),
+        );
+        status::record(&self.span, self.side, i64::from(code), message);
+        status::record(&self.attempt, Side::Client, i64::from(code), message);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away.
+        self.finish(1, "cancelled by the client");
+    }
+}
+
+/// The percent-decoded `grpc-message`, if any.
+pub fn status_message(headers: &HeaderMap) -> String {
+    status::grpc_status(headers)
+        .map(|(_, message)| message)
+        .unwrap_or_default()
 }
 
 /// The `grpc-status` in a header map, if any (0 = OK).
@@ -90,6 +157,7 @@ impl Body for ResponseBody {
                 this.inner = None; // RST_STREAM(CANCEL) upstream
                 this.deadline = None;
                 this.guard = None;
+                this.finish(4, "deadline exceeded while streaming the response");
                 return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers()))));
             }
         }
@@ -100,16 +168,23 @@ impl Body for ResponseBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
+                this.finish(2, "the response ended without a grpc-status");
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
-                this.report(Outcome::Reset(error.to_string()));
+                let message = error.to_string();
+                this.report(Outcome::Reset(message.clone()));
+                this.finish(14, &format!("upstream reset the stream: {message}"));
                 this.inner = None;
                 Poll::Ready(Some(Err(error.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-                    this.report(Outcome::Status(code));
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(code) = grpc_status(trailers) {
+                        this.report(Outcome::Status(code));
+                        let message = status_message(trailers);
+                        this.finish(code, &message);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -46,6 +46,8 @@ pub struct Pick {
     pub peers: Arc<[Arc<Upstream>]>,
     /// Whether this attempt is the probe of an ejected endpoint.
     pub admission: Admission,
+    /// The subset's `version` label (`None`: every endpoint).
+    pub subset: Option<Arc<str>>,
 }
 
 /// An immutable routing table. A new source builds a new table; the proxy
@@ -110,7 +112,7 @@ pub struct Balancer {
 #[derive(Debug)]
 struct Subset {
     /// `None` when the split is empty: every endpoint of the service.
-    name: Option<String>,
+    name: Option<Arc<str>>,
     endpoints: Arc<[Arc<Upstream>]>,
     by_weight: Option<SmoothWeightedRoundRobin>,
 }
@@ -127,7 +129,7 @@ impl Balancer {
                 .filter(|(ep, _)| ep.service == service && name.is_none_or(|n| ep.version == n))
                 .collect();
             Subset {
-                name: name.map(str::to_owned),
+                name: name.map(Arc::from),
                 by_weight: SmoothWeightedRoundRobin::new(members.iter().map(|(ep, _)| ep.weight)),
                 endpoints: members
                     .into_iter()
@@ -174,6 +176,7 @@ impl Balancer {
             upstream: upstream.clone(),
             peers: subset.endpoints.clone(),
             admission,
+            subset: subset.name.clone(),
         };
         // Second choices: an endpoint tried already (better than none),
         // else any (every endpoint ejected: a guess beats a sure failure).
@@ -259,6 +262,7 @@ impl UpstreamPool {
 pub struct LiveTable {
     current: ArcSwap<RouteTable>,
     loaded: AtomicBool,
+    applied_at: Mutex<Option<Instant>>,
     pool: UpstreamPool,
     metrics: Arc<Metrics>,
     direction: Direction,
@@ -270,6 +274,7 @@ impl LiveTable {
         Self {
             current: ArcSwap::from_pointee(RouteTable::empty()),
             loaded: AtomicBool::new(false),
+            applied_at: Mutex::new(None),
             pool,
             metrics,
             direction,
@@ -288,6 +293,7 @@ impl LiveTable {
         );
         self.current.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
+        *self.applied_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(())
     }
 
@@ -305,6 +311,14 @@ impl LiveTable {
     /// The connection slots of every endpoint.
     pub fn pool(&self) -> &UpstreamPool {
         &self.pool
+    }
+
+    /// Time since the running table was applied.
+    pub fn age(&self) -> Option<Duration> {
+        self.applied_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|at| at.elapsed())
     }
 
     /// True once a table has been applied: before that the proxy is not ready.
@@ -426,7 +440,7 @@ fn compile_route(
     Ok(CompiledRoute {
         rules,
         default: Balancer::new(service, &route.spec.split, endpoints),
-        counters: metrics.route_counters(direction, service),
+        counters: metrics.route_counters(direction, service, &route.metadata.name),
         policy: Arc::new(RoutePolicy::compile(route)?),
     })
 }

@@ -20,7 +20,7 @@ mod body;
 mod client;
 mod future;
 mod server;
-mod status;
+pub mod status;
 
 pub use body::RpcBody;
 pub use client::{ClientSpan, ClientSpanLayer};
@@ -55,7 +55,7 @@ pub fn service_and_method(path: &str) -> (&str, &str) {
 /// Only the span's name and kind are `tracing` fields (they must be, for
 /// tracing-opentelemetry); the `rpc.*` attributes go to the OpenTelemetry
 /// span alone, so log lines stay short.
-fn rpc_span(side: Side, path: &str, parent: Option<opentelemetry::Context>) -> Span {
+pub fn rpc_span(side: Side, path: &str, parent: Option<opentelemetry::Context>) -> Span {
     let (service, method) = service_and_method(path);
     let name = if method.is_empty() {
         service.to_owned()

@@ -12,7 +12,7 @@ use super::Side;
 /// `grpc-status` and the (percent-decoded) `grpc-message` in `headers`
 /// (response headers of a trailers-only answer, or trailers); `None` when
 /// there is no usable status.
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<(i64, String)> {
+pub fn grpc_status(headers: &HeaderMap) -> Option<(i64, String)> {
     let code = headers
         .get("grpc-status")?
         .to_str()
@@ -31,7 +31,7 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<(i64, String)> {
 /// a client span on any code but OK; a server span only on codes that say
 /// the server failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
 /// UNAVAILABLE, DATA_LOSS), not on the caller's mistakes.
-pub(crate) fn is_error(side: Side, code: i64) -> bool {
+pub fn is_error(side: Side, code: i64) -> bool {
     match side {
         Side::Client => code != 0,
         Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
@@ -39,7 +39,7 @@ pub(crate) fn is_error(side: Side, code: i64) -> bool {
 }
 
 /// Records a status on `span`.
-pub(crate) fn record(span: &Span, side: Side, code: i64, message: &str) {
+pub fn record(span: &Span, side: Side, code: i64, message: &str) {
     span.set_attribute("rpc.grpc.status_code", code);
     if is_error(side, code) {
         let description = if message.is_empty() {
@@ -53,7 +53,7 @@ pub(crate) fn record(span: &Span, side: Side, code: i64, message: &str) {
 
 /// Records a call that failed without a gRPC status (a transport error, a
 /// reset stream).
-pub(crate) fn record_failure(span: &Span, reason: &str) {
+pub fn record_failure(span: &Span, reason: &str) {
     span.set_status(Status::error(reason.to_owned()));
 }
 
