@@ -419,3 +419,61 @@ fn grpcurl_sees_every_registered_service_at_the_gateway() {
         assert!(answer.contains(expect), "{service}/{method}: {answer}");
     }
 }
+
+#[test]
+fn drain_and_sigterm_deregister_first_keep_serving_and_exit_in_time() {
+    if !have_tool("etcd") {
+        return;
+    }
+    let mut mesh = TestMesh::start(&inventory_pair());
+    let registered = |mesh: &TestMesh, instance: &str| {
+        let (ok, out, err) = mesh.meshctl(&["get", "endpoints"], None);
+        assert!(ok, "{err}");
+        out.contains(instance)
+    };
+
+    // The preStop hook's /drain: inventory-2 leaves the mesh at once (not
+    // at lease expiry), reports not ready, and still serves.
+    let admin = mesh
+        .plan
+        .process("inventory-2-sidecar")
+        .unwrap()
+        .admin
+        .unwrap();
+    let started = Instant::now();
+    let (status, _) = mesh::demo::admin_get(admin, "/drain").expect("GET /drain");
+    assert_eq!(status, 200);
+    assert!(
+        !registered(&mesh, "inventory-2"),
+        "deregistered when /drain answered"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(TTL_SECONDS),
+        "before the lease would expire"
+    );
+    let (ready, _) = mesh::demo::admin_get(admin, "/ready").unwrap();
+    assert_eq!(ready, 503, "a draining sidecar is not ready");
+    let inbound = mesh.serving("inventory-2-sidecar");
+    let answered = block_on(async move {
+        let channel = Channel::from_shared(format!("http://{inbound}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        InventoryServiceClient::new(channel)
+            .get_stock(GetStockRequest {
+                sku: "sku-espresso-beans".into(),
+            })
+            .await
+    });
+    assert!(
+        answered.is_ok(),
+        "still serving while draining: {answered:?}"
+    );
+
+    // SIGTERM: inventory-1's sidecar deregisters first and exits within its
+    // deregister delay (200 ms here) plus drain (10 s default).
+    let took = mesh.terminate("inventory-1-sidecar", Duration::from_secs(15));
+    eprintln!("inventory-1-sidecar exited {took:?} after SIGTERM");
+    assert!(!registered(&mesh, "inventory-1"), "deregistered on SIGTERM");
+}

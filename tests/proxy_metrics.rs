@@ -59,11 +59,7 @@ print(json.dumps(out))
     Some(serde_json::from_slice(&out.stdout).expect("parser output"))
 }
 
-fn sample(
-    samples: &[Sample],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|(n, l, _)| {

@@ -140,10 +140,13 @@ async fn place_order_is_one_trace_nested_as_the_calls() {
             .filter(|s| s.trace_id == trace_id)
             .cloned()
             .collect();
-        expected
-            .iter()
-            .all(|(service, name, kind)| find(&trace, service, name, *kind).is_some())
-            .then_some(trace)
+        // Spans arrive in batches: wait until they form the whole tree.
+        let whole = trace.iter().all(|s| descends_from(s, &root_id, &trace));
+        (whole
+            && expected
+                .iter()
+                .all(|(service, name, kind)| find(&trace, service, name, *kind).is_some()))
+        .then_some(trace)
     });
 
     // One tree under the test's own span: every span's parent is in the
@@ -245,12 +248,21 @@ async fn a_dead_collector_does_not_touch_traffic() {
         assert_eq!(placed.status(), OrderStatus::Confirmed);
     }
 
-    // The spans were dropped (and counted); orders says so once.
+    // The spans were dropped (and counted); orders says so once, and the
+    // gateway's drop counter rises.
     let deadline = std::time::Instant::now() + SPAN_TIMEOUT;
     while !mesh.log("orders-1").contains("span export failed") {
         assert!(
             std::time::Instant::now() < deadline,
             "orders never reported failed span exports"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + SPAN_TIMEOUT;
+    while mesh.counter("gateway", "mesh_trace_spans_dropped_total", &[]) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway's mesh_trace_spans_dropped_total never rose"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -291,15 +303,17 @@ async fn a_failed_saga_marks_its_spans_as_errors() {
             .filter(|s| s.trace_id == trace_id)
             .cloned()
             .collect();
-        [
+        let whole = trace.iter().all(|s| descends_from(s, &root_id, &trace));
+        let all_there = [
             ("orders", PLACE_ORDER, SpanKind::Server),
             ("orders", "saga.charge", SpanKind::Internal),
             ("orders", "saga.refund", SpanKind::Internal),
             ("orders", "saga.release", SpanKind::Internal),
+            ("orders", CHARGE, SpanKind::Client),
         ]
         .iter()
-        .all(|(service, name, kind)| find(&trace, service, name, *kind).is_some())
-        .then_some(trace)
+        .all(|(service, name, kind)| find(&trace, service, name, *kind).is_some());
+        (whole && all_there).then_some(trace)
     });
 
     let place_order = require(&trace, "orders", PLACE_ORDER, SpanKind::Server);

@@ -1,5 +1,6 @@
 //! The admin HTTP API: `/live`, `/ready`, `/config`, `/endpoints` (each
-//! endpoint's connection and breaker state), `/metrics`. For people
+//! endpoint's connection and breaker state), `/metrics`, and `/drain`
+//! (leave the mesh ahead of a shutdown: the Kubernetes preStop hook). For people
 //! (curl), Kubernetes probes and Prometheus.
 
 use std::convert::Infallible;
@@ -20,6 +21,15 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::metrics::{Metrics, StateSnapshot};
 use crate::table::LiveTable;
 
+/// What `/drain` does: deregister now, answer after the delay.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Cancelling it ends the discovery stream, which deregisters.
+    pub deregister: tokio_util::sync::CancellationToken,
+    /// How long peers get to learn of it.
+    pub delay: Duration,
+}
+
 /// How long `/ready` waits for the app's health answer.
 const APP_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -32,6 +42,7 @@ pub struct Admin {
 struct AdminInner {
     table: Arc<LiveTable>,
     metrics: Arc<Metrics>,
+    drain: Drain,
     /// The local app's health service (sidecar mode); `None` at a gateway.
     app_health: Option<HealthClient<Channel>>,
 }
@@ -43,6 +54,7 @@ impl Admin {
         table: Arc<LiveTable>,
         metrics: Arc<Metrics>,
         app: Option<std::net::SocketAddr>,
+        drain: Drain,
     ) -> Self {
         let app_health = app.map(|addr| {
             // Lazy: the app may start after its sidecar.
@@ -56,6 +68,7 @@ impl Admin {
             inner: Arc::new(AdminInner {
                 table,
                 metrics,
+                drain,
                 app_health,
             }),
         }
@@ -64,6 +77,17 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
             "/live" => text(StatusCode::OK, "live\n".into()),
+            "/drain" => {
+                // Leave the mesh, then answer once peers have had time to
+                // hear it; the listeners keep serving meanwhile.
+                let drain = &self.inner.drain;
+                if !drain.deregister.is_cancelled() {
+                    tracing::info!("drain requested: deregistering");
+                    drain.deregister.cancel();
+                    tokio::time::sleep(drain.delay).await;
+                }
+                text(StatusCode::OK, "drained\n".into())
+            }
             "/ready" => match self.app_ready().await {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                 Err(why) => text(
@@ -135,6 +159,9 @@ impl Admin {
     async fn app_ready(&self) -> Result<(), String> {
         if !self.inner.table.is_loaded() {
             return Err("no routing table yet".into());
+        }
+        if self.inner.drain.deregister.is_cancelled() {
+            return Err("draining".into());
         }
         let Some(client) = &self.inner.app_health else {
             return Ok(());

@@ -140,6 +140,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     });
 
+    // Deregistration comes with shutdown, or earlier through the admin
+    // port's /drain (a Kubernetes preStop hook: the app is stopped before
+    // its native sidecar, so the sidecar must leave the mesh first).
+    let deregister = shutdown.child_token();
     let tasks = TaskTracker::new();
     let drain = settings.drain();
     let app = match settings.mode {
@@ -207,10 +211,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             table: table.clone(),
             reflection,
         };
-        tasks.spawn(subscriber.run(shutdown.clone()));
+        tasks.spawn(subscriber.run(deregister.clone()));
     }
     let admin_listener = bind("admin", settings.admin_addr).await?;
-    let admin = admin::Admin::new(table, metrics, app);
+    let admin = admin::Admin::new(
+        table,
+        metrics,
+        app,
+        admin::Drain {
+            deregister: deregister.clone(),
+            delay,
+        },
+    );
     // Admin outlives the data listeners' drain so probes and scrapes keep
     // answering while calls finish.
     let admin_shutdown = CancellationToken::new();

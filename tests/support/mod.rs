@@ -330,6 +330,33 @@ impl TestMesh {
             .sum()
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `within` for the
+    /// process to exit; returns how long it took.
+    pub fn terminate(&mut self, name: &str, within: Duration) -> Duration {
+        let (_, child) = self
+            .processes
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let mut child = child.take().expect("running");
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return started.elapsed();
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                panic!("{name} did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILLs a process: a crash, not a shutdown.
     pub fn kill(&mut self, name: &str) {
         let (_, child) = self

@@ -1,0 +1,1840 @@
+//! The Kubernetes manifests keep the mesh's own invariants. Each check reads
+//! the objects `kubectl kustomize` renders, for the base (`k8s/`) and for the
+//! canary overlay (`k8s/overlays/canary`):
+//!
+//! - every shop pod runs the sidecar as a native sidecar (an init container
+//!   with `restartPolicy: Always`), and the app beside it;
+//! - every long-running container has readiness and liveness probes (gRPC
+//!   for the apps, the admin port for proxies and the control plane);
+//! - every container has requests and limits and a restricted security
+//!   context, every pod its own ServiceAccount and no API token;
+//! - every port a process is told to use matches what the others are told
+//!   and what the pod declares: the app's `PORT`, the sidecar's
+//!   `MESH_APP_ADDR`, the gRPC probes; outbound, inbound, admin; every URL
+//!   (control plane, etcd, Jaeger) reaches a Service port that reaches a
+//!   container port;
+//! - every Service and PodDisruptionBudget selects some pod, and no two
+//!   workloads claim each other's pods;
+//! - the grace period covers the app's and the sidecar's shutdown;
+//! - the routes Job applies every route of its ConfigMap, the routes are
+//!   valid, and every subset they name is some pod's `version` label.
+//!
+//! The last test breaks the rendered objects one way at a time and checks
+//! that the checks notice, so none of them passes by accident.
+//!
+//! Needs `kubectl` (its built-in kustomize); skipped without it, except
+//! under `CI=true`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use mesh::demo::SHOP_SERVICES;
+use mesh::model::Route;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The kustomizations under test, relative to the repository.
+const BASE: &str = "k8s";
+const CANARY: &str = "k8s/overlays/canary";
+
+/// The binaries of the mesh's image.
+const MESH_BINARIES: [&str; 7] = [
+    "sidecar",
+    "control-plane",
+    "meshctl",
+    "catalog",
+    "inventory",
+    "payments",
+    "orders",
+];
+
+/// The flags' defaults (sidecar/src/settings.rs, src/app/args.rs,
+/// control-plane/src/main.rs), for settings a manifest leaves out.
+const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:15000";
+const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:15006";
+const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:15001";
+const DEFAULT_INGRESS_ADDR: &str = "0.0.0.0:8080";
+const DEFAULT_APP_ADDR: &str = "127.0.0.1:50051";
+const DEFAULT_APP_PORT: &str = "50051";
+const DEFAULT_APP_LISTEN_HOST: &str = "127.0.0.1";
+const DEFAULT_APP_OUTBOUND: &str = "http://127.0.0.1:15001";
+const DEFAULT_CP_LISTEN: &str = "0.0.0.0:15010";
+const DEFAULT_CP_ADMIN: &str = "0.0.0.0:15020";
+const DEFAULT_DRAIN_SECONDS: u64 = 10;
+const DEFAULT_DEREGISTER_DELAY_MS: u64 = 1000;
+const DEFAULT_APP_GRACE_SECONDS: u64 = 10;
+
+// ---------------------------------------------------------------------------
+// The tests.
+
+#[test]
+fn shop_pods_run_the_sidecar_as_a_native_sidecar() {
+    for_each_rendering(native_sidecars);
+}
+
+#[test]
+fn long_running_containers_have_probes() {
+    for_each_rendering(probes);
+}
+
+#[test]
+fn every_container_is_limited_and_restricted() {
+    for_each_rendering(resources_and_security);
+}
+
+#[test]
+fn ports_match_the_flags_each_process_is_given() {
+    for_each_rendering(ports);
+}
+
+#[test]
+fn every_selector_selects_some_pod() {
+    for_each_rendering(selectors);
+}
+
+#[test]
+fn grace_periods_cover_the_shutdown() {
+    for_each_rendering(grace_periods);
+}
+
+#[test]
+fn routes_are_valid_applied_and_name_existing_subsets() {
+    for_each_rendering(routes);
+}
+
+#[test]
+fn one_image_for_every_mesh_container_and_telemetry_everywhere() {
+    for_each_rendering(image_and_telemetry);
+}
+
+#[test]
+fn canary_adds_payments_v2_with_a_tenth_of_the_calls() {
+    let Some(canary) = rendered(CANARY) else {
+        return;
+    };
+    let base = rendered(BASE).expect("rendered with the canary");
+    report(CANARY, canary_differences(base, canary));
+}
+
+/// Every check, on deliberately broken copies of the base: each breakage
+/// must be reported, with words that say what is wrong.
+#[test]
+fn a_broken_manifest_is_caught() {
+    let Some(base) = rendered(BASE) else { return };
+    let Some(canary) = rendered(CANARY) else {
+        return;
+    };
+    assert_eq!(all_checks(base), Vec::<String>::new(), "the base is clean");
+
+    let mut missed = Vec::new();
+    let mut try_breakage =
+        |clean: &Manifests, (what, expected, breakage): Breakage, canary: bool| {
+            let mut broken = clean.clone();
+            breakage(&mut broken.objects);
+            let violations = if canary {
+                canary_differences(base, &broken)
+            } else {
+                all_checks(&broken)
+            };
+            match violations.iter().find(|v| v.contains(expected)) {
+                Some(caught) => eprintln!("{what}: {caught}"),
+                None => missed.push(format!(
+                    "{what}: expected a violation mentioning {expected:?}, got {violations:#?}"
+                )),
+            }
+        };
+    for breakage in breakages() {
+        try_breakage(base, breakage, false);
+    }
+    for breakage in canary_breakages() {
+        try_breakage(canary, breakage, true);
+    }
+    assert!(
+        missed.is_empty(),
+        "breakages not caught:\n{}",
+        missed.join("\n")
+    );
+}
+
+/// What is broken, a word the violation must contain, and how to break it.
+type Breakage = (&'static str, &'static str, fn(&mut Vec<Value>));
+
+fn breaking(what: &'static str, expected: &'static str, breakage: fn(&mut Vec<Value>)) -> Breakage {
+    (what, expected, breakage)
+}
+
+fn breakages() -> Vec<Breakage> {
+    vec![
+        breaking(
+            "sidecar without restartPolicy",
+            "not a native sidecar",
+            |o| {
+                let sidecar = container(o, "Deployment", "payments", "sidecar");
+                remove(sidecar, "restartPolicy");
+            },
+        ),
+        breaking("sidecar as a regular container", "regular container", |o| {
+            let pod = pod_spec(o, "Deployment", "orders");
+            let sidecar = pod["initContainers"].as_array_mut().unwrap().remove(0);
+            pod["containers"].as_array_mut().unwrap().push(sidecar);
+            remove(pod, "initContainers");
+        }),
+        breaking(
+            "a shop service without a Deployment",
+            "no workload runs",
+            |o| {
+                o.retain(|x| !is(x, "Deployment", "inventory"));
+            },
+        ),
+        breaking("sidecar for another service", "MESH_SERVICE", |o| {
+            let sidecar = container(o, "Deployment", "catalog", "sidecar");
+            set_env(sidecar, "MESH_SERVICE", "orders");
+        }),
+        breaking("app without readiness probe", "readinessProbe", |o| {
+            let app = container(o, "Deployment", "catalog", "app");
+            remove(app, "readinessProbe");
+        }),
+        breaking(
+            "native sidecar without liveness probe",
+            "livenessProbe",
+            |o| {
+                let sidecar = container(o, "Deployment", "inventory", "sidecar");
+                remove(sidecar, "livenessProbe");
+            },
+        ),
+        breaking("gateway without liveness probe", "livenessProbe", |o| {
+            let gateway = container(o, "Deployment", "gateway", "gateway");
+            remove(gateway, "livenessProbe");
+        }),
+        breaking("app probed by TCP", "gRPC probe", |o| {
+            let app = container(o, "Deployment", "orders", "app");
+            app["livenessProbe"] = json!({ "tcpSocket": { "port": 50051 } });
+        }),
+        breaking("sidecar probed on the wrong port", "admin port", |o| {
+            let sidecar = container(o, "Deployment", "orders", "sidecar");
+            sidecar["readinessProbe"]["httpGet"]["port"] = json!(15006);
+        }),
+        breaking("control plane probed on its gRPC port", "admin port", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            cp["readinessProbe"]["httpGet"]["port"] = json!(15010);
+        }),
+        breaking("no memory limit", "limits.memory", |o| {
+            let app = container(o, "Deployment", "payments", "app");
+            remove(&mut app["resources"]["limits"], "memory");
+        }),
+        breaking("no requests", "requests.cpu", |o| {
+            let etcd = container(o, "StatefulSet", "etcd", "etcd");
+            remove(&mut etcd["resources"], "requests");
+        }),
+        breaking("request above limit", "above its limit", |o| {
+            let sidecar = container(o, "Deployment", "catalog", "sidecar");
+            sidecar["resources"]["requests"]["memory"] = json!("1Gi");
+        }),
+        breaking("writable root filesystem", "readOnlyRootFilesystem", |o| {
+            let job = container(o, "Job", "mesh-routes", "meshctl");
+            job["securityContext"]["readOnlyRootFilesystem"] = json!(false);
+        }),
+        breaking("capabilities kept", "drop ALL", |o| {
+            let jaeger = container(o, "Deployment", "jaeger", "jaeger");
+            remove(&mut jaeger["securityContext"], "capabilities");
+        }),
+        breaking(
+            "privilege escalation allowed",
+            "allowPrivilegeEscalation",
+            |o| {
+                let sidecar = container(o, "Deployment", "payments", "sidecar");
+                remove(&mut sidecar["securityContext"], "allowPrivilegeEscalation");
+            },
+        ),
+        breaking("may run as root", "runAsNonRoot", |o| {
+            let pod = pod_spec(o, "Deployment", "gateway");
+            remove(&mut pod["securityContext"], "runAsNonRoot");
+        }),
+        breaking("runs as root", "runAsUser 0", |o| {
+            let app = container(o, "Deployment", "orders", "app");
+            app["securityContext"]["runAsUser"] = json!(0);
+        }),
+        breaking("no seccomp profile", "seccompProfile", |o| {
+            let pod = pod_spec(o, "StatefulSet", "etcd");
+            remove(&mut pod["securityContext"], "seccompProfile");
+        }),
+        breaking("API token mounted", "automountServiceAccountToken", |o| {
+            let pod = pod_spec(o, "Deployment", "control-plane");
+            pod["automountServiceAccountToken"] = json!(true);
+        }),
+        breaking("missing ServiceAccount", "no ServiceAccount", |o| {
+            o.retain(|x| !is(x, "ServiceAccount", "orders"));
+        }),
+        breaking("app on another port", "PORT", |o| {
+            let app = container(o, "Deployment", "payments", "app");
+            set_env(app, "PORT", "50052");
+        }),
+        breaking("sidecar forwards to another port", "MESH_APP_ADDR", |o| {
+            let sidecar = container(o, "Deployment", "inventory", "sidecar");
+            set_env(sidecar, "MESH_APP_ADDR", "127.0.0.1:50052");
+        }),
+        breaking("gRPC probe on another port", "readinessProbe port", |o| {
+            let app = container(o, "Deployment", "catalog", "app");
+            app["readinessProbe"]["grpc"]["port"] = json!(50052);
+        }),
+        breaking("app listens on loopback only", "LISTEN_HOST", |o| {
+            let app = container(o, "Deployment", "orders", "app");
+            set_env(app, "LISTEN_HOST", "127.0.0.1");
+        }),
+        breaking("app calls out on another port", "MESH_OUTBOUND", |o| {
+            let app = container(o, "Deployment", "orders", "app");
+            set_env(app, "MESH_OUTBOUND", "http://127.0.0.1:15002");
+        }),
+        breaking("outbound on every interface", "MESH_OUTBOUND_ADDR", |o| {
+            let sidecar = container(o, "Deployment", "orders", "sidecar");
+            set_env(sidecar, "MESH_OUTBOUND_ADDR", "0.0.0.0:15001");
+        }),
+        breaking("inbound port not declared", "15006", |o| {
+            let sidecar = container(o, "Deployment", "orders", "sidecar");
+            let ports = sidecar["ports"].as_array_mut().unwrap();
+            ports.retain(|p| p["containerPort"] != 15006);
+        }),
+        breaking("two listeners on one port", "more than once", |o| {
+            let sidecar = container(o, "Deployment", "catalog", "sidecar");
+            set_env(sidecar, "MESH_ADMIN_ADDR", "0.0.0.0:50051");
+        }),
+        breaking("pod IP not given to the sidecar", "POD_IP", |o| {
+            let sidecar = container(o, "Deployment", "catalog", "sidecar");
+            remove_env(sidecar, "POD_IP");
+        }),
+        breaking(
+            "version label as a literal",
+            "metadata.labels['version']",
+            |o| {
+                let sidecar = container(o, "Deployment", "payments", "sidecar");
+                set_env(sidecar, "MESH_VERSION_LABEL", "v1");
+            },
+        ),
+        breaking("control plane URL on a wrong port", "control-plane", |o| {
+            let env = config_map(o, "mesh-env");
+            env["data"]["MESH_CONTROL_PLANE"] = json!("http://control-plane:15011");
+        }),
+        breaking("control plane listening elsewhere", "MESH_CP_LISTEN", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            set_env(cp, "MESH_CP_LISTEN", "0.0.0.0:15011");
+        }),
+        breaking(
+            "control plane URL reaching its admin port",
+            "MESH_CP_LISTEN",
+            |o| {
+                let service = find_mut(o, "Service", "control-plane");
+                service["spec"]["ports"][0]["targetPort"] = json!(15020);
+            },
+        ),
+        breaking("etcd member that does not exist", "etcd-3", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            let urls = "http://etcd-0.etcd:2379,http://etcd-3.etcd:2379";
+            set_env(cp, "MESH_CP_ETCD", urls);
+        }),
+        breaking("etcd reached on its peer port", "client URL", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            set_env(cp, "MESH_CP_ETCD", "http://etcd-0.etcd:2380");
+        }),
+        breaking("Jaeger unreachable", "OTEL_EXPORTER_OTLP_ENDPOINT", |o| {
+            let env = config_map(o, "mesh-env");
+            env["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = json!("http://jaeger:4316");
+        }),
+        breaking("no service name for traces", "OTEL_SERVICE_NAME", |o| {
+            let app = container(o, "Deployment", "inventory", "app");
+            remove_env(app, "OTEL_SERVICE_NAME");
+        }),
+        breaking(
+            "Service targets a port nobody listens on",
+            "targetPort",
+            |o| {
+                let service = find_mut(o, "Service", "payments");
+                service["spec"]["ports"][0]["targetPort"] = json!(15007);
+            },
+        ),
+        breaking("Service selects nothing", "selects no pod", |o| {
+            let service = find_mut(o, "Service", "gateway");
+            let selector = json!({ "app.kubernetes.io/name": "gatway" });
+            service["spec"]["selector"] = selector;
+        }),
+        breaking("PDB selects nothing", "selects no pod", |o| {
+            let pdb = find_mut(o, "PodDisruptionBudget", "etcd");
+            let selector = json!({ "app.kubernetes.io/name": "etc" });
+            pdb["spec"]["selector"]["matchLabels"] = selector;
+        }),
+        breaking("a Deployment claims another's pods", "also selects", |o| {
+            let catalog = find_mut(o, "Deployment", "catalog");
+            catalog["spec"]["selector"]["matchLabels"] = json!({ "version": "v1" });
+        }),
+        breaking("no drain before the app stops", "preStop", |o| {
+            let app = container(o, "Deployment", "payments", "app");
+            remove(app, "lifecycle");
+        }),
+        breaking("short grace period", "terminationGracePeriodSeconds", |o| {
+            let pod = pod_spec(o, "Deployment", "orders");
+            pod["terminationGracePeriodSeconds"] = json!(20);
+        }),
+        breaking(
+            "gateway drains too long",
+            "terminationGracePeriodSeconds",
+            |o| {
+                let gateway = container(o, "Deployment", "gateway", "gateway");
+                set_env(gateway, "MESH_DRAIN_SECONDS", "60");
+            },
+        ),
+        breaking("invalid route", "not valid", |o| {
+            edit_route(
+                o,
+                "catalog.yaml",
+                "destination: catalog",
+                "destination: Catalog!",
+            );
+        }),
+        breaking("route to a service nobody runs", "destination", |o| {
+            edit_route(
+                o,
+                "orders.yaml",
+                "destination: orders",
+                "destination: order",
+            );
+        }),
+        breaking("route to a subset nobody runs", "subset v3", |o| {
+            edit_route(o, "catalog.yaml", "subset: v1", "subset: v3");
+        }),
+        breaking("a shop service without a route", "no route", |o| {
+            let routes = config_map(o, "mesh-routes");
+            remove(&mut routes["data"], "inventory.yaml");
+            container(o, "Job", "mesh-routes", "meshctl")["command"] = json!([
+                "/usr/local/bin/meshctl",
+                "apply",
+                "-f",
+                "/etc/mesh/routes/catalog.yaml",
+                "-f",
+                "/etc/mesh/routes/payments.yaml",
+                "-f",
+                "/etc/mesh/routes/orders.yaml",
+            ]);
+        }),
+        breaking("Job forgets a route", "does not apply", |o| {
+            let job = container(o, "Job", "mesh-routes", "meshctl");
+            let command = job["command"].as_array_mut().unwrap();
+            command.truncate(command.len() - 2);
+        }),
+        breaking("images: not applied", "registry reference", |o| {
+            for object in o.iter_mut() {
+                let pod = &mut object["spec"]["template"]["spec"];
+                for list in ["initContainers", "containers"] {
+                    for c in pod[list].as_array_mut().into_iter().flatten() {
+                        if c["image"] == "registry.example.com/mesh:0.1.0" {
+                            c["image"] = json!("mesh");
+                        }
+                    }
+                }
+            }
+        }),
+        breaking("two mesh images", "one image", |o| {
+            let sidecar = container(o, "Deployment", "catalog", "sidecar");
+            sidecar["image"] = json!("registry.example.com/mesh:0.0.9");
+        }),
+    ]
+}
+
+fn canary_breakages() -> Vec<Breakage> {
+    vec![
+        breaking("no v2 Deployment", "payments-v2", |o| {
+            o.retain(|x| !is(x, "Deployment", "payments-v2"));
+        }),
+        breaking("v2 pods labelled v1", "version", |o| {
+            let v2 = find_mut(o, "Deployment", "payments-v2");
+            v2["spec"]["template"]["metadata"]["labels"]["version"] = json!("v1");
+            v2["spec"]["selector"]["matchLabels"]["version"] = json!("v1");
+        }),
+        breaking("v2 drifts from v1", "differs", |o| {
+            let pod = pod_spec(o, "Deployment", "payments-v2");
+            pod["terminationGracePeriodSeconds"] = json!(41);
+        }),
+        breaking("split of 20 %", "10 %", |o| {
+            edit_route(o, "payments.yaml", "weight: 90", "weight: 40");
+        }),
+        breaking("routes Job does not wait for v2", "wait", |o| {
+            let pod = pod_spec(o, "Job", "mesh-routes");
+            remove(pod, "initContainers");
+        }),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Rendering.
+
+/// The objects of one rendering.
+#[derive(Debug, Clone)]
+struct Manifests {
+    objects: Vec<Value>,
+}
+
+fn for_each_rendering(check: fn(&Manifests) -> Vec<String>) {
+    for dir in [BASE, CANARY] {
+        let Some(manifests) = rendered(dir) else {
+            return;
+        };
+        report(dir, check(manifests));
+    }
+}
+
+fn report(dir: &str, violations: Vec<String>) {
+    assert!(
+        violations.is_empty(),
+        "{dir}: {} violation(s):\n  {}",
+        violations.len(),
+        violations.join("\n  ")
+    );
+}
+
+/// `kubectl kustomize DIR`, once per test binary; `None` to skip without
+/// kubectl (outside CI).
+fn rendered(dir: &str) -> Option<&'static Manifests> {
+    static BASE_RENDER: OnceLock<Option<Manifests>> = OnceLock::new();
+    static CANARY_RENDER: OnceLock<Option<Manifests>> = OnceLock::new();
+    let cell = if dir == BASE {
+        &BASE_RENDER
+    } else {
+        &CANARY_RENDER
+    };
+    cell.get_or_init(|| {
+        let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+        if kubectl == "kubectl" && !support::have_tool("kubectl") {
+            return None;
+        }
+        let out = Command::new(&kubectl)
+            .args(["kustomize", dir])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {kubectl}: {e}"));
+        assert!(
+            out.status.success(),
+            "kubectl kustomize {dir} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("kustomize prints UTF-8");
+        let objects = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|document| Value::deserialize(document).expect("kustomize prints valid YAML"))
+            .filter(|v| !v.is_null())
+            .collect();
+        Some(Manifests { objects })
+    })
+    .as_ref()
+}
+
+fn all_checks(m: &Manifests) -> Vec<String> {
+    let checks: [fn(&Manifests) -> Vec<String>; 8] = [
+        native_sidecars,
+        probes,
+        resources_and_security,
+        ports,
+        selectors,
+        grace_periods,
+        routes,
+        image_and_telemetry,
+    ];
+    checks.iter().flat_map(|check| check(m)).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The model of what was rendered: workloads, their pods, containers, env.
+
+/// Something that runs pods.
+#[derive(Debug, Clone, Copy)]
+struct Workload<'a> {
+    kind: &'a str,
+    name: &'a str,
+    /// `spec.selector` (a label selector) of the workload.
+    selector: Option<&'a Value>,
+    /// The pod template's metadata.labels.
+    labels: &'a Value,
+    /// The pod template's spec.
+    pod: &'a Value,
+}
+
+impl<'a> Workload<'a> {
+    fn id(&self) -> String {
+        format!("{} {}", self.kind, self.name)
+    }
+
+    /// Runs until stopped (a server), rather than to completion (a Job).
+    fn long_running(&self) -> bool {
+        matches!(self.kind, "Deployment" | "StatefulSet" | "DaemonSet")
+    }
+
+    /// The `app.kubernetes.io/name` label of its pods.
+    fn app_name(&self) -> &'a str {
+        self.labels["app.kubernetes.io/name"].as_str().unwrap_or("")
+    }
+
+    fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels[key].as_str()
+    }
+
+    fn containers(&self) -> Vec<Container<'a>> {
+        let mut all = Vec::new();
+        for c in self.pod["initContainers"].as_array().into_iter().flatten() {
+            let role = if c["restartPolicy"] == "Always" {
+                Role::NativeSidecar
+            } else {
+                Role::Init
+            };
+            all.push(Container { spec: c, role });
+        }
+        for c in self.pod["containers"].as_array().into_iter().flatten() {
+            all.push(Container {
+                spec: c,
+                role: Role::Main,
+            });
+        }
+        all
+    }
+
+    /// Containers that run as long as the pod: main ones and native sidecars.
+    fn running_containers(&self) -> Vec<Container<'a>> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.role != Role::Init)
+            .collect()
+    }
+
+    /// The container running `binary`, if exactly one does.
+    fn running(&self, binary: &str) -> Option<Container<'a>> {
+        let found: Vec<_> = self
+            .containers()
+            .into_iter()
+            .filter(|c| c.binary() == Some(binary))
+            .collect();
+        (found.len() == 1).then(|| found[0])
+    }
+
+    /// The number of the port (a number or a name) that one of the pod's
+    /// running containers declares.
+    fn port_number(&self, port: &Value) -> Option<u16> {
+        self.running_containers()
+            .iter()
+            .find_map(|c| c.port_number(port))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// In `containers`.
+    Main,
+    /// In `initContainers` with `restartPolicy: Always`.
+    NativeSidecar,
+    /// In `initContainers`, run to completion before the others.
+    Init,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Container<'a> {
+    spec: &'a Value,
+    role: Role,
+}
+
+impl Container<'_> {
+    fn name(&self) -> &str {
+        self.spec["name"].as_str().unwrap_or("?")
+    }
+
+    /// The program it runs: the file name of `command[0]`.
+    fn binary(&self) -> Option<&str> {
+        self.spec["command"][0]
+            .as_str()
+            .and_then(|c| c.rsplit('/').next())
+    }
+
+    /// The number of `port` (a number or a name) if the container declares
+    /// it.
+    fn port_number(&self, port: &Value) -> Option<u16> {
+        self.spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| match port {
+                Value::Number(n) => p["containerPort"].as_u64() == n.as_u64(),
+                Value::String(name) => p["name"] == name.as_str(),
+                _ => false,
+            })
+            .and_then(|p| p["containerPort"].as_u64())
+            .and_then(|n| u16::try_from(n).ok())
+    }
+
+    fn container_ports(&self) -> BTreeSet<u16> {
+        self.spec["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .map(|p| p as u16)
+            .collect()
+    }
+}
+
+/// An environment variable as the pod will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum EnvValue {
+    /// A literal, from `value` or from a ConfigMap.
+    Literal(String),
+    /// From the downward API: the `fieldPath`.
+    Field(String),
+    /// Anything else (secrets, resource fields, a missing ConfigMap key).
+    Other,
+}
+
+impl Manifests {
+    fn objects_of(&self, kind: &str) -> impl Iterator<Item = &Value> + '_ {
+        let kind = kind.to_owned();
+        self.objects
+            .iter()
+            .filter(move |o| o["kind"] == kind.as_str())
+    }
+
+    fn find(&self, kind: &str, name: &str) -> Option<&Value> {
+        self.objects_of(kind)
+            .find(|o| o["metadata"]["name"] == name)
+    }
+
+    fn workloads(&self) -> Vec<Workload<'_>> {
+        let mut all = Vec::new();
+        for o in &self.objects {
+            let kind = o["kind"].as_str().unwrap_or("");
+            let template = match kind {
+                "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &o["spec"]["template"],
+                "CronJob" => &o["spec"]["jobTemplate"]["spec"]["template"],
+                _ => continue,
+            };
+            all.push(Workload {
+                kind,
+                name: o["metadata"]["name"].as_str().unwrap_or("?"),
+                selector: o["spec"].get("selector"),
+                labels: &template["metadata"]["labels"],
+                pod: &template["spec"],
+            });
+        }
+        all
+    }
+
+    fn workload(&self, kind: &str, name: &str) -> Option<Workload<'_>> {
+        self.workloads()
+            .into_iter()
+            .find(|w| w.kind == kind && w.name == name)
+    }
+
+    /// Pods of the shop: workloads whose pods are named after a shop service.
+    fn shop_workloads(&self) -> Vec<(Workload<'_>, &'static str)> {
+        self.workloads()
+            .into_iter()
+            .filter_map(|w| {
+                SHOP_SERVICES
+                    .iter()
+                    .find(|(service, _)| *service == w.app_name())
+                    .map(|(service, _)| (w, *service))
+            })
+            .collect()
+    }
+
+    /// A ConfigMap by the name it was written with: kustomize appends a
+    /// hash to generated names, and rewrites references accordingly.
+    fn config_map(&self, name: &str) -> Option<&Value> {
+        self.objects_of("ConfigMap").find(|o| {
+            let actual = o["metadata"]["name"].as_str().unwrap_or("");
+            actual == name
+                || actual
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|hash| hash.len() == 10 && !hash.contains('-'))
+        })
+    }
+
+    /// A container's environment: `envFrom` ConfigMaps first, then `env`,
+    /// later entries winning, as the kubelet does.
+    fn env(&self, c: Container<'_>) -> BTreeMap<String, EnvValue> {
+        let mut env = BTreeMap::new();
+        for source in c.spec["envFrom"].as_array().into_iter().flatten() {
+            let Some(name) = source["configMapRef"]["name"].as_str() else {
+                continue;
+            };
+            let prefix = source["prefix"].as_str().unwrap_or("");
+            let data = self
+                .objects_of("ConfigMap")
+                .find(|o| o["metadata"]["name"] == name)
+                .map(|o| &o["data"]);
+            for (key, value) in data.and_then(Value::as_object).into_iter().flatten() {
+                let value = value.as_str().unwrap_or("").to_owned();
+                env.insert(format!("{prefix}{key}"), EnvValue::Literal(value));
+            }
+        }
+        for var in c.spec["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().unwrap_or("").to_owned();
+            let value = if let Some(v) = var["value"].as_str() {
+                EnvValue::Literal(v.to_owned())
+            } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                EnvValue::Field(field.to_owned())
+            } else if let Some(key) = var["valueFrom"]["configMapKeyRef"].as_object() {
+                self.objects_of("ConfigMap")
+                    .find(|o| o["metadata"]["name"] == key["name"])
+                    .and_then(|o| o["data"][key["key"].as_str().unwrap_or("")].as_str())
+                    .map_or(EnvValue::Other, |v| EnvValue::Literal(v.to_owned()))
+            } else {
+                EnvValue::Other
+            };
+            env.insert(name, value);
+        }
+        env
+    }
+
+    /// The literal value of `name`, or `default` when the variable is unset.
+    fn literal(&self, c: Container<'_>, name: &str, default: &str) -> Result<String, String> {
+        match self.env(c).get(name) {
+            None => Ok(default.to_owned()),
+            Some(EnvValue::Literal(v)) => Ok(v.clone()),
+            Some(other) => Err(format!("{name} is {other:?}, not a literal")),
+        }
+    }
+
+    /// The pods a label selector (a Service's map, or a `matchLabels`)
+    /// selects.
+    fn selected(&self, selector: &Value) -> Vec<Workload<'_>> {
+        self.workloads()
+            .into_iter()
+            .filter(|w| w.long_running() && selects(selector, w.labels))
+            .collect()
+    }
+
+    /// Where `url` (`http://service:port` or `http://pod.headless:port`)
+    /// leads: the workloads behind it, and the container port each declares
+    /// for it.
+    fn reach(&self, url: &str) -> Result<Vec<(Workload<'_>, u16)>, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+        let port = uri
+            .port_u16()
+            .ok_or_else(|| format!("{url:?} has no port"))?;
+        let labels: Vec<&str> = host.split('.').collect();
+        match labels.as_slice() {
+            [service_name] => {
+                let service = self
+                    .find("Service", service_name)
+                    .ok_or_else(|| format!("{url}: no Service {service_name:?}"))?;
+                let service_port = service["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["port"].as_u64() == Some(port.into()))
+                    .ok_or_else(|| format!("{url}: Service {service_name} has no port {port}"))?;
+                let target = match &service_port["targetPort"] {
+                    Value::Null => json!(port),
+                    other => other.clone(),
+                };
+                let pods = self.selected(&service["spec"]["selector"]);
+                if pods.is_empty() {
+                    return Err(format!("{url}: Service {service_name} selects no pod"));
+                }
+                pods.into_iter()
+                    .map(|pod| match pod.port_number(&target) {
+                        Some(number) => Ok((pod, number)),
+                        None => Err(format!(
+                            "{url}: {} declares no port {target} (targetPort of Service {service_name})",
+                            pod.id()
+                        )),
+                    })
+                    .collect()
+            }
+            [pod_name, service_name] => {
+                // A StatefulSet's pod through its headless Service.
+                let service = self
+                    .find("Service", service_name)
+                    .ok_or_else(|| format!("{url}: no Service {service_name:?}"))?;
+                if service["spec"]["clusterIP"] != "None" {
+                    return Err(format!("{url}: Service {service_name} is not headless"));
+                }
+                let set = self
+                    .objects_of("StatefulSet")
+                    .find(|s| {
+                        s["spec"]["serviceName"] == *service_name
+                            && pod_name
+                                .rsplit_once('-')
+                                .is_some_and(|(set, _)| s["metadata"]["name"] == set)
+                    })
+                    .ok_or_else(|| {
+                        format!("{url}: no StatefulSet behind {service_name} has pod {pod_name}")
+                    })?;
+                let ordinal: u64 = pod_name
+                    .rsplit_once('-')
+                    .and_then(|(_, n)| n.parse().ok())
+                    .ok_or_else(|| format!("{url}: {pod_name} is not a StatefulSet pod name"))?;
+                let replicas = set["spec"]["replicas"].as_u64().unwrap_or(1);
+                if ordinal >= replicas {
+                    return Err(format!(
+                        "{url}: StatefulSet {} has {replicas} replicas, no {pod_name}",
+                        set["metadata"]["name"].as_str().unwrap_or("?")
+                    ));
+                }
+                let workload = self
+                    .workload(
+                        "StatefulSet",
+                        set["metadata"]["name"].as_str().unwrap_or(""),
+                    )
+                    .expect("the StatefulSet just found");
+                if !selects(&service["spec"]["selector"], workload.labels) {
+                    return Err(format!(
+                        "{url}: Service {service_name} does not select {pod_name}"
+                    ));
+                }
+                match workload.port_number(&json!(port)) {
+                    Some(number) => Ok(vec![(workload, number)]),
+                    None => Err(format!("{url}: {pod_name} declares no port {port}")),
+                }
+            }
+            _ => Err(format!(
+                "{url}: expected `service` or `pod.headless-service` as host (same namespace)"
+            )),
+        }
+    }
+}
+
+/// Does a label selector (plain map or `{matchLabels: ...}`) select pods
+/// with these labels? An empty selector selects nothing here: an empty
+/// Service selector means "no endpoints managed", a bug in this repository.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let wanted =
+        if selector.get("matchLabels").is_some() || selector.get("matchExpressions").is_some() {
+            if selector.get("matchExpressions").is_some() {
+                return false; // not used here; refuse rather than guess
+            }
+            &selector["matchLabels"]
+        } else {
+            selector
+        };
+    match wanted.as_object() {
+        Some(map) if !map.is_empty() => map.iter().all(|(k, v)| labels[k] == *v),
+        _ => false,
+    }
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?} is not an address: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// The checks. Each returns its violations, one line each.
+
+fn native_sidecars(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let shop = m.shop_workloads();
+    for (service, _) in SHOP_SERVICES {
+        if !shop.iter().any(|(w, s)| *s == service && w.long_running()) {
+            v.push(format!("no workload runs shop service {service}"));
+        }
+    }
+    for (w, service) in shop {
+        let id = w.id();
+        let sidecars: Vec<_> = w
+            .containers()
+            .into_iter()
+            .filter(|c| c.binary() == Some("sidecar"))
+            .collect();
+        match sidecars.as_slice() {
+            [] => v.push(format!("{id}: no sidecar")),
+            [sidecar] => match sidecar.role {
+                Role::NativeSidecar => {}
+                Role::Init => v.push(format!(
+                    "{id}: the sidecar is an init container without restartPolicy: Always, not a native sidecar"
+                )),
+                Role::Main => v.push(format!(
+                    "{id}: the sidecar is a regular container, not a native sidecar (initContainers, restartPolicy: Always)"
+                )),
+            },
+            _ => v.push(format!("{id}: {} sidecars", sidecars.len())),
+        }
+        if let [sidecar] = sidecars.as_slice() {
+            match m.literal(*sidecar, "MESH_MODE", "sidecar") {
+                Ok(mode) if mode == "sidecar" => {}
+                other => v.push(format!("{id}: sidecar MESH_MODE is {other:?}")),
+            }
+            match m.literal(*sidecar, "MESH_SERVICE", "") {
+                Ok(s) if s == service => {}
+                other => v.push(format!(
+                    "{id}: sidecar MESH_SERVICE is {other:?}, not the pods' service {service:?}"
+                )),
+            }
+        }
+        match w.running(service) {
+            Some(app) if app.role == Role::Main => {}
+            Some(app) => v.push(format!("{id}: the app runs as {:?}", app.role)),
+            None => v.push(format!(
+                "{id}: no (single) container runs /usr/local/bin/{service}"
+            )),
+        }
+    }
+    v
+}
+
+fn probes(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for w in m.workloads().into_iter().filter(|w| w.long_running()) {
+        let shop_service = SHOP_SERVICES
+            .iter()
+            .map(|(s, _)| *s)
+            .find(|s| *s == w.app_name());
+        for c in w.running_containers() {
+            let id = format!("{} container {}", w.id(), c.name());
+            for probe in ["readinessProbe", "livenessProbe"] {
+                if c.spec[probe].is_null() {
+                    v.push(format!("{id}: no {probe}"));
+                }
+            }
+            let probes =
+                ["startupProbe", "readinessProbe", "livenessProbe"].map(|p| (p, &c.spec[p]));
+            if shop_service.is_some() && c.binary() == shop_service {
+                for (name, probe) in probes.iter().filter(|(_, p)| !p.is_null()) {
+                    if probe["grpc"].is_null() {
+                        v.push(format!("{id}: {name} is not a gRPC probe (grpc.health.v1)"));
+                    }
+                }
+            }
+            let admin = match c.binary() {
+                Some("sidecar") => Some(m.literal(c, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)),
+                Some("control-plane") => Some(m.literal(c, "MESH_CP_ADMIN", DEFAULT_CP_ADMIN)),
+                _ => None,
+            };
+            if let Some(admin) = admin {
+                let admin = admin.and_then(|a| socket_addr(&a));
+                for (name, probe) in probes.iter().filter(|(_, p)| !p.is_null()) {
+                    let port = &probe["httpGet"]["port"];
+                    let on_admin = match &admin {
+                        Ok(addr) => {
+                            port.as_u64() == Some(addr.port().into())
+                                || (port.is_string()
+                                    && c.spec["ports"].as_array().into_iter().flatten().any(|p| {
+                                        p["name"] == *port
+                                            && p["containerPort"].as_u64()
+                                                == Some(addr.port().into())
+                                    }))
+                        }
+                        Err(_) => false,
+                    };
+                    if !on_admin {
+                        v.push(format!(
+                            "{id}: {name} must be an HTTP GET on the admin port ({admin:?}), is {probe}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// CPU in millicores or memory in bytes.
+fn quantity(text: &str) -> Option<f64> {
+    let suffixes: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("m", 0.001),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    for (suffix, factor) in suffixes {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    text.parse().ok()
+}
+
+fn resources_and_security(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for w in m.workloads() {
+        let pod = w.pod;
+        let pod_security = &pod["securityContext"];
+        if pod["automountServiceAccountToken"] != false {
+            v.push(format!(
+                "{}: automountServiceAccountToken must be false (nothing here calls the Kubernetes API)",
+                w.id()
+            ));
+        }
+        for host in ["hostNetwork", "hostPID", "hostIPC"] {
+            if pod[host] == true {
+                v.push(format!("{}: {host}", w.id()));
+            }
+        }
+        if pod["enableServiceLinks"] != false {
+            v.push(format!(
+                "{}: enableServiceLinks must be false (Service variables would pollute MESH_*/ETCD_* settings)",
+                w.id()
+            ));
+        }
+        match pod["serviceAccountName"].as_str() {
+            None | Some("") | Some("default") => {
+                v.push(format!("{}: no ServiceAccount of its own", w.id()))
+            }
+            Some(name) => match m.find("ServiceAccount", name) {
+                None => v.push(format!(
+                    "{}: no ServiceAccount {name:?} in the manifests",
+                    w.id()
+                )),
+                Some(sa) if sa["automountServiceAccountToken"] != false => v.push(format!(
+                    "ServiceAccount {name}: automountServiceAccountToken must be false"
+                )),
+                Some(_) => {}
+            },
+        }
+        for c in w.containers() {
+            let id = format!("{} container {}", w.id(), c.name());
+            let resources = &c.spec["resources"];
+            for kind in ["requests", "limits"] {
+                for resource in ["cpu", "memory"] {
+                    if resources[kind][resource].is_null() {
+                        v.push(format!("{id}: no resources.{kind}.{resource}"));
+                    }
+                }
+            }
+            for resource in ["cpu", "memory"] {
+                let request = resources["requests"][resource].as_str().and_then(quantity);
+                let limit = resources["limits"][resource].as_str().and_then(quantity);
+                if let (Some(request), Some(limit)) = (request, limit) {
+                    if request > limit {
+                        v.push(format!("{id}: {resource} request is above its limit"));
+                    }
+                }
+            }
+            let security = &c.spec["securityContext"];
+            // A container's setting wins over the pod's.
+            let effective = |field: &str| -> Value {
+                match &security[field] {
+                    Value::Null => pod_security[field].clone(),
+                    own => own.clone(),
+                }
+            };
+            if effective("runAsNonRoot") != true {
+                v.push(format!("{id}: runAsNonRoot is not true"));
+            }
+            if effective("runAsUser") == 0 {
+                v.push(format!("{id}: runAsUser 0"));
+            }
+            if security["allowPrivilegeEscalation"] != false {
+                v.push(format!("{id}: allowPrivilegeEscalation is not false"));
+            }
+            if security["privileged"] == true {
+                v.push(format!("{id}: privileged"));
+            }
+            if security["readOnlyRootFilesystem"] != true {
+                v.push(format!("{id}: readOnlyRootFilesystem is not true"));
+            }
+            let drops_all = security["capabilities"]["drop"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|c| c == "ALL"));
+            if !drops_all || !security["capabilities"]["add"].is_null() {
+                v.push(format!("{id}: capabilities must drop ALL and add none"));
+            }
+            if effective("seccompProfile")["type"] != "RuntimeDefault" {
+                v.push(format!("{id}: seccompProfile is not RuntimeDefault"));
+            }
+        }
+    }
+    v
+}
+
+fn ports(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for (w, service) in m.shop_workloads() {
+        let (Some(sidecar), Some(app)) = (w.running("sidecar"), w.running(service)) else {
+            continue; // native_sidecars reports it
+        };
+        let id = w.id();
+        let mut check = |result: Result<(), String>| {
+            if let Err(e) = result {
+                v.push(format!("{id}: {e}"));
+            }
+        };
+        check(shop_pod_ports(m, &w, sidecar, app));
+    }
+    for w in m.workloads() {
+        for c in w.running_containers() {
+            let id = format!("{} container {}", w.id(), c.name());
+            let mut listeners = Vec::new();
+            match c.binary() {
+                Some("sidecar")
+                    if m.literal(c, "MESH_MODE", "sidecar").as_deref() == Ok("gateway") =>
+                {
+                    listeners.push(("MESH_INGRESS_ADDR", DEFAULT_INGRESS_ADDR));
+                    listeners.push(("MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR));
+                }
+                Some("sidecar") => {
+                    listeners.push(("MESH_INBOUND_ADDR", DEFAULT_INBOUND_ADDR));
+                    listeners.push(("MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR));
+                }
+                Some("control-plane") => {
+                    listeners.push(("MESH_CP_LISTEN", DEFAULT_CP_LISTEN));
+                    listeners.push(("MESH_CP_ADMIN", DEFAULT_CP_ADMIN));
+                }
+                _ => {}
+            }
+            for (var, default) in listeners {
+                match m.literal(c, var, default).and_then(|a| socket_addr(&a)) {
+                    Ok(addr) if c.container_ports().contains(&addr.port()) => {}
+                    Ok(addr) => v.push(format!(
+                        "{id}: {var} listens on {}, which the container does not declare",
+                        addr.port()
+                    )),
+                    Err(e) => v.push(format!("{id}: {var}: {e}")),
+                }
+            }
+            // Every URL a process is given reaches a pod that listens there.
+            let env = m.env(c);
+            let urls = |var: &str| match env.get(var) {
+                Some(EnvValue::Literal(urls)) => urls.split(',').map(str::to_owned).collect(),
+                _ => Vec::new(),
+            };
+            for var in ["MESH_CONTROL_PLANE", "MESHCTL_CONTROL_PLANE"] {
+                for url in urls(var) {
+                    match m.reach(&url) {
+                        Err(e) => v.push(format!("{id}: {var}: {e}")),
+                        Ok(pods) => {
+                            for (pod, port) in pods {
+                                let listen = pod
+                                    .running("control-plane")
+                                    .map(|cp| m.literal(cp, "MESH_CP_LISTEN", DEFAULT_CP_LISTEN));
+                                match listen.map(|l| l.and_then(|a| socket_addr(&a))) {
+                                    Some(Ok(addr)) if addr.port() == port => {}
+                                    other => v.push(format!(
+                                        "{id}: {var} {url} reaches port {port} of {}, not a control plane's MESH_CP_LISTEN ({other:?})",
+                                        pod.id()
+                                    )),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for url in urls("MESH_CP_ETCD") {
+                match m.reach(&url) {
+                    Err(e) => v.push(format!("{id}: MESH_CP_ETCD: {e}")),
+                    Ok(pods) => {
+                        for (pod, port) in pods {
+                            let client = pod
+                                .running("etcd")
+                                .map(|etcd| m.literal(etcd, "ETCD_LISTEN_CLIENT_URLS", ""));
+                            let listens = matches!(&client, Some(Ok(urls)) if urls
+                                .split(',')
+                                .any(|u| u.trim_end_matches('/').ends_with(&format!(":{port}"))));
+                            if !listens {
+                                v.push(format!(
+                                    "{id}: MESH_CP_ETCD {url} reaches port {port} of {}, not an etcd client URL ({client:?})",
+                                    pod.id()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            for url in urls("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                match m.reach(&url) {
+                    Ok(pods) if pods.iter().all(|(p, _)| p.app_name() == "jaeger") => {}
+                    Ok(_) => v.push(format!(
+                        "{id}: OTEL_EXPORTER_OTLP_ENDPOINT {url} is not Jaeger"
+                    )),
+                    Err(e) => v.push(format!("{id}: OTEL_EXPORTER_OTLP_ENDPOINT: {e}")),
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The ports of one shop pod: the app, its sidecar and their probes agree.
+fn shop_pod_ports(
+    m: &Manifests,
+    w: &Workload<'_>,
+    sidecar: Container<'_>,
+    app: Container<'_>,
+) -> Result<(), String> {
+    let app_port: u16 = m
+        .literal(app, "PORT", DEFAULT_APP_PORT)?
+        .parse()
+        .map_err(|e| format!("app PORT: {e}"))?;
+    let app_host = m.literal(app, "LISTEN_HOST", DEFAULT_APP_LISTEN_HOST)?;
+    let app_addr = socket_addr(&m.literal(sidecar, "MESH_APP_ADDR", DEFAULT_APP_ADDR)?)?;
+    if app_addr.port() != app_port {
+        return Err(format!(
+            "sidecar MESH_APP_ADDR {app_addr} is not the app's PORT {app_port}"
+        ));
+    }
+    if !app_addr.ip().is_loopback() {
+        return Err(format!(
+            "sidecar MESH_APP_ADDR {app_addr} is not loopback: the app is local"
+        ));
+    }
+    if !app.container_ports().contains(&app_port) {
+        return Err(format!(
+            "the app container does not declare its PORT {app_port}"
+        ));
+    }
+    // The kubelet's probes dial the pod IP.
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let spec = &app.spec[probe];
+        if spec.is_null() {
+            continue;
+        }
+        if spec["grpc"]["port"].as_u64() != Some(app_port.into()) {
+            return Err(format!(
+                "app {probe} port {} is not the app's PORT {app_port}",
+                spec["grpc"]["port"]
+            ));
+        }
+        let host: std::net::IpAddr = app_host
+            .parse()
+            .map_err(|e| format!("app LISTEN_HOST {app_host:?}: {e}"))?;
+        if !host.is_unspecified() {
+            return Err(format!(
+                "app LISTEN_HOST is {app_host}: the kubelet's {probe} dials the pod IP, so it must be 0.0.0.0"
+            ));
+        }
+    }
+    // The app's way out is the sidecar's outbound listener, on loopback.
+    let outbound =
+        socket_addr(&m.literal(sidecar, "MESH_OUTBOUND_ADDR", DEFAULT_OUTBOUND_ADDR)?)?;
+    if !outbound.ip().is_loopback() {
+        return Err(format!(
+            "sidecar MESH_OUTBOUND_ADDR {outbound} must be loopback: only the local app may call out through it"
+        ));
+    }
+    let app_outbound = m.literal(app, "MESH_OUTBOUND", DEFAULT_APP_OUTBOUND)?;
+    let uri: http::Uri = app_outbound
+        .parse()
+        .map_err(|e| format!("app MESH_OUTBOUND {app_outbound:?}: {e}"))?;
+    let reaches = uri.port_u16() == Some(outbound.port())
+        && uri
+            .host()
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip == outbound.ip());
+    if !reaches {
+        return Err(format!(
+            "app MESH_OUTBOUND {app_outbound} is not the sidecar's MESH_OUTBOUND_ADDR {outbound}"
+        ));
+    }
+    // Every listener of the pod on its own port (they share the network).
+    let inbound = socket_addr(&m.literal(sidecar, "MESH_INBOUND_ADDR", DEFAULT_INBOUND_ADDR)?)?;
+    let admin = socket_addr(&m.literal(sidecar, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)?)?;
+    let mut seen = BTreeMap::new();
+    for (what, port) in [
+        ("app PORT", app_port),
+        ("MESH_OUTBOUND_ADDR", outbound.port()),
+        ("MESH_INBOUND_ADDR", inbound.port()),
+        ("MESH_ADMIN_ADDR", admin.port()),
+    ] {
+        if let Some(other) = seen.insert(port, what) {
+            return Err(format!(
+                "port {port} is used more than once: {other} and {what}"
+            ));
+        }
+    }
+    // The address it registers: the pod IP, through the downward API.
+    let env = m.env(sidecar);
+    if inbound.ip().is_unspecified()
+        && !env.contains_key("MESH_ADVERTISE_ADDR")
+        && env.get("POD_IP") != Some(&EnvValue::Field("status.podIP".into()))
+    {
+        return Err("sidecar has no POD_IP from status.podIP: it would register 127.0.0.1".into());
+    }
+    // The version label: one source, the pod's `version` label.
+    let label = EnvValue::Field("metadata.labels['version']".into());
+    if w.label("version").is_none() {
+        return Err("pods have no `version` label (the routes' subsets)".into());
+    }
+    for (c, var) in [(sidecar, "MESH_VERSION_LABEL"), (app, "VERSION_LABEL")] {
+        if m.env(c).get(var) != Some(&label) {
+            return Err(format!(
+                "{} {var} must come from metadata.labels['version'] (downward API)",
+                c.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn selectors(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for service in m.objects_of("Service") {
+        let name = service["metadata"]["name"].as_str().unwrap_or("?");
+        let pods = m.selected(&service["spec"]["selector"]);
+        if pods.is_empty() {
+            v.push(format!("Service {name} selects no pod"));
+        }
+        for port in service["spec"]["ports"].as_array().into_iter().flatten() {
+            let target = match &port["targetPort"] {
+                Value::Null => port["port"].clone(),
+                other => other.clone(),
+            };
+            for pod in &pods {
+                if pod.port_number(&target).is_none() {
+                    v.push(format!(
+                        "Service {name}: targetPort {target} is not a container port of {}",
+                        pod.id()
+                    ));
+                }
+            }
+        }
+    }
+    for pdb in m.objects_of("PodDisruptionBudget") {
+        let name = pdb["metadata"]["name"].as_str().unwrap_or("?");
+        if m.selected(&pdb["spec"]["selector"]).is_empty() {
+            v.push(format!("PodDisruptionBudget {name} selects no pod"));
+        }
+    }
+    let workloads = m.workloads();
+    for w in &workloads {
+        let Some(selector) = w.selector else { continue };
+        if w.kind == "Job" {
+            continue; // generated by the API server
+        }
+        if !selects(selector, w.labels) {
+            v.push(format!(
+                "{}: its selector does not select its own pods",
+                w.id()
+            ));
+        }
+        for other in &workloads {
+            if other.id() != w.id() && other.long_running() && selects(selector, other.labels) {
+                v.push(format!(
+                    "{}: its selector also selects the pods of {}",
+                    w.id(),
+                    other.id()
+                ));
+            }
+        }
+    }
+    v
+}
+
+fn grace_periods(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let seconds = |r: Result<String, String>| -> Result<u64, String> {
+        r?.parse::<u64>().map_err(|e| e.to_string())
+    };
+    for w in m.workloads().into_iter().filter(|w| w.long_running()) {
+        let grace = w.pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or(30);
+        let Some(proxy) = w.running("sidecar") else {
+            continue;
+        };
+        let drain = seconds(m.literal(
+            proxy,
+            "MESH_DRAIN_SECONDS",
+            &DEFAULT_DRAIN_SECONDS.to_string(),
+        ));
+        let delay_ms = seconds(m.literal(
+            proxy,
+            "MESH_DEREGISTER_DELAY_MS",
+            &DEFAULT_DEREGISTER_DELAY_MS.to_string(),
+        ));
+        let (Ok(drain), Ok(delay_ms)) = (drain, delay_ms) else {
+            v.push(format!("{}: unreadable drain settings", w.id()));
+            continue;
+        };
+        // The proxy: deregistered but serving, then draining; its admin
+        // port drains for one more second.
+        let mut needed = delay_ms.div_ceil(1000) + drain + 1;
+        // The app stops before a native sidecar gets SIGTERM: its grace for
+        // calls in flight, and as much again (orders waits for its sagas
+        // after the server stops).
+        if let Some(app) = w
+            .running_containers()
+            .into_iter()
+            .find(|c| c.role == Role::Main && c.binary() != Some("sidecar"))
+        {
+            let app_grace = seconds(m.literal(
+                app,
+                "SHUTDOWN_GRACE_SECONDS",
+                &DEFAULT_APP_GRACE_SECONDS.to_string(),
+            ));
+            match app_grace {
+                Ok(g) => needed += 2 * g,
+                Err(e) => v.push(format!("{}: SHUTDOWN_GRACE_SECONDS: {e}", w.id())),
+            }
+            // Kubernetes stops the app before its native sidecar: the app's
+            // preStop hook must make the sidecar leave the mesh first.
+            let hook = &app.spec["lifecycle"]["preStop"]["httpGet"];
+            let admin_port = m
+                .literal(proxy, "MESH_ADMIN_ADDR", "0.0.0.0:15000")
+                .ok()
+                .and_then(|a| socket_addr(&a).ok())
+                .map(|a| a.port());
+            if hook["path"] != "/drain" || hook["port"].as_u64().map(|p| p as u16) != admin_port {
+                v.push(format!(
+                    "{}: the app has no preStop hook GET /drain on the sidecar's admin port",
+                    w.id()
+                ));
+            }
+        }
+        if grace < needed {
+            v.push(format!(
+                "{}: terminationGracePeriodSeconds {grace} < {needed} s the shutdown may take",
+                w.id()
+            ));
+        }
+    }
+    v
+}
+
+/// The routes in the mesh-routes ConfigMap, by key.
+fn routes_of(m: &Manifests) -> Result<BTreeMap<String, Route>, Vec<String>> {
+    let Some(config) = m.config_map("mesh-routes") else {
+        return Err(vec!["no mesh-routes ConfigMap".into()]);
+    };
+    let mut routes = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (key, text) in config["data"].as_object().into_iter().flatten() {
+        let text = text.as_str().unwrap_or("");
+        match serde_yaml_ng::from_str::<Route>(text) {
+            Err(e) => errors.push(format!("route {key} is not valid: {e}")),
+            Ok(route) => match route.validate() {
+                Err(e) => errors.push(format!("route {key} is not valid: {e}")),
+                Ok(()) => {
+                    routes.insert(key.clone(), route);
+                }
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(routes)
+    } else {
+        Err(errors)
+    }
+}
+
+fn routes(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let routes = match routes_of(m) {
+        Ok(routes) => routes,
+        Err(errors) => return errors,
+    };
+    // The Job applies every key of the ConfigMap, from where it is mounted.
+    match m.workload("Job", "mesh-routes") {
+        None => v.push("no mesh-routes Job".into()),
+        Some(job) => match job.running("meshctl") {
+            None => v.push("mesh-routes Job: no meshctl container".into()),
+            Some(meshctl) => {
+                let config_name = m
+                    .config_map("mesh-routes")
+                    .and_then(|c| c["metadata"]["name"].as_str())
+                    .unwrap_or("");
+                let volume = job.pod["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|vol| vol["configMap"]["name"] == config_name);
+                let mount = volume.and_then(|vol| {
+                    meshctl.spec["volumeMounts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|mnt| mnt["name"] == vol["name"])
+                        .and_then(|mnt| mnt["mountPath"].as_str())
+                });
+                let args: Vec<&str> = meshctl.spec["command"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(meshctl.spec["args"].as_array().into_iter().flatten())
+                    .filter_map(Value::as_str)
+                    .collect();
+                let files: BTreeSet<&str> = args
+                    .windows(2)
+                    .filter(|w| w[0] == "-f" || w[0] == "--filename")
+                    .map(|w| w[1])
+                    .collect();
+                match mount {
+                    None => v.push(
+                        "mesh-routes Job: the routes ConfigMap is not mounted in meshctl".into(),
+                    ),
+                    Some(dir) => {
+                        for key in routes.keys() {
+                            let path = format!("{}/{key}", dir.trim_end_matches('/'));
+                            if !files.contains(path.as_str()) {
+                                v.push(format!("mesh-routes Job does not apply {path}"));
+                            }
+                        }
+                        for file in &files {
+                            let key = file.rsplit('/').next().unwrap_or("");
+                            if !routes.contains_key(key) {
+                                v.push(format!(
+                                    "mesh-routes Job applies {file}, which is not in the ConfigMap"
+                                ));
+                            }
+                        }
+                    }
+                }
+                if !matches!(args.get(1), Some(&"apply")) {
+                    v.push(format!("mesh-routes Job runs {args:?}, not meshctl apply"));
+                }
+            }
+        },
+    }
+    // Every shop service is routed to itself; every route goes to pods that
+    // exist, in subsets that exist.
+    let shop = m.shop_workloads();
+    for (service, grpc) in SHOP_SERVICES {
+        let routed = routes
+            .values()
+            .any(|r| r.spec.matches.service == grpc && r.spec.destination == service);
+        if !routed {
+            v.push(format!("no route sends {grpc} to {service}"));
+        }
+    }
+    for (key, route) in &routes {
+        let spec = &route.spec;
+        let pods: Vec<_> = shop
+            .iter()
+            .filter(|(w, _)| w.long_running())
+            .filter(|(w, _)| {
+                w.running("sidecar").is_some_and(|s| {
+                    m.literal(s, "MESH_SERVICE", "").as_deref() == Ok(spec.destination.as_str())
+                })
+            })
+            .collect();
+        if pods.is_empty() {
+            v.push(format!(
+                "route {key}: destination {:?} is no sidecar's MESH_SERVICE",
+                spec.destination
+            ));
+            continue;
+        }
+        let subsets = spec
+            .split
+            .iter()
+            .chain(spec.rules.iter().flat_map(|r| r.split.iter()));
+        for subset in subsets {
+            if !pods
+                .iter()
+                .any(|(w, _)| w.label("version") == Some(subset.subset.as_str()))
+            {
+                v.push(format!(
+                    "route {key}: subset {} of {} is no pod's `version` label",
+                    subset.subset, spec.destination
+                ));
+            }
+        }
+    }
+    v
+}
+
+fn image_and_telemetry(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let workloads = m.workloads();
+    let mut images = BTreeSet::new();
+    for w in &workloads {
+        for c in w.containers() {
+            if c.binary().is_some_and(|b| MESH_BINARIES.contains(&b)) {
+                images.insert(c.spec["image"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    }
+    if images.len() != 1 {
+        v.push(format!("the mesh's binaries must share one image (set once, kustomize images:), found {images:?}"));
+    }
+    for image in &images {
+        let tagged = image.contains('@')
+            || image
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'));
+        if !tagged || !image.contains('/') {
+            v.push(format!(
+                "mesh image {image:?} is not a registry reference with a tag (kustomize images: not applied?)"
+            ));
+        }
+    }
+    for w in &workloads {
+        for c in w.containers() {
+            if !images.contains(c.spec["image"].as_str().unwrap_or("")) {
+                continue;
+            }
+            let id = format!("{} container {}", w.id(), c.name());
+            let env = m.env(c);
+            for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"] {
+                match env.get(var) {
+                    Some(EnvValue::Literal(value)) if !value.is_empty() => {}
+                    other => v.push(format!("{id}: {var} is {other:?}")),
+                }
+            }
+        }
+    }
+    v
+}
+
+/// What the canary overlay adds to the base, and nothing else.
+fn canary_differences(base: &Manifests, canary: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let (Some(v1), Some(v2)) = (
+        canary.workload("Deployment", "payments"),
+        canary.workload("Deployment", "payments-v2"),
+    ) else {
+        return vec!["the canary has no Deployment payments-v2 beside payments".into()];
+    };
+    if v1.label("version") != Some("v1") || v2.label("version") != Some("v2") {
+        v.push(format!(
+            "payments pods must be version v1, payments-v2 pods version v2: {:?}, {:?}",
+            v1.label("version"),
+            v2.label("version")
+        ));
+    }
+    // The same pods but for the version label.
+    let normalize = |w: &Workload<'_>| {
+        let mut labels = w.labels.clone();
+        if let Some(labels) = labels.as_object_mut() {
+            labels.remove("version");
+        }
+        (labels, w.pod.clone())
+    };
+    if normalize(&v1) != normalize(&v2) {
+        v.push(
+            "payments-v2's pod template differs from payments' (beyond the version label)".into(),
+        );
+    }
+    // The base's payments pods are the canary's v1.
+    if base
+        .workload("Deployment", "payments")
+        .map(|w| (w.labels.clone(), w.pod.clone()))
+        != Some((v1.labels.clone(), v1.pod.clone()))
+    {
+        v.push("the canary changes the payments (v1) pods".into());
+    }
+    match routes_of(canary) {
+        Err(errors) => v.extend(errors),
+        Ok(routes) => {
+            let payments = routes.values().find(|r| r.spec.destination == "payments");
+            let share = payments.map(|r| {
+                let total: u32 = r.spec.split.iter().map(|s| s.weight).sum();
+                let to_v2: u32 = r
+                    .spec
+                    .split
+                    .iter()
+                    .filter(|s| s.subset == "v2")
+                    .map(|s| s.weight)
+                    .sum();
+                (to_v2, total)
+            });
+            match share {
+                Some((to_v2, total)) if total > 0 && to_v2 * 10 == total => {}
+                other => v.push(format!(
+                    "the payments route must send v2 10 % of the calls: {other:?}"
+                )),
+            }
+        }
+    }
+    // The routes Job applies the split only once v2 has registered.
+    let waits = canary.workload("Job", "mesh-routes").is_some_and(|job| {
+        job.containers().iter().any(|c| {
+            c.role == Role::Init
+                && c.spec["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a.as_str().is_some_and(|s| s.contains("version: v2")))
+        })
+    });
+    if !waits {
+        v.push(
+            "the routes Job must wait for a registered v2 endpoint before applying the split"
+                .into(),
+        );
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Breaking things (for a_broken_manifest_is_caught).
+
+fn find_mut<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+    objects
+        .iter_mut()
+        .find(|o| is(o, kind, name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn pod_spec<'a>(objects: &'a mut [Value], kind: &str, name: &str) -> &'a mut Value {
+    &mut find_mut(objects, kind, name)["spec"]["template"]["spec"]
+}
+
+fn container<'a>(
+    objects: &'a mut [Value],
+    kind: &str,
+    name: &str,
+    container: &str,
+) -> &'a mut Value {
+    let pod = pod_spec(objects, kind, name);
+    let in_init = pod["initContainers"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == container));
+    let list = if in_init {
+        "initContainers"
+    } else {
+        "containers"
+    };
+    pod[list]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == container))
+        .unwrap_or_else(|| panic!("no container {container} in {kind} {name}"))
+}
+
+fn config_map<'a>(objects: &'a mut [Value], name: &str) -> &'a mut Value {
+    objects
+        .iter_mut()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{name}-")))
+        })
+        .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+}
+
+fn set_env(container: &mut Value, name: &str, value: &str) {
+    let env = container["env"].as_array_mut().expect("an env list");
+    env.retain(|e| e["name"] != name);
+    env.push(json!({ "name": name, "value": value }));
+}
+
+/// Is `object` the `kind` named `name`?
+fn is(object: &Value, kind: &str, name: &str) -> bool {
+    object["kind"] == kind && object["metadata"]["name"] == name
+}
+
+fn remove(value: &mut Value, key: &str) {
+    value.as_object_mut().expect("an object").remove(key);
+}
+
+fn remove_env(container: &mut Value, name: &str) {
+    let env = container["env"].as_array_mut().expect("an env list");
+    env.retain(|e| e["name"] != name);
+}
+
+/// Replaces `from` by `to` in the route stored under `key`.
+fn edit_route(objects: &mut [Value], key: &str, from: &str, to: &str) {
+    let routes = config_map(objects, "mesh-routes");
+    let text = routes["data"][key].as_str().expect("a route").to_owned();
+    assert!(text.contains(from), "{key} has no {from:?}");
+    routes["data"][key] = json!(text.replace(from, to));
+}
