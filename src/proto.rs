@@ -9,6 +9,14 @@ pub mod mesh {
     }
 }
 
+/// The benchmark's echo workload (`bench/`).
+pub mod bench {
+    #[allow(missing_docs, clippy::all)]
+    pub mod v1 {
+        tonic::include_proto!("bench.v1");
+    }
+}
+
 /// The shop's demo services.
 pub mod shop {
     /// Products and prices.

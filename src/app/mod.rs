@@ -8,6 +8,7 @@ mod args;
 mod outbound;
 mod served_by;
 mod server;
+pub mod validate;
 
 pub use args::AppArgs;
 pub use outbound::{outbound_channel, OutboundChannel, OutboundError};

@@ -10,8 +10,6 @@ use crate::store::{Line, MAX_STOCK};
 
 /// Longest SKU accepted (the catalog's limit).
 pub const MAX_SKU_LEN: usize = 64;
-/// Longest caller or reservation id accepted.
-pub const MAX_ID_LEN: usize = 128;
 /// Most lines in one reservation.
 pub const MAX_LINES: usize = 100;
 /// Most units of one line.
@@ -34,17 +32,7 @@ pub fn sku(field: &str, sku: &str) -> Result<(), Status> {
 
 /// Checks an id chosen by a caller or by us: non-empty and bounded.
 pub fn id(field: &str, id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "{field}: longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
+    mesh::app::validate::required_id(field, id)
 }
 
 /// Checks a stock adjustment's delta against the stock bound.

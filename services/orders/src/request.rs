@@ -6,8 +6,6 @@ use std::collections::HashSet;
 use mesh::proto::shop::orders::v1::{OrderLine, PlaceOrderRequest};
 use tonic::Status;
 
-/// Longest request or customer id accepted.
-pub const MAX_ID_LEN: usize = 128;
 /// Longest SKU accepted (the catalog's limit).
 pub const MAX_SKU_LEN: usize = 64;
 /// Most lines in one order: the saga prices every line with its own call.
@@ -41,19 +39,7 @@ impl OrderRequest {
     }
 }
 
-fn id(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
-    }
-    if value.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "{field}: longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
+use mesh::app::validate::required_id as id;
 
 /// Validates a `PlaceOrder` request.
 pub fn place_order(request: PlaceOrderRequest) -> Result<OrderRequest, Status> {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::book::{Begun, OrderBook, Outcome};
 use crate::downstream::Downstream;
 use crate::event_stream::{self, EventStream};
-use crate::request::{self, MAX_ID_LEN};
+use crate::request;
 use crate::saga::Saga;
 
 /// Response metadata naming the order a `PlaceOrder` opened, on failures
@@ -101,19 +101,7 @@ fn with_order_id(order_id: &str, result: Result<Order, Status>) -> Result<Respon
     }
 }
 
-fn check_order_id(field: &str, id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "{field}: longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
+use mesh::app::validate::required_id as check_order_id;
 
 #[tonic::async_trait]
 impl OrdersService for Orders {

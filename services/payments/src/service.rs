@@ -11,9 +11,6 @@ use tonic::{Request, Response, Status};
 use crate::drill::Drill;
 use crate::ledger::{self, Charge, Ledger, LedgerError, RefundTarget};
 
-/// Longest key, id or reference accepted.
-pub const MAX_ID_LEN: usize = 128;
-
 /// `shop.payments.v1.PaymentsService` over a [`Ledger`].
 #[derive(Debug)]
 pub struct Payments {
@@ -58,17 +55,11 @@ fn payment(p: ledger::Payment) -> Payment {
 
 /// Checks an id or key: non-empty unless `optional`, and bounded.
 fn id(field: &str, value: &str, optional: bool) -> Result<(), Status> {
-    if value.is_empty() && !optional {
-        return Err(Status::invalid_argument(format!(
-            "{field}: must not be empty"
-        )));
+    if optional {
+        mesh::app::validate::optional_id(field, value)
+    } else {
+        mesh::app::validate::required_id(field, value)
     }
-    if value.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "{field}: longer than {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
 }
 
 /// Validates a charge request.

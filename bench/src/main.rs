@@ -1,0 +1,112 @@
+//! `bench`: the mesh's benchmark. It puts the mesh's data path beside a
+//! direct connection, an Envoy pair and an nginx pair on loopback, and
+//! measures the control plane's fan-out of a route change.
+//!
+//! ```sh
+//! cargo run --release -p bench --                       # data path, every topology found
+//! cargo run --release -p bench -- cp-scale --subscribers 100,1000
+//! ```
+//!
+//! # Layout
+//!
+//! - [`echo`]: the workload, `bench.v1.EchoService` (unary and
+//!   server-streaming), served by `bench echo-server` with health and
+//!   reflection like any mesh app.
+//! - [`process`]: the processes of one measurement: spawned with their logs
+//!   in a temporary directory, polled for readiness, killed when dropped.
+//! - [`topology`]: direct, mesh, envoy and nginx, each started fresh on
+//!   loopback ports and proven to route 3:1 before it is measured.
+//! - [`proxy_config`]: the Envoy and nginx configuration files
+//!   (`bench/envoy`, `bench/nginx`), filled in with ports.
+//! - [`client`]: gRPC calls made by hand over hyper's HTTP/2 client (no
+//!   protobuf decoding on the measured path), checked by length and status.
+//! - [`load`]: closed-loop maximum throughput and open-loop latency at evenly
+//!   spaced send times.
+//! - [`proc_stats`]: CPU time and RSS of the proxy processes, from `/proc`.
+//! - [`datapath`]: the rounds (topologies interleaved) and their cases.
+//! - [`report`]: medians, ratios, and the printed table.
+//! - [`cp_scale`]: N simulated sidecars on one control-plane replica; time
+//!   until a route change reaches them all, and memory per subscriber.
+
+mod client;
+mod cp_scale;
+mod datapath;
+mod echo;
+mod load;
+mod proc_stats;
+mod process;
+mod proxy_config;
+mod report;
+mod topology;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Set on SIGINT or SIGTERM: loops that run on threads of their own (the
+/// open-loop dispatcher) check it, so the process stops promptly.
+pub static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// True once the benchmark has been asked to stop.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    version,
+    about = "The mesh's benchmark: data path beside Envoy and nginx, control-plane fan-out",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    datapath: datapath::DatapathArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve `bench.v1.EchoService` (with health and reflection): the
+    /// benchmark's server process.
+    EchoServer(echo::EchoServerArgs),
+    /// Connect N simulated sidecars to one control-plane replica on etcd,
+    /// change a route, and time its arrival everywhere.
+    CpScale(cp_scale::CpScaleArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::EchoServer(args)) => echo::run(args).await,
+            Some(Command::CpScale(args)) => until_signal(cp_scale::run(args)).await,
+            None => until_signal(datapath::run(cli.datapath)).await,
+        }
+    });
+    // Blocking readiness probes end within their own timeouts; never wait
+    // longer than that for them.
+    runtime.shutdown_timeout(Duration::from_secs(3));
+    result
+}
+
+/// Runs `work` until it ends or SIGINT/SIGTERM arrives. On a signal the
+/// work is dropped, and with it every process it started (see
+/// [`process::ProcessGroup`]).
+async fn until_signal(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let signal = mesh::shutdown::on_signal().context("signal handlers")?;
+    tokio::select! {
+        result = work => result,
+        () = signal.cancelled() => {
+            STOPPING.store(true, Ordering::Relaxed);
+            anyhow::bail!("interrupted: every process the benchmark started is being stopped")
+        }
+    }
+}
