@@ -23,13 +23,7 @@ use tonic::Code;
 const SERVED_BY: &str = "x-served-by";
 const REASON: &str = "x-mesh-error";
 
-async fn channel(uri: String) -> Channel {
-    Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the mesh")
-}
+use support::channel;
 
 fn one(name: &str) -> (String, Vec<InstanceSpec>) {
     (name.into(), vec![InstanceSpec::new(format!("{name}-1"))])

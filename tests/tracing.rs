@@ -28,13 +28,7 @@ const GET_PRODUCT: &str = "shop.catalog.v1.CatalogService/GetProduct";
 const RESERVE: &str = "shop.inventory.v1.InventoryService/Reserve";
 const CHARGE: &str = "shop.payments.v1.PaymentsService/Charge";
 
-async fn channel(uri: String) -> Channel {
-    Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect to the gateway")
-}
+use support::channel;
 
 async fn some_sku(gateway: &Channel) -> String {
     CatalogServiceClient::new(gateway.clone())

@@ -454,6 +454,15 @@ pub async fn raw_unary(
     (parts.headers, collected.trailers().cloned())
 }
 
+/// A channel to a listener of the mesh (gateway, outbound, inbound).
+pub async fn channel(uri: String) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(uri.clone())
+        .expect("uri")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {uri}: {e}"))
+}
+
 /// Runs a future to completion on a runtime of its own (the harness is
 /// synchronous and may be called from inside a test's runtime).
 pub fn block_on<F>(future: F) -> F::Output
