@@ -14,8 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::proto::mesh::v1::discovery_server::DiscoveryServer;
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdminServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -127,7 +127,6 @@ pub async fn run<S: Store>(
     // revokes its sidecar's lease, and sidecars move to another replica.
     let sessions_stop = shutdown.clone();
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             store.clone(),
@@ -142,7 +141,12 @@ pub async fn run<S: Store>(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), shutdown.cancelled())
+        // The builder's tcp_nodelay covers only listeners tonic binds
+        // itself: without it here, a push could wait for a delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            shutdown.cancelled(),
+        )
         .await;
     background.cancel();
     let _ = tokio::join!(watcher, status, admin_task);

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use super::{AppArgs, ServedByLayer};
@@ -94,12 +94,16 @@ pub async fn serve(
     let grace = Duration::from_secs(args.shutdown_grace_seconds);
     let stop = shutdown.clone();
     let health_on_stop = health.clone();
+    // The builder's `tcp_nodelay` applies only to listeners tonic binds
+    // itself: set it on the incoming stream. Without it, a response whose
+    // trailers follow a larger DATA frame in a second write waits for the
+    // peer's delayed ACK (Nagle), up to 40 ms on Linux.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .layer(ServerSpanLayer)
         .layer(served_by)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;
             health_on_stop
                 .set_service_status("", ServingStatus::NotServing)
