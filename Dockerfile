@@ -34,18 +34,20 @@ COPY services/catalog/Cargo.toml services/catalog/
 COPY services/inventory/Cargo.toml services/inventory/
 COPY services/payments/Cargo.toml services/payments/
 COPY services/orders/Cargo.toml services/orders/
+COPY bench/Cargo.toml bench/
 RUN set -eu; \
-    mkdir -p src sidecar/src control-plane/src/bin; \
+    mkdir -p src sidecar/src control-plane/src/bin bench/src; \
     echo 'fn main() {}' > build.rs; \
     touch src/lib.rs sidecar/src/lib.rs control-plane/src/lib.rs; \
     echo 'fn main() {}' > sidecar/src/main.rs; \
     echo 'fn main() {}' > control-plane/src/main.rs; \
     echo 'fn main() {}' > control-plane/src/bin/meshctl.rs; \
+    echo 'fn main() {}' > bench/src/main.rs; \
     for service in catalog inventory payments orders; do \
         mkdir -p "services/$service/src"; \
         echo 'fn main() {}' > "services/$service/src/main.rs"; \
     done; \
-    cargo build --release --locked --workspace --bins
+    cargo build --release --locked --workspace --exclude bench --bins
 
 # 2. The mesh itself, with the same command (same features, same profile),
 #    so every dependency artifact of step 1 is reused.
@@ -54,8 +56,8 @@ COPY . .
 # keeps them): touch the sources, so cargo cannot take the stubs' builds for
 # fresh ones and ship empty binaries (the last line checks that it did not).
 RUN set -eu; \
-    find build.rs src sidecar control-plane services -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked --workspace --bins; \
+    find build.rs src sidecar control-plane services bench -name '*.rs' -exec touch {} +; \
+    cargo build --release --locked --workspace --exclude bench --bins; \
     mkdir -p /out; \
     for bin in sidecar control-plane meshctl catalog inventory payments orders; do \
         cp "target/release/$bin" /out/; \

@@ -72,7 +72,12 @@ impl Call {
         )
     }
 
-    fn new(addr: SocketAddr, method: &str, message: &[u8], response_len: usize) -> anyhow::Result<Self> {
+    fn new(
+        addr: SocketAddr,
+        method: &str,
+        message: &[u8],
+        response_len: usize,
+    ) -> anyhow::Result<Self> {
         let uri = format!("http://{addr}/{}/{method}", crate::echo::GRPC_SERVICE).parse()?;
         let mut body = Vec::with_capacity(grpc_frame_len(message.len()));
         // gRPC length-prefixed message: compressed flag, 4-byte big-endian length.

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn the_service_name_is_the_generated_one() {
         use tonic::server::NamedService;
-        assert_eq!(<EchoServiceServer<Echo> as NamedService>::NAME, GRPC_SERVICE);
+        assert_eq!(
+            <EchoServiceServer<Echo> as NamedService>::NAME,
+            GRPC_SERVICE
+        );
     }
 
     #[tokio::test]

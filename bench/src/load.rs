@@ -105,7 +105,12 @@ pub async fn closed_loop(
             .await
             .with_context(|| format!("connect to {addr}"))?;
         for _ in 0..shape.streams.max(1) {
-            workers.spawn(worker(addr, connection.clone(), call.clone(), tally.clone()));
+            workers.spawn(worker(
+                addr,
+                connection.clone(),
+                call.clone(),
+                tally.clone(),
+            ));
         }
     }
     tokio::time::sleep(shape.warmup).await;
@@ -194,9 +199,9 @@ pub struct Latencies {
     pub errors: u64,
     /// The first failure.
     pub first_error: Option<String>,
-    /// The latest a call was handed to the runtime after it was due: the
-    /// generator's own lag, included in the latencies.
-    pub max_dispatch_lag: Duration,
+    /// How late calls were handed to the runtime after they were due (the
+    /// generator's own lag, included in the latencies); sorted.
+    pub dispatch_lag: Vec<Duration>,
 }
 
 impl Latencies {
@@ -217,7 +222,11 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Sends `call` to `addr` at an evenly spaced, fixed rate.
-pub async fn open_loop(addr: SocketAddr, call: &Call, shape: OpenLoop) -> anyhow::Result<Latencies> {
+pub async fn open_loop(
+    addr: SocketAddr,
+    call: &Call,
+    shape: OpenLoop,
+) -> anyhow::Result<Latencies> {
     anyhow::ensure!(shape.rate > 0.0, "the rate must be positive");
     let mut connections = Vec::new();
     for _ in 0..shape.connections.max(1) {
@@ -234,10 +243,10 @@ pub async fn open_loop(addr: SocketAddr, call: &Call, shape: OpenLoop) -> anyhow
     let runtime = tokio::runtime::Handle::current();
     // The dispatcher is a thread of its own: the runtime's timer has a
     // granularity of 1 ms, a thread's sleep has tens of microseconds.
-    let (calls, max_dispatch_lag) = tokio::task::spawn_blocking(move || {
+    let (calls, mut dispatch_lag) = tokio::task::spawn_blocking(move || {
         let start = Instant::now() + Duration::from_millis(20);
         let mut calls = Vec::with_capacity(total as usize);
-        let mut max_lag = Duration::ZERO;
+        let mut lags = Vec::with_capacity(total as usize);
         for i in 0..total {
             if crate::stopping() {
                 break;
@@ -247,7 +256,7 @@ pub async fn open_loop(addr: SocketAddr, call: &Call, shape: OpenLoop) -> anyhow
             if due > now {
                 std::thread::sleep(due - now);
             }
-            max_lag = max_lag.max(due.elapsed());
+            lags.push(due.elapsed());
             let mut connection = connections[i as usize % connections.len()].clone();
             let call = call.clone();
             calls.push(runtime.spawn(async move {
@@ -255,13 +264,14 @@ pub async fn open_loop(addr: SocketAddr, call: &Call, shape: OpenLoop) -> anyhow
                 (outcome, due.elapsed())
             }));
         }
-        (calls, max_lag)
+        (calls, lags)
     })
     .await
     .context("open-loop dispatcher")?;
 
+    dispatch_lag.sort_unstable();
     let mut latencies = Latencies {
-        max_dispatch_lag,
+        dispatch_lag,
         ..Latencies::default()
     };
     for (i, call) in calls.into_iter().enumerate() {
@@ -275,7 +285,9 @@ pub async fn open_loop(addr: SocketAddr, call: &Call, shape: OpenLoop) -> anyhow
             Ok(_) => {}
             Err(error) => {
                 latencies.errors += 1;
-                latencies.first_error.get_or_insert_with(|| error.to_string());
+                latencies
+                    .first_error
+                    .get_or_insert_with(|| error.to_string());
             }
         }
     }

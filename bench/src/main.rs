@@ -94,19 +94,25 @@ fn main() -> anyhow::Result<()> {
     // Blocking readiness probes end within their own timeouts; never wait
     // longer than that for them.
     runtime.shutdown_timeout(Duration::from_secs(3));
+    if stopping() {
+        eprintln!("interrupted: every process the benchmark started was stopped");
+        std::process::exit(130);
+    }
     result
 }
 
 /// Runs `work` until it ends or SIGINT/SIGTERM arrives. On a signal the
 /// work is dropped, and with it every process it started (see
 /// [`process::ProcessGroup`]).
-async fn until_signal(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+async fn until_signal(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let signal = mesh::shutdown::on_signal().context("signal handlers")?;
     tokio::select! {
         result = work => result,
         () = signal.cancelled() => {
             STOPPING.store(true, Ordering::Relaxed);
-            anyhow::bail!("interrupted: every process the benchmark started is being stopped")
+            Ok(())
         }
     }
 }

@@ -38,6 +38,64 @@ fn status_field_sum(pid: u32, field: &str) -> u64 {
         .sum()
 }
 
+/// CPU accounting of the whole machine and of this process (with its
+/// reaped children): what else ran while the benchmark did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineSample {
+    busy: u64,
+    steal: u64,
+    total: u64,
+    own: u64,
+}
+
+impl MachineSample {
+    /// Reads `/proc/stat` and `/proc/self/stat` now.
+    pub fn now() -> Self {
+        let (busy, steal, total) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|stat| parse_cpu_line(stat.lines().next()?))
+            .unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+            .map_or(0, |s| s.utime + s.stime + s.cutime + s.cstime);
+        Self {
+            busy,
+            steal,
+            total,
+            own,
+        }
+    }
+
+    /// Shares of the machine's CPU since `earlier`, in percent: (used by
+    /// processes other than the benchmark's, stolen by the hypervisor).
+    pub fn since(&self, earlier: &Self) -> (f64, f64) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        let busy = self.busy.saturating_sub(earlier.busy);
+        let own = self.own.saturating_sub(earlier.own);
+        let steal = self.steal.saturating_sub(earlier.steal);
+        (
+            100.0 * busy.saturating_sub(own) as f64 / total,
+            100.0 * steal as f64 / total,
+        )
+    }
+}
+
+/// `(busy, steal, total)` ticks of the `cpu` line of `/proc/stat`
+/// (proc(5): user nice system idle iowait irq softirq steal ...).
+fn parse_cpu_line(line: &str) -> Option<(u64, u64, u64)> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = values[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq;
+    Some((busy, steal, busy + idle + iowait + steal))
+}
+
 /// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux
 /// if getconf is missing).
 pub fn ticks_per_second() -> u64 {
@@ -92,11 +150,14 @@ struct Stat {
     ppid: u32,
     utime: u64,
     stime: u64,
+    cutime: u64,
+    cstime: u64,
 }
 
 /// Parses `/proc/<pid>/stat`. The command name (field 2) is in parentheses
 /// and may hold spaces or parentheses itself: fields are counted after the
-/// last `)` (proc(5): ppid is field 4, utime 14, stime 15).
+/// last `)` (proc(5): ppid is field 4, utime 14, stime 15, and the reaped
+/// children's cutime 16, cstime 17).
 fn parse_stat(stat: &str) -> Option<Stat> {
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -105,6 +166,8 @@ fn parse_stat(stat: &str) -> Option<Stat> {
         ppid: fields.get(1)?.parse().ok()?,
         utime: fields.get(11)?.parse().ok()?,
         stime: fields.get(12)?.parse().ok()?,
+        cutime: fields.get(13)?.parse().ok()?,
+        cstime: fields.get(14)?.parse().ok()?,
     })
 }
 
@@ -126,10 +189,34 @@ mod tests {
             Some(Stat {
                 ppid: 4241,
                 utime: 37,
-                stime: 12
+                stime: 12,
+                cutime: 0,
+                cstime: 0,
             })
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn machine_shares_leave_out_the_benchmark() {
+        assert_eq!(
+            parse_cpu_line("cpu  100 0 50 800 10 0 10 40 0 0"),
+            Some((160, 40, 1010))
+        );
+        assert_eq!(parse_cpu_line("cpu0 1 2 3"), None);
+        let before = MachineSample {
+            busy: 1000,
+            steal: 0,
+            total: 2000,
+            own: 500,
+        };
+        let after = MachineSample {
+            busy: 1600,
+            steal: 100,
+            total: 3000,
+            own: 900,
+        };
+        assert_eq!(after.since(&before), (20.0, 10.0));
     }
 
     #[test]
@@ -143,8 +230,10 @@ mod tests {
     #[test]
     fn this_process_has_cpu_time_and_memory() {
         let me = std::process::id();
+        // Not compared: the kernel's per-CPU RSS counters make two reads
+        // a few pages apart.
         assert!(rss_kib(me) > 0);
-        assert!(peak_rss_kib(me) >= rss_kib(me));
+        assert!(peak_rss_kib(me) > 0);
         assert!(ticks_per_second() > 0);
         assert!(!descendants(1).contains(&1));
     }

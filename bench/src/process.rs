@@ -147,15 +147,21 @@ impl ProcessGroup {
 
     /// Waits until `GET http://<admin><path>` answers 200, failing early if
     /// any process of the group has exited.
-    pub async fn wait_ready(&mut self, name: &str, admin: SocketAddr, path: &str) -> anyhow::Result<()> {
+    pub async fn wait_ready(
+        &mut self,
+        name: &str,
+        admin: SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let path = path.to_owned();
         loop {
             self.check_alive()?;
             let probe = path.clone();
-            let answered = tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, &probe))
-                .await
-                .context("readiness probe task")?;
+            let answered =
+                tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, &probe))
+                    .await
+                    .context("readiness probe task")?;
             if matches!(answered, Ok((200, _))) {
                 return Ok(());
             }
@@ -203,8 +209,20 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // Proxies and apps first, the store they talk to last.
         for running in self.running.iter_mut().rev() {
-            // nginx's workers outlive a SIGKILLed master: take them too.
             let children = crate::proc_stats::descendants(running.child.id());
+            if !children.is_empty() {
+                // A master with workers (nginx) stops them itself on SIGTERM
+                // and reaps them, so their CPU time is accounted to us.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &running.child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < deadline && matches!(running.child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            // Whatever is left: the process, and workers that outlived it.
             let _ = running.child.kill();
             let _ = running.child.wait();
             if !children.is_empty() {

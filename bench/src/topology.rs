@@ -1,0 +1,462 @@
+//! The four ways the benchmark's client reaches the echo servers, each
+//! started fresh on loopback ports and checked end to end (calls succeed;
+//! proxied topologies reach both servers) before anything is measured.
+//!
+//! ```text
+//! direct: client ──► echo-1
+//! mesh:   client ──► client-1 sidecar (outbound) ──3:1──► echo-1 sidecar ──► echo-1
+//!                                                   └───► echo-2 sidecar ──► echo-2
+//!         (tables pushed by a control-plane replica on etcd)
+//! envoy:  the same with Envoy as the three sidecars (bench/envoy)
+//! nginx:  the same with nginx as the three sidecars (bench/nginx)
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use mesh::demo::{ControlPlaneSpec, InstanceSpec, PortAllocator, Role, Topology};
+use mesh::model::Route;
+
+use crate::client::{self, Call};
+use crate::echo;
+use crate::process::{ProcessGroup, Programs};
+use crate::proxy_config::{self, Template};
+
+/// How long a started topology may take to route calls end to end.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A topology under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Kind {
+    /// Client to server, no proxy: the physical limit.
+    Direct,
+    /// The mesh's sidecars, tables from the control plane on etcd.
+    Mesh,
+    /// Envoy as the sidecars.
+    Envoy,
+    /// nginx as the sidecars.
+    Nginx,
+}
+
+impl Kind {
+    /// Its name in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Mesh => "mesh",
+            Self::Envoy => "envoy",
+            Self::Nginx => "nginx",
+        }
+    }
+}
+
+/// A started topology; its processes stop when it is dropped.
+pub struct Running {
+    /// Where the client sends its calls.
+    pub target: SocketAddr,
+    /// The proxy processes (name, pid): what CPU and memory are measured of.
+    pub proxies: Vec<(String, u32)>,
+    processes: ProcessGroup,
+}
+
+impl Running {
+    /// Fails if a process of the topology has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.processes.check_alive()
+    }
+}
+
+/// Starts `kind` and waits until it serves calls end to end.
+pub async fn start(
+    kind: Kind,
+    programs: &Programs,
+    ports: &mut PortAllocator,
+) -> anyhow::Result<Running> {
+    let mut running = match kind {
+        Kind::Direct => start_direct(programs, ports)?,
+        Kind::Mesh => start_mesh(programs, ports).await?,
+        Kind::Envoy => start_envoy(programs, ports).await?,
+        Kind::Nginx => start_nginx(programs, ports).await?,
+    };
+    let both = kind != Kind::Direct;
+    wait_serving(&mut running, both)
+        .await
+        .with_context(|| format!("{} topology", kind.name()))?;
+    Ok(running)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// `bench echo-server` with the standard app flags.
+fn spawn_echo(
+    processes: &mut ProcessGroup,
+    programs: &Programs,
+    instance: &str,
+    port: u16,
+) -> anyhow::Result<u32> {
+    let args = [
+        "echo-server",
+        "--port",
+        &port.to_string(),
+        "--instance-id",
+        instance,
+    ]
+    .map(str::to_owned);
+    processes.spawn(instance, &programs.bench, &args, &log_env())
+}
+
+/// Every mesh process logs at the level production runs at.
+fn log_env() -> Vec<(String, String)> {
+    vec![("RUST_LOG".into(), "info".into())]
+}
+
+fn start_direct(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+    let mut processes = ProcessGroup::new()?;
+    let port = ports.next_port();
+    spawn_echo(&mut processes, programs, "echo-1", port)?;
+    Ok(Running {
+        target: loopback(port),
+        proxies: Vec::new(),
+        processes,
+    })
+}
+
+/// The mesh's route for the echo service: what the peers' configurations
+/// mirror (retries, outlier detection, a 15 s timeout); the 3:1 weights
+/// are the instances' own (`--weight`).
+pub fn echo_route() -> anyhow::Result<Route> {
+    let route: Route = serde_json::from_value(serde_json::json!({
+        "kind": "Route",
+        "metadata": { "name": "echo" },
+        "spec": {
+            "match": { "service": echo::GRPC_SERVICE },
+            "destination": echo::SERVICE,
+            "timeout": "15s",
+            "retries": { "attempts": 2, "retryOn": ["unavailable"] },
+            "outlierDetection": {
+                "consecutiveFailures": 5,
+                "failureCodes": ["unavailable"],
+                "baseEjection": "5s",
+                "maxEjection": "60s",
+                "maxEjectionPercent": 50
+            }
+        }
+    }))
+    .context("the echo route")?;
+    route.validate().context("the echo route")?;
+    Ok(route)
+}
+
+async fn start_mesh(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+    let mut processes = ProcessGroup::new()?;
+    let topology = Topology {
+        services: vec![
+            (
+                echo::SERVICE.into(),
+                vec![
+                    InstanceSpec::new("echo-1").weight(3),
+                    InstanceSpec::new("echo-2").weight(1),
+                ],
+            ),
+            // The client's sidecar; its app (an idle echo server) only
+            // answers the health checks that make the sidecar ready.
+            ("client".into(), vec![InstanceSpec::new("client-1")]),
+        ],
+        control_plane: Some(ControlPlaneSpec {
+            replicas: 1,
+            ..ControlPlaneSpec::default()
+        }),
+        extra_routes: vec![echo_route()?],
+        ..Topology::default()
+    };
+    let bootstrap = processes.dir().join("bootstrap.yaml");
+    let plan = topology.plan(&mut || ports.next_port(), &bootstrap);
+    for spec in &plan.processes {
+        let (program, mut args) = match spec.role {
+            Role::Etcd => (programs.etcd()?.to_owned(), Vec::new()),
+            // The planner names apps after their service; every app here is
+            // the echo server.
+            Role::App => (programs.bench.clone(), vec!["echo-server".to_owned()]),
+            Role::ControlPlane | Role::Sidecar | Role::Gateway => {
+                (programs.mesh_binary(&spec.program)?, Vec::new())
+            }
+        };
+        args.extend(spec.args.iter().cloned());
+        let mut env = spec.env.clone();
+        if spec.role != Role::Etcd {
+            env.extend(log_env());
+        }
+        processes.spawn(&spec.name, &program, &args, &env)?;
+        // The store before the control plane, the control plane before the
+        // sidecars: each would retry, but in order start-up is quicker.
+        if matches!(spec.role, Role::Etcd | Role::ControlPlane) {
+            if let Some(admin) = spec.admin {
+                processes
+                    .wait_ready(&spec.name, admin, spec.ready_path)
+                    .await?;
+            }
+        }
+    }
+    let sidecars: Vec<_> = plan
+        .processes
+        .iter()
+        .filter(|p| p.role == Role::Sidecar)
+        .collect();
+    for sidecar in &sidecars {
+        if let Some(admin) = sidecar.admin {
+            processes
+                .wait_ready(&sidecar.name, admin, sidecar.ready_path)
+                .await?;
+        }
+    }
+    let control_plane = plan
+        .control_planes
+        .first()
+        .context("the plan has no control plane")?;
+    let revision = mesh::demo::apply_routes(control_plane, &plan.bootstrap.routes)
+        .await
+        .context("applying the echo route")?;
+    for sidecar in &sidecars {
+        let admin = sidecar.admin.context("a sidecar without an admin port")?;
+        wait_for_table(&mut processes, &sidecar.name, admin, revision).await?;
+    }
+    let client = plan
+        .process("client-1-sidecar")
+        .context("the plan has no client sidecar")?;
+    let proxies = sidecars
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), processes.pid(&s.name)?)))
+        .collect();
+    Ok(Running {
+        target: client
+            .outbound
+            .context("the client sidecar has no outbound")?,
+        proxies,
+        processes,
+    })
+}
+
+/// Waits until a sidecar runs a table of at least `revision` (`/config`).
+async fn wait_for_table(
+    processes: &mut ProcessGroup,
+    name: &str,
+    admin: SocketAddr,
+    revision: i64,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SERVING_TIMEOUT;
+    loop {
+        processes.check_alive()?;
+        let config = tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, "/config"))
+            .await
+            .context("config probe task")?;
+        let version = config
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|json| json["version"].as_str()?.parse::<i64>().ok());
+        if version.is_some_and(|v| v >= revision) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} never ran table version {revision} (has {version:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ports of a peer pair: two echo servers, two inbound proxies, one
+/// outbound proxy, each proxy with a readiness port.
+struct PeerPorts {
+    apps: [u16; 2],
+    inbound: [(u16, u16); 2],
+    outbound: (u16, u16),
+}
+
+impl PeerPorts {
+    fn new(ports: &mut PortAllocator) -> Self {
+        let mut next = || ports.next_port();
+        Self {
+            apps: [next(), next()],
+            inbound: [(next(), next()), (next(), next())],
+            outbound: (next(), next()),
+        }
+    }
+
+    /// Fills in an inbound template for server `i`.
+    fn inbound_values(&self, i: usize, dir: &str, name: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("LISTEN_PORT", self.inbound[i].0.to_string()),
+            ("ADMIN_PORT", self.inbound[i].1.to_string()),
+            ("APP_PORT", self.apps[i].to_string()),
+            ("DIR", dir.to_owned()),
+            ("NAME", name.to_owned()),
+        ]
+    }
+
+    /// Fills in the outbound template.
+    fn outbound_values(&self, dir: &str, name: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("LISTEN_PORT", self.outbound.0.to_string()),
+            ("ADMIN_PORT", self.outbound.1.to_string()),
+            ("UPSTREAM_1_PORT", self.inbound[0].0.to_string()),
+            ("UPSTREAM_2_PORT", self.inbound[1].0.to_string()),
+            ("DIR", dir.to_owned()),
+            ("NAME", name.to_owned()),
+        ]
+    }
+}
+
+/// How to start one peer proxy from its configuration file.
+type PeerCommand = fn(config: &std::path::Path, dir: &std::path::Path, name: &str) -> Vec<String>;
+
+/// Starts the echo servers and three proxies of `program`: `{prefix}-in-1`,
+/// `{prefix}-in-2` and `{prefix}-out`.
+async fn start_peer(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    program: &std::path::Path,
+    prefix: &str,
+    [inbound, outbound]: [Template; 2],
+    extension: &str,
+    command: PeerCommand,
+) -> anyhow::Result<Running> {
+    let mut processes = ProcessGroup::new()?;
+    let ports = PeerPorts::new(ports);
+    for (i, port) in ports.apps.iter().enumerate() {
+        spawn_echo(&mut processes, programs, &format!("echo-{}", i + 1), *port)?;
+    }
+    let dir = processes.dir().to_owned();
+    let dir_text = dir.display().to_string();
+    let mut proxies = Vec::new();
+    let mut started = Vec::new();
+    for i in 0..2 {
+        let name = format!("{prefix}-in-{}", i + 1);
+        let text = inbound.render(&ports.inbound_values(i, &dir_text, &name))?;
+        started.push((name, text, ports.inbound[i].1));
+    }
+    let name = format!("{prefix}-out");
+    let text = outbound.render(&ports.outbound_values(&dir_text, &name))?;
+    started.push((name, text, ports.outbound.1));
+    for (name, text, admin) in started {
+        let config = dir.join(format!("{name}.{extension}"));
+        std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
+        let pid = processes.spawn(&name, program, &command(&config, &dir, &name), &[])?;
+        processes
+            .wait_ready(&name, loopback(admin), "/ready")
+            .await?;
+        proxies.push((name, pid));
+    }
+    Ok(Running {
+        target: loopback(ports.outbound.0),
+        proxies,
+        processes,
+    })
+}
+
+async fn start_envoy(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+    let envoy = programs.envoy.as_deref().context("envoy was not found")?;
+    start_peer(
+        programs,
+        ports,
+        envoy,
+        "envoy",
+        [proxy_config::ENVOY_INBOUND, proxy_config::ENVOY_OUTBOUND],
+        "yaml",
+        |config, _, _| {
+            [
+                "--config-path",
+                &config.display().to_string(),
+                "--concurrency",
+                "1",
+                // Three Envoys on one host: no shared memory between them.
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        },
+    )
+    .await
+}
+
+async fn start_nginx(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+    let nginx = programs.nginx.as_deref().context("nginx was not found")?;
+    start_peer(
+        programs,
+        ports,
+        nginx,
+        "nginx",
+        [proxy_config::NGINX_INBOUND, proxy_config::NGINX_OUTBOUND],
+        "conf",
+        |config, dir, name| {
+            [
+                "-p".to_owned(),
+                dir.display().to_string(),
+                "-c".to_owned(),
+                config.display().to_string(),
+                // The error log before the configuration is read (not the
+                // system's /var/log/nginx).
+                "-e".to_owned(),
+                dir.join(format!("{name}-error.log")).display().to_string(),
+            ]
+            .to_vec()
+        },
+    )
+    .await
+}
+
+/// Sends calls until they succeed and, if `both`, until both echo servers
+/// have answered: the topology routes end to end with its weights.
+async fn wait_serving(running: &mut Running, both: bool) -> anyhow::Result<()> {
+    let call = Call::unary(running.target, 16)?;
+    let deadline = Instant::now() + SERVING_TIMEOUT;
+    let mut last_error = String::from("no call made");
+    let (mut primary, mut other) = (false, false);
+    // Bounded by count as well as by time.
+    for _ in 0..100_000 {
+        running.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "no successful calls to {} through every server within {SERVING_TIMEOUT:?} \
+                 (echo-1 answered: {primary}, echo-2 answered: {other}); last error: {last_error}",
+                running.target
+            );
+        }
+        match client::connect(running.target).await {
+            Ok(mut connection) => {
+                for _ in 0..8 {
+                    match client::send_bounded(&call, &mut connection).await {
+                        Ok(true) => primary = true,
+                        Ok(false) => other = true,
+                        Err(error) => {
+                            last_error = error.to_string();
+                            break;
+                        }
+                    }
+                }
+                if primary && (other || !both) {
+                    return Ok(());
+                }
+            }
+            Err(error) => last_error = format!("{error:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{} never served every server", running.target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_echo_route_is_valid_and_resilient() {
+        let route = echo_route().expect("route");
+        assert_eq!(route.spec.destination, echo::SERVICE);
+        assert_eq!(route.spec.retries.as_ref().map(|r| r.attempts), Some(2));
+        assert!(route.spec.outlier_detection.is_some());
+    }
+}
