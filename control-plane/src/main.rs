@@ -83,12 +83,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin: args.admin_addr,
         lease_ttl: Duration::from_secs(args.lease_ttl_seconds),
         warmup: Duration::from_secs(args.warmup_seconds),
-        id: args.replica_id.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("cp-{}", std::process::id()))
-        }),
+        id: mesh::app::instance_id(args.replica_id.as_deref(), "cp"),
     };
     match args.store {
         StoreKind::Etcd => {

@@ -137,10 +137,7 @@ impl Settings {
 
     /// The instance id: the flag, `$HOSTNAME`, or `<service>-<pid>`.
     pub fn instance_id(&self) -> String {
-        self.instance
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("{}-{}", self.service_name(), std::process::id()))
+        mesh::app::instance_id(self.instance.as_deref(), self.service_name())
     }
 
     /// Where other sidecars reach this one.

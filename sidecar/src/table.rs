@@ -180,6 +180,14 @@ impl Balancer {
         };
         // Second choices: an endpoint tried already (better than none),
         // else any (every endpoint ejected: a guess beats a sure failure).
+        let admit = |candidate: &Arc<Upstream>| {
+            let admission = if breakers {
+                candidate.breaker().admit(now)
+            } else {
+                Admission::Normal
+            };
+            (admission != Admission::Refused).then(|| pick(candidate, admission))
+        };
         let mut tried_already = None;
         for _ in 0..subset.endpoints.len() {
             let candidate = &subset.endpoints[wrr.pick()];
@@ -187,24 +195,12 @@ impl Balancer {
                 tried_already = tried_already.or(Some(candidate));
                 continue;
             }
-            let admission = if breakers {
-                candidate.breaker().admit(now)
-            } else {
-                Admission::Normal
-            };
-            if admission != Admission::Refused {
-                return Ok(pick(candidate, admission));
+            if let Some(picked) = admit(candidate) {
+                return Ok(picked);
             }
         }
-        if let Some(candidate) = tried_already {
-            let admission = if breakers {
-                candidate.breaker().admit(now)
-            } else {
-                Admission::Normal
-            };
-            if admission != Admission::Refused {
-                return Ok(pick(candidate, admission));
-            }
+        if let Some(picked) = tried_already.and_then(admit) {
+            return Ok(picked);
         }
         let any = &subset.endpoints[wrr.pick()];
         Ok(pick(any, Admission::Normal))

@@ -43,9 +43,16 @@ pub struct AppArgs {
 impl AppArgs {
     /// The instance id to report: the flag, `$HOSTNAME`, or `<service>-<pid>`.
     pub fn instance_id(&self, service: &str) -> String {
-        self.instance_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("{service}-{}", std::process::id()))
+        instance_id(self.instance_id.as_deref(), service)
     }
+}
+
+/// The id a process of the mesh goes by: `flag` if given, else `$HOSTNAME`
+/// (the pod name on Kubernetes), else `<prefix>-<pid>`. One rule for apps,
+/// sidecars and control-plane replicas, so logs, traces and `meshctl
+/// status` name a pod the same way everywhere.
+pub fn instance_id(flag: Option<&str>, prefix: &str) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("{prefix}-{}", std::process::id()))
 }

@@ -10,7 +10,7 @@ mod served_by;
 mod server;
 pub mod validate;
 
-pub use args::AppArgs;
+pub use args::{instance_id, AppArgs};
 pub use outbound::{outbound_channel, OutboundChannel, OutboundError};
 pub use served_by::{ServedBy, ServedByLayer, SERVED_BY};
 pub use server::{serve, ServeError};
