@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use mesh::demo::{route, InstanceSpec, Topology};
 use mesh::model::Endpoint;
 use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use mesh::proto::shop::catalog::v1::{ListProductsRequest, Product};
+use mesh::proto::shop::catalog::v1::Product;
 use mesh::proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh::proto::shop::inventory::v1::{GetStockRequest, StockAdjustment};
 use mesh::proto::shop::orders::v1::orders_service_client::OrdersServiceClient;
@@ -42,19 +42,7 @@ fn shop(payments: InstanceSpec) -> Topology {
     }
 }
 
-async fn first_product(ch: &Channel) -> Product {
-    CatalogServiceClient::new(ch.clone())
-        .list_products(ListProductsRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
-        .await
-        .expect("ListProducts")
-        .into_inner()
-        .products
-        .pop()
-        .expect("the catalog has products")
-}
+use support::first_product;
 
 async fn available(ch: &Channel, sku: &str) -> i64 {
     InventoryServiceClient::new(ch.clone())

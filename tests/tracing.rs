@@ -11,8 +11,6 @@ mod support;
 use std::time::Duration;
 
 use mesh::demo::Topology;
-use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-use mesh::proto::shop::catalog::v1::ListProductsRequest;
 use mesh::proto::shop::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh::proto::shop::orders::v1::{OrderLine, OrderStatus, PlaceOrderRequest};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -31,18 +29,7 @@ const CHARGE: &str = "shop.payments.v1.PaymentsService/Charge";
 use support::channel;
 
 async fn some_sku(gateway: &Channel) -> String {
-    CatalogServiceClient::new(gateway.clone())
-        .list_products(ListProductsRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
-        .await
-        .expect("ListProducts")
-        .into_inner()
-        .products
-        .pop()
-        .expect("the catalog has products")
-        .sku
+    support::first_product(gateway).await.sku
 }
 
 fn order(request_id: &str, sku: &str) -> PlaceOrderRequest {
@@ -68,6 +55,19 @@ fn root_ids() -> (String, String) {
     );
     let span_id = format!("{:016x}", (nanos as u64) | 1);
     (trace_id, span_id)
+}
+
+/// `message` as a call that continues the trace `trace_id` under the span
+/// `parent_id` (sampled), as a traced caller would send it.
+fn traced<T>(message: T, trace_id: &str, parent_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01")
+            .parse()
+            .expect("header value"),
+    );
+    request
 }
 
 fn find<'a>(
@@ -101,13 +101,7 @@ async fn place_order_is_one_trace_nested_as_the_calls() {
     let sku = some_sku(&gateway).await;
 
     let (trace_id, root_id) = root_ids();
-    let mut request = tonic::Request::new(order("trace-1", &sku));
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{root_id}-01")
-            .parse()
-            .expect("header value"),
-    );
+    let request = traced(order("trace-1", &sku), &trace_id, &root_id);
     let placed = OrdersServiceClient::new(gateway.clone())
         .place_order(request)
         .await
@@ -279,13 +273,7 @@ async fn a_failed_saga_marks_its_spans_as_errors() {
     let sku = some_sku(&gateway).await;
 
     let (trace_id, root_id) = root_ids();
-    let mut request = tonic::Request::new(order("trace-fail-1", &sku));
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{root_id}-01")
-            .parse()
-            .expect("header value"),
-    );
+    let request = traced(order("trace-fail-1", &sku), &trace_id, &root_id);
     let status = OrdersServiceClient::new(gateway.clone())
         .place_order(request)
         .await

@@ -183,26 +183,14 @@ impl TestMesh {
             .expect("a planned process");
         assert!(slot.1.is_none(), "{name} is still running");
         slot.1 = Some(child);
-        if let Some(admin) = spec.admin {
-            let deadline = Instant::now() + READY_TIMEOUT;
-            while !matches!(admin_get(admin, spec.ready_path), Ok((200, _))) {
-                self.assert_all_alive();
-                assert!(Instant::now() < deadline, "{name} not ready again in time");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        self.await_ready(name, Instant::now() + READY_TIMEOUT);
     }
 
     /// Waits until a (running) proxy is ready again, e.g. after its app
     /// was restarted.
-    pub fn restart_wait_ready(&self, name: &str) {
-        let spec = self.spec(name);
-        let admin = spec.admin.expect("a proxy");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !matches!(admin_get(admin, spec.ready_path), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "{name} not ready again in time");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn restart_wait_ready(&mut self, name: &str) {
+        assert!(self.spec(name).admin.is_some(), "{name} is not a proxy");
+        self.await_ready(name, Instant::now() + READY_TIMEOUT);
     }
 
     /// Runs `meshctl` against this mesh's control plane; `(success, stdout,
@@ -252,21 +240,27 @@ impl TestMesh {
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let admins: Vec<_> = self
-            .plan
-            .processes
-            .iter()
-            .filter_map(|p| p.admin.map(|a| (p.name.clone(), a, p.ready_path)))
-            .collect();
-        for (name, admin, path) in admins {
-            loop {
-                self.assert_all_alive();
-                if matches!(admin_get(admin, path), Ok((200, _))) {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "{name} not ready in time");
-                std::thread::sleep(Duration::from_millis(50));
+        let names: Vec<String> = self.plan.processes.iter().map(|p| p.name.clone()).collect();
+        for name in names {
+            self.await_ready(&name, deadline);
+        }
+    }
+
+    /// Polls the process's readiness endpoint (if it has one) until it
+    /// answers 200, failing if anything died or `deadline` passes.
+    fn await_ready(&mut self, name: &str, deadline: Instant) {
+        let spec = self.spec(name);
+        let Some(admin) = spec.admin else {
+            return;
+        };
+        let path = spec.ready_path;
+        loop {
+            self.assert_all_alive();
+            if matches!(admin_get(admin, path), Ok((200, _))) {
+                return;
             }
+            assert!(Instant::now() < deadline, "{name} not ready in time");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -461,6 +455,25 @@ pub async fn channel(uri: String) -> tonic::transport::Channel {
         .connect()
         .await
         .unwrap_or_else(|e| panic!("connect to {uri}: {e}"))
+}
+
+/// The catalog's first product (in SKU order), read through `channel`.
+pub async fn first_product(
+    channel: &tonic::transport::Channel,
+) -> mesh::proto::shop::catalog::v1::Product {
+    use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+    use mesh::proto::shop::catalog::v1::ListProductsRequest;
+    CatalogServiceClient::new(channel.clone())
+        .list_products(ListProductsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("ListProducts")
+        .into_inner()
+        .products
+        .pop()
+        .expect("the catalog has products")
 }
 
 /// Runs a future to completion on a runtime of its own (the harness is
