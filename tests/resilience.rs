@@ -160,8 +160,17 @@ fn failing_endpoint_is_ejected_then_probed_and_readmitted() {
         "ejected after exactly 3 failures in a row: {first:?}"
     );
     assert_eq!(gateway_endpoint_state(&mesh, "payments-1"), "ejected");
-    let (ok, described, err) = mesh.meshctl(&["describe", "route", "payments"], None);
-    assert!(ok, "{err}");
+    // Replicas publish who is connected every 500 ms: the gateway may not
+    // be listed yet right after start-up, so wait for it (bounded).
+    let waited = Instant::now();
+    let described = loop {
+        let (ok, described, err) = mesh.meshctl(&["describe", "route", "payments"], None);
+        assert!(ok, "{err}");
+        if described.contains("gateway/gateway") || waited.elapsed() > Duration::from_secs(10) {
+            break described;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         described.contains("gateway/gateway (ejected"),
         "meshctl describe shows the ejection and where:\n{described}"
