@@ -3,14 +3,21 @@
 //!
 //! Counters a request touches on its way in are registered when a table is
 //! built and handed to the route ([`RouteCounters`]), so that part of the
-//! hot path increments an atomic and never looks up a label set. Gauges
-//! about state (ejected endpoints, connections, table version and age,
-//! dropped spans) are read when scraped.
+//! hot path increments an atomic and never looks up a label set. A call's
+//! end is counted under [`ResponseLabels`], built from what the call
+//! already holds (shared strings, the request's own path bytes): a lookup,
+//! no allocation once the label set exists. Gauges about state (ejected
+//! endpoints, connections, table version and age, dropped spans) are read
+//! when scraped.
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::uri::{PathAndQuery, Uri};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -41,6 +48,65 @@ impl Direction {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A call's gRPC path (`/pkg.Service/Method`), sharing the request's bytes:
+/// cloning it costs a reference count, not a copy.
+#[derive(Debug, Clone)]
+pub struct GrpcPath(PathAndQuery);
+
+impl GrpcPath {
+    /// The path of `uri` (`/` when it has none).
+    pub fn of(uri: &Uri) -> Self {
+        Self(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        )
+    }
+
+    /// The path, with its leading `/`.
+    pub fn as_str(&self) -> &str {
+        self.0.path()
+    }
+
+    /// The `method` label: the path without its leading `/`.
+    fn method(&self) -> &str {
+        let path = self.as_str();
+        path.strip_prefix('/').unwrap_or(path)
+    }
+}
+
+impl PartialEq for GrpcPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for GrpcPath {}
+
+impl Hash for GrpcPath {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// The labels of a finished call: `direction`, `service`, `method`, `code`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResponseLabels {
+    direction: Direction,
+    service: Arc<str>,
+    path: GrpcPath,
+    code: i32,
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("service", &*self.service).encode(encoder.encode_label())?;
+        ("method", self.path.method()).encode(encoder.encode_label())?;
+        ("code", self.code).encode(encoder.encode_label())
+    }
+}
+
 /// State read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct StateSnapshot {
@@ -61,8 +127,8 @@ pub struct StateSnapshot {
 pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
-    responses: Family<Labels, Counter>,
-    durations: Family<Labels, Histogram>,
+    responses: Family<ResponseLabels, Counter>,
+    durations: Family<ResponseLabels, Histogram>,
     proxy_errors: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     ejections: Family<Labels, Counter>,
@@ -103,13 +169,13 @@ impl Default for Metrics {
             "Calls taken and forwarded upstream, by direction and destination mesh service",
             requests.clone(),
         );
-        let responses = Family::<Labels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
         registry.register(
             "responses",
             "Calls answered, by direction, mesh service, gRPC method and status code",
             responses.clone(),
         );
-        let durations = Family::<Labels, Histogram>::new_with_constructor(|| {
+        let durations = Family::<ResponseLabels, Histogram>::new_with_constructor(|| {
             // 0.25 ms to ~16 s.
             Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
         });
@@ -216,19 +282,17 @@ impl Metrics {
     pub fn record_response(
         &self,
         direction: Direction,
-        service: &str,
-        path: &str,
+        service: &Arc<str>,
+        path: &GrpcPath,
         code: i32,
         elapsed: Duration,
     ) {
-        let method = path.strip_prefix('/').unwrap_or(path);
-        let code = code.to_string();
-        let key = labels(&[
-            ("direction", direction.as_str()),
-            ("service", service),
-            ("method", method),
-            ("code", &code),
-        ]);
+        let key = ResponseLabels {
+            direction,
+            service: service.clone(),
+            path: path.clone(),
+            code,
+        };
         self.responses.get_or_create(&key).inc();
         self.durations
             .get_or_create(&key)

@@ -25,8 +25,7 @@ use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use mesh::telemetry::rpc::{rpc_span, status, Side};
-use mesh::telemetry::{extract_context, inject_context};
-use opentelemetry::trace::TraceContextExt;
+use mesh::telemetry::{self, inject_context, Sampling};
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::{Instrument, Span};
@@ -35,7 +34,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
-use crate::metrics::{Direction, Metrics, RouteCounters};
+use crate::metrics::{Direction, GrpcPath, Metrics, RouteCounters};
 use crate::outcome::{CallGuard, Outcome, OutlierScope};
 use crate::outlier::Admission;
 use crate::policy::RoutePolicy;
@@ -118,11 +117,15 @@ impl Proxy {
             Direction::Outbound => Side::Client,
             Direction::Inbound | Direction::Ingress => Side::Server,
         };
-        let path: Box<str> = req.uri().path().into();
-        let caller = extract_context(req.headers());
-        let caller = caller.span().span_context().is_valid().then_some(caller);
-        let span = rpc_span(side, &path, caller);
-        span.set_attribute("mesh.direction", direction.as_str());
+        let path = GrpcPath::of(req.uri());
+        let span = match telemetry::sampling(req.headers()) {
+            Sampling::Skip => Span::none(),
+            Sampling::Record(caller) => {
+                let span = rpc_span(side, path.as_str(), caller);
+                span.set_attribute("mesh.direction", direction.as_str());
+                span
+            }
+        };
         let call = Call {
             started: Instant::now(),
             side,
@@ -140,10 +143,10 @@ impl Proxy {
                 tracing::debug!(parent: &span, direction = direction.as_str(), %error, "proxy error");
                 let metrics = &self.inner.metrics;
                 metrics.record_proxy_error(direction, error.reason);
-                let service: &str = service.as_deref().unwrap_or("");
+                let service = service.unwrap_or_else(|| Arc::from(""));
                 metrics.record_response(
                     direction,
-                    service,
+                    &service,
                     &call.path,
                     error.code as i32,
                     call.started.elapsed(),
@@ -192,7 +195,7 @@ impl Proxy {
                 let attempt = attempt_span(&call.span, 1, upstream, None);
                 let (parts, body) = req.into_parts();
                 let mut request = rebuild(parts, RequestBody::Direct(body), upstream, None);
-                inject_context(&attempt.context(), request.headers_mut());
+                propagate(&attempt, request.headers_mut());
                 counters.record_request();
                 let sent = send(upstream, request, None, None, None)
                     .instrument(attempt.clone())
@@ -212,10 +215,12 @@ impl Proxy {
                 let table = table.load_full();
                 let (route, balancer) = table.route(req.uri().path(), req.headers())?;
                 *service = Some(route.policy.service.clone());
-                call.span
-                    .set_attribute("mesh.service", route.policy.service.to_string());
-                call.span
-                    .set_attribute("mesh.route", route.policy.name.to_string());
+                if !call.span.is_none() {
+                    call.span
+                        .set_attribute("mesh.service", route.policy.service.to_string());
+                    call.span
+                        .set_attribute("mesh.route", route.policy.name.to_string());
+                }
                 route.counters.record_request();
                 self.forward_routed(req, call, route, |avoid, breakers| {
                     balancer.pick(avoid, breakers, Instant::now())
@@ -331,7 +336,7 @@ impl Proxy {
                 rebuild(copy_parts(parts), body, &upstream, try_budget)
             };
             let mut request = request;
-            inject_context(&span.context(), request.headers_mut());
+            propagate(&span, request.headers_mut());
 
             let pending = policy
                 .max_pending_connects
@@ -526,6 +531,9 @@ fn respond(
 
 /// A child span of `parent` for one attempt at `upstream`.
 fn attempt_span(parent: &Span, attempt: u32, upstream: &Upstream, subset: Option<&str>) -> Span {
+    if parent.is_none() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         parent: parent,
         "attempt",
@@ -542,11 +550,19 @@ fn attempt_span(parent: &Span, attempt: u32, upstream: &Upstream, subset: Option
     span
 }
 
+/// Puts `attempt`'s context in the upstream request; an untraced call
+/// (no span) keeps the caller's `traceparent` as it came.
+fn propagate(attempt: &Span, headers: &mut http::HeaderMap) {
+    if !attempt.is_none() {
+        inject_context(&attempt.context(), headers);
+    }
+}
+
 /// What a call carries through the proxy for its span and metrics.
 struct Call {
     started: Instant,
     side: Side,
-    path: Box<str>,
+    path: GrpcPath,
     span: Span,
 }
 

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::Span;
 
 use crate::concurrency::Permit;
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{Direction, GrpcPath, Metrics};
 use crate::outcome::{CallGuard, Outcome};
 use crate::replay_body::BodyError;
 
@@ -78,7 +78,7 @@ pub struct Observer {
     /// Its destination mesh service.
     pub service: Arc<str>,
     /// Its gRPC path.
-    pub path: Box<str>,
+    pub path: GrpcPath,
     /// When it arrived.
     pub started: Instant,
     /// The request span.

@@ -83,6 +83,12 @@ pub struct Settings {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Threads that run the proxy: 0 runs everything on the main thread
+    /// (tokio's current-thread runtime: no cross-thread wake-ups, the
+    /// cheapest per call while one core keeps up); N > 0 runs N workers,
+    /// for a sidecar whose app needs more than one core of proxying.
+    #[arg(long, env = "MESH_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub worker_threads: u16,
 }
 
 /// Settings that are not acceptable together.

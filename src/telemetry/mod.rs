@@ -20,8 +20,10 @@
 //! Export never slows a call: finished spans wait in a bounded queue and
 //! are dropped, and counted ([`dropped_spans`]), when the collector is
 //! missing or slow. Context travels in W3C `traceparent`/`tracestate`
-//! ([`rpc`] for gRPC). With export off, spans are still made (not
-//! recorded) so trace ids reach the logs and pass on to the next service.
+//! ([`rpc`] for gRPC). With export off, services still make spans (not
+//! recorded) so trace ids reach their logs and pass on to the next service;
+//! proxies ask [`sampling`] first and make none, passing the caller's
+//! context on untouched.
 //!
 //! # Layout
 //!
@@ -30,12 +32,14 @@
 //! - [`log_format`]: the log layer and its trace-id-carrying lines.
 //! - [`propagation`]: W3C context in and out of HTTP headers.
 //! - [`rpc`]: server and client tower layers for gRPC spans.
+//! - [`sampling`]: whether a proxied call gets spans at all.
 
 pub mod config;
 pub mod export;
 pub mod log_format;
 pub mod propagation;
 pub mod rpc;
+pub mod sampling;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,6 +59,7 @@ pub use export::{BoundedBatch, CountingExporter, SpanAccounting};
 pub use log_format::{current_trace_ids, log_layer, LogFormat, WithTraceId};
 pub use propagation::{extract_context, inject_context};
 pub use rpc::{ClientSpan, ClientSpanLayer, ServerSpan, ServerSpanLayer};
+pub use sampling::{sampling, Sampling};
 
 /// Longest a shutdown waits for the last spans to reach the collector: a
 /// dead collector must not hold up a rolling restart.
@@ -154,6 +159,7 @@ pub fn init(
         tracing::warn!("telemetry: {warning}");
     }
     if settings.enabled {
+        sampling::exporting_with(settings.sampler);
         tracing::info!(
             endpoint = %settings.endpoint,
             service_name = %settings.service_name,
