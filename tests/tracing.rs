@@ -452,3 +452,74 @@ async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
     );
     assert!(!outbound.error, "the call itself succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_did_not_sample_gets_no_spans_anywhere() {
+    let receiver = OtlpReceiver::start();
+    let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
+    topology.otlp_endpoint = Some(receiver.endpoint());
+    let mesh = TestMesh::start(&topology);
+    let gateway = channel(mesh.gateway_uri()).await;
+    let sku = some_sku(&gateway).await;
+
+    // First a call whose caller decided not to sample (flags 00) ...
+    let (unsampled, parent) = root_ids();
+    let mut request = tonic::Request::new(order("unsampled-1", &sku));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{unsampled}-{parent}-00")
+            .parse()
+            .expect("header value"),
+    );
+    let placed = OrdersServiceClient::new(gateway.clone())
+        .place_order(request)
+        .await
+        .expect("an unsampled PlaceOrder")
+        .into_inner();
+    assert_eq!(placed.status(), OrderStatus::Confirmed);
+
+    // ... then a sampled one, through the same processes.
+    let (sampled, root) = root_ids();
+    assert_ne!(sampled, unsampled);
+    let placed = OrdersServiceClient::new(gateway.clone())
+        .place_order(traced(order("sampled-1", &sku), &sampled, &root))
+        .await
+        .expect("a sampled PlaceOrder")
+        .into_inner();
+    assert_eq!(placed.status(), OrderStatus::Confirmed);
+
+    // Every process exports its spans in the order it finished them: once
+    // the sampled call's spans have come from every proxy and service, any
+    // span of the earlier call would have come too.
+    let processes = [
+        "gateway",
+        "orders-sidecar",
+        "catalog-sidecar",
+        "inventory-sidecar",
+        "payments-sidecar",
+        "orders",
+        "catalog",
+        "inventory",
+        "payments",
+    ];
+    receiver.wait_until("the sampled call's spans", SPAN_TIMEOUT, |spans| {
+        processes
+            .iter()
+            .all(|p| {
+                spans
+                    .iter()
+                    .any(|s| s.trace_id == sampled && s.service_name == *p)
+            })
+            .then_some(())
+    });
+    let leaked: Vec<String> = receiver
+        .spans()
+        .iter()
+        .filter(|s| s.trace_id == unsampled)
+        .map(|s| format!("{} from {}", s.name, s.service_name))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "spans recorded for a caller that did not sample: {leaked:?}"
+    );
+}
