@@ -260,6 +260,13 @@ async fn measure(
         None => None,
     };
 
+    // The subscribers share the CPUs with the replica: what each side
+    // spent on the change tells how much of the figure is the replica's.
+    let bench_pid = std::process::id();
+    let cpu_before = (
+        proc_stats::cpu_ticks(cp_pid),
+        proc_stats::cpu_ticks(bench_pid),
+    );
     let changed = Instant::now();
     let revision = mesh::demo::apply_routes(&uri, &[scale_route("2s")?])
         .await
@@ -280,6 +287,16 @@ async fn measure(
         .map(|at| at.saturating_duration_since(changed))
         .collect();
     latencies.sort_unstable();
+    let cpu_ms = |pid: u32, before: u64| {
+        proc_stats::cpu_ticks(pid).saturating_sub(before) * 1000
+            / proc_stats::ticks_per_second().max(1)
+    };
+    eprintln!(
+        "cp-scale: {n} subscribers: first reached {:.1} ms after the change; CPU until all were reached: control plane {} ms, subscribers {} ms",
+        latencies.first().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        cpu_ms(cp_pid, cpu_before.0),
+        cpu_ms(bench_pid, cpu_before.1),
+    );
     let missed = n - latencies.len();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {

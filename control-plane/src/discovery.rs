@@ -3,25 +3,35 @@
 //! whenever the sidecar's table changes, record its ACKs and NACKs, and
 //! revoke the lease when the stream ends (so a sidecar that leaves is gone
 //! at once, and one that dies is gone within the TTL).
+//!
+//! A stream costs the replica little: a session task, the version of what
+//! it last pushed (not a copy of it), and pushes that are buffers shared by
+//! every stream (see [`crate::push`]). That is why the gRPC edge is written
+//! by hand ([`DiscoveryServer`]): tonic's generated one would encode every
+//! push again into a buffer per stream, and keep that buffer.
+
+mod body;
+mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use mesh::model::Endpoint;
-use mesh::proto::mesh::v1::discovery_server::Discovery;
 use mesh::proto::mesh::v1::sidecar_message::Message;
-use mesh::proto::mesh::v1::{Node, SidecarMessage, TableSnapshot};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use mesh::proto::mesh::v1::{Node, SidecarMessage};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
+use self::body::PushBody;
+pub use self::server::DiscoveryServer;
 use crate::index::Published;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::registration::{Registration, SidecarStatus};
 use crate::sessions::Sessions;
-use crate::store::{LeaseId, Precondition, Store, StoreError};
+use crate::store::{LeaseId, Precondition, Revision, Store, StoreError};
 
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,15 +122,10 @@ async fn register<S: Store>(
     Ok(lease)
 }
 
-#[tonic::async_trait]
-impl<S: Store> Discovery for DiscoveryService<S> {
-    type SubscribeStream = ReceiverStream<Result<TableSnapshot, Status>>;
-
-    async fn subscribe(
-        &self,
-        request: Request<Streaming<SidecarMessage>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let mut inbound = request.into_inner();
+impl<S: Store> DiscoveryService<S> {
+    /// Opens a stream: checks the Hello, registers the node, starts its
+    /// session. The body is what the sidecar is sent.
+    async fn subscribe(&self, mut inbound: Streaming<SidecarMessage>) -> Result<PushBody, Status> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
@@ -171,7 +176,9 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             admin_address: node.admin_address.clone(),
             ..SidecarStatus::default()
         });
-        let (tx, rx) = mpsc::channel(4);
+        // The latest push only: one the stream has not taken yet is
+        // superseded by a newer one, never queued behind it.
+        let (tx, rx) = watch::channel(Bytes::new());
         let session = Session {
             id,
             store: self.store.clone(),
@@ -179,8 +186,8 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             sessions: self.sessions.clone(),
             node,
             registered,
-            descriptors_sent: None,
             table_sent: None,
+            services_sent: None,
             metrics: self.metrics.clone(),
         };
         // A sidecar that has a table keeps it until this replica has seen the
@@ -192,7 +199,7 @@ impl<S: Store> Discovery for DiscoveryService<S> {
             Duration::ZERO
         };
         tokio::spawn(session.run(inbound, tx, self.published.clone(), hold, self.stop.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(PushBody::new(rx))
     }
 }
 
@@ -203,9 +210,11 @@ struct Session<S> {
     sessions: Arc<Sessions>,
     node: Node,
     registered: Option<(Registration, LeaseId)>,
-    /// What was last pushed, to push only what changed for this node.
-    table_sent: Option<String>,
-    descriptors_sent: Option<(Vec<Vec<u8>>, Vec<String>)>,
+    /// The `table_revision` of the last push, to push only what changed
+    /// for this node.
+    table_sent: Option<Revision>,
+    /// The `services_revision` of the last push (gateways).
+    services_sent: Option<Revision>,
     metrics: Arc<Metrics>,
 }
 
@@ -213,7 +222,7 @@ impl<S: Store> Session<S> {
     async fn run(
         mut self,
         mut inbound: Streaming<SidecarMessage>,
-        tx: mpsc::Sender<Result<TableSnapshot, Status>>,
+        pushes: watch::Sender<Bytes>,
         mut published: watch::Receiver<Arc<Published>>,
         hold: Duration,
         stop: CancellationToken,
@@ -235,9 +244,8 @@ impl<S: Store> Session<S> {
                         break;
                     }
                     let current = published.borrow_and_update().clone();
-                    if let Some(snapshot) = self.snapshot_if_changed(&current) {
-                        let version = snapshot.version;
-                        if tx.send(Ok(snapshot)).await.is_err() {
+                    if let Some((version, push)) = self.push_if_changed(&current) {
+                        if pushes.send(push).is_err() {
                             break;
                         }
                         self.metrics.pushed();
@@ -252,12 +260,15 @@ impl<S: Store> Session<S> {
                         break;
                     }
                 },
-                _ = keepalive.tick(), if self.registered.is_some() => self.keep_alive().await,
+                // Boxed: the store's futures are large and rare; inline, they
+                // would make every idle session as large as they are.
+                _ = keepalive.tick(), if self.registered.is_some() => Box::pin(self.keep_alive()).await,
+                () = pushes.closed() => break,
                 () = stop.cancelled() => break,
             }
         }
         if let Some((_, lease)) = &self.registered {
-            if let Err(error) = self.store.revoke(*lease).await {
+            if let Err(error) = Box::pin(self.store.revoke(*lease)).await {
                 self.metrics.store_error("revoke");
                 tracing::warn!(instance = %self.node.instance, %error, "cannot revoke lease; it will expire");
             }
@@ -266,36 +277,26 @@ impl<S: Store> Session<S> {
         tracing::info!(service = %self.node.service, instance = %self.node.instance, "sidecar disconnected");
     }
 
-    fn snapshot_if_changed(&mut self, current: &Published) -> Option<TableSnapshot> {
+    /// The push `current` makes for this node, with its version, if what
+    /// the node gets changed since its last push.
+    fn push_if_changed(&mut self, current: &Published) -> Option<(u64, Bytes)> {
         if current.revision == 0 {
             return None; // the store has not been read yet
         }
-        let table_changed = self.table_sent.as_deref() != Some(current.table_json.as_str());
-        let descriptors_changed = self.node.gateway
-            && self
-                .descriptors_sent
-                .as_ref()
-                .is_none_or(|(sets, services)| {
-                    *sets != current.descriptor_sets || *services != current.grpc_services
-                });
-        if !table_changed && !descriptors_changed {
+        let table_changed = self.table_sent != Some(current.table_revision);
+        let services_changed =
+            self.node.gateway && self.services_sent != Some(current.services_revision);
+        if !table_changed && !services_changed {
             return None;
         }
-        self.table_sent = Some(current.table_json.clone());
-        let mut snapshot = TableSnapshot {
-            version: current.revision as u64,
-            table_json: current.table_json.clone(),
-            ..TableSnapshot::default()
+        self.table_sent = Some(current.table_revision);
+        let push = if self.node.gateway {
+            self.services_sent = Some(current.services_revision);
+            current.gateway_push()
+        } else {
+            current.sidecar_push()
         };
-        if self.node.gateway {
-            snapshot.file_descriptor_sets = current.descriptor_sets.clone();
-            snapshot.grpc_services = current.grpc_services.clone();
-            self.descriptors_sent = Some((
-                current.descriptor_sets.clone(),
-                current.grpc_services.clone(),
-            ));
-        }
-        Some(snapshot)
+        Some((current.revision as u64, push))
     }
 
     fn on_message(&self, message: SidecarMessage) {
@@ -360,5 +361,46 @@ impl<S: Store> Session<S> {
                 tracing::warn!(%error, "lease keep-alive failed; will retry");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EtcdStore, MemoryStore};
+
+    /// Every connected sidecar holds a session task: it must stay small
+    /// (the store's large futures are boxed, the etcd client shared).
+    #[tokio::test]
+    async fn a_session_costs_little_memory() {
+        assert!(std::mem::size_of::<EtcdStore>() <= 64);
+        let session = Session {
+            id: 0,
+            store: MemoryStore::new(),
+            lease_ttl: Duration::from_secs(3),
+            sessions: Arc::default(),
+            node: Node::default(),
+            registered: None,
+            table_sent: None,
+            services_sent: None,
+            metrics: Arc::default(),
+        };
+        let inbound = Streaming::new_request(
+            tonic_prost::ProstDecoder::<SidecarMessage>::default(),
+            tonic::body::Body::empty(),
+            None,
+            None,
+        );
+        let (pushes, _) = watch::channel(Bytes::new());
+        let (_, published) = watch::channel(Arc::new(Published::default()));
+        let run = session.run(
+            inbound,
+            pushes,
+            published,
+            Duration::ZERO,
+            CancellationToken::new(),
+        );
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 4096, "a session task is {size} bytes");
     }
 }

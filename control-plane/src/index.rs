@@ -7,10 +7,14 @@
 //! reported and skipped: it never reaches a sidecar.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
+use bytes::Bytes;
 use mesh::model::{Bootstrap, Route};
+use mesh::proto::mesh::v1::TableSnapshot;
 
 use crate::keys::{self, Key};
+use crate::push;
 use crate::registration::Registration;
 use crate::store::{KeyValue, Revision, Snapshot, WatchBatch, WatchEvent};
 
@@ -20,26 +24,89 @@ pub struct Index {
     revision: Revision,
     routes: BTreeMap<String, Result<Route, String>>,
     endpoints: BTreeMap<(String, String), Result<Registration, String>>,
-    descriptors: BTreeMap<(String, String), Vec<u8>>,
+    descriptors: BTreeMap<(String, String), Bytes>,
     unknown: BTreeSet<String>,
 }
 
 /// What a push is made of, built once per change and shared by every
 /// subscriber of the replica.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Published {
     /// The store revision this was built at: the version sidecars ack.
     pub revision: Revision,
+    /// The revision at which the table last changed: a sidecar that was
+    /// pushed the table of this revision needs no push.
+    pub table_revision: Revision,
+    /// The revision at which what only gateways get (descriptor sets, gRPC
+    /// services) last changed.
+    pub services_revision: Revision,
     /// The table every sidecar gets, as JSON (bootstrap schema).
     pub table_json: String,
     /// The table itself.
     pub table: Bootstrap,
     /// Every registered app's descriptors (for gateways).
-    pub descriptor_sets: Vec<Vec<u8>>,
+    pub descriptor_sets: Vec<Bytes>,
     /// Every registered gRPC service (for gateways).
     pub grpc_services: Vec<String>,
     /// Data in the store that was skipped, and why.
     pub problems: Vec<String>,
+    /// The pushes of this version, encoded by the first stream that sends
+    /// one and shared by the others.
+    sidecar_push: OnceLock<Bytes>,
+    gateway_push: OnceLock<Bytes>,
+}
+
+impl Published {
+    /// Takes over from `previous`, the state published before: a part
+    /// equal to its counterpart there keeps the revision it last changed
+    /// at, so streams that have it are not pushed it again.
+    pub fn take_over_from(&mut self, previous: &Published) {
+        if self.table_json == previous.table_json {
+            self.table_revision = previous.table_revision;
+        }
+        if self.descriptor_sets == previous.descriptor_sets
+            && self.grpc_services == previous.grpc_services
+        {
+            self.services_revision = previous.services_revision;
+        }
+    }
+
+    /// Whether anything differs from `previous` that a stream or an
+    /// operator would see.
+    pub fn differs_from(&self, previous: &Published) -> bool {
+        self.table_json != previous.table_json
+            || self.descriptor_sets != previous.descriptor_sets
+            || self.grpc_services != previous.grpc_services
+            || self.problems != previous.problems
+    }
+
+    /// What a sidecar is pushed: this version's table.
+    pub fn sidecar_push(&self) -> Bytes {
+        self.sidecar_push
+            .get_or_init(|| {
+                push::encode(&TableSnapshot {
+                    version: self.revision as u64,
+                    table_json: self.table_json.clone(),
+                    ..TableSnapshot::default()
+                })
+            })
+            .clone()
+    }
+
+    /// What a gateway is pushed: the table, every registered app's
+    /// descriptors and every registered gRPC service.
+    pub fn gateway_push(&self) -> Bytes {
+        self.gateway_push
+            .get_or_init(|| {
+                push::encode(&TableSnapshot {
+                    version: self.revision as u64,
+                    table_json: self.table_json.clone(),
+                    file_descriptor_sets: self.descriptor_sets.iter().map(|s| s.to_vec()).collect(),
+                    grpc_services: self.grpc_services.clone(),
+                })
+            })
+            .clone()
+    }
 }
 
 impl Index {
@@ -83,7 +150,7 @@ impl Index {
             }
             Key::Descriptors(service, instance) => {
                 self.descriptors
-                    .insert((service, instance), kv.value.clone());
+                    .insert((service, instance), Bytes::from(kv.value.clone()));
             }
             Key::Replica(_) => {}
             Key::Unknown(key) => {
@@ -124,7 +191,9 @@ impl Index {
             .map(|r| r.metadata.name.as_str())
     }
 
-    /// Builds what sidecars get from the current state.
+    /// Builds what sidecars get from the current state. Every part counts
+    /// as changed at the current revision; [`Published::take_over_from`]
+    /// keeps the revisions of the parts that did not change.
     pub fn publish(&self) -> Published {
         let mut problems = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
@@ -165,11 +234,15 @@ impl Index {
         let table = Bootstrap { endpoints, routes };
         Published {
             revision: self.revision,
+            table_revision: self.revision,
+            services_revision: self.revision,
             table_json: serde_json::to_string(&table).unwrap_or_default(),
             table,
             descriptor_sets,
             grpc_services: grpc_services.into_iter().collect(),
             problems,
+            sidecar_push: OnceLock::new(),
+            gateway_push: OnceLock::new(),
         }
     }
 }

@@ -12,6 +12,8 @@
 //!   from the last revision, resync on compaction).
 //! - [`discovery`]: the sidecar streams: registration under a lease, pushes,
 //!   ACK/NACK.
+//! - [`push`]: a push on the wire, encoded once per version and shared by
+//!   every stream.
 //! - [`sessions`]: the sidecars connected to this replica.
 //! - [`admin`]: the MeshAdmin API behind meshctl (validated, compare-and-swap).
 //! - [`replica`]: this replica's status, published for `meshctl status`.
@@ -29,6 +31,7 @@ pub mod discovery;
 pub mod index;
 pub mod keys;
 pub mod metrics;
+pub mod push;
 pub mod registration;
 pub mod replica;
 pub mod server;

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh::proto::mesh::v1::discovery_server::DiscoveryServer;
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdminServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::discovery::DiscoveryService;
+use crate::discovery::{DiscoveryServer, DiscoveryService};
 use crate::index::Published;
 use crate::metrics::Metrics;
 use crate::replica::{self, Identity};

@@ -64,7 +64,7 @@ fn valid_data_is_published_and_bad_data_reported_and_skipped() {
     assert_eq!(published.table.routes.len(), 1);
     assert_eq!(published.table.routes[0].metadata.name, "inventory");
     assert_eq!(published.table.endpoints.len(), 1);
-    assert_eq!(published.descriptor_sets, vec![b"fds".to_vec()]);
+    assert_eq!(published.descriptor_sets, vec![Bytes::from_static(b"fds")]);
     assert_eq!(
         published.grpc_services,
         vec!["shop.inventory.v1.InventoryService"]
@@ -101,4 +101,80 @@ fn watch_events_update_the_index() {
     let published = index.publish();
     assert!(published.table.endpoints.is_empty());
     assert_eq!(published.revision, 3);
+}
+
+#[test]
+fn an_unchanged_part_keeps_the_revision_it_last_changed_at() {
+    let mut index = Index::default();
+    let put = |index: &mut Index, revision: i64, key: &str, value: &str| {
+        index.apply(&WatchBatch {
+            revision,
+            events: vec![WatchEvent::Put(kv(key, value, revision))],
+        });
+        index.publish()
+    };
+    let first = put(
+        &mut index,
+        2,
+        &keys::endpoint("inventory", "inv-1"),
+        &registration("inventory", "inv-1"),
+    );
+    assert_eq!((first.table_revision, first.services_revision), (2, 2));
+
+    // Only a problem changes: published, but nobody needs a push.
+    let mut second = put(&mut index, 3, &keys::route("broken"), "{");
+    second.take_over_from(&first);
+    assert!(second.differs_from(&first));
+    assert_eq!(second.revision, 3);
+    assert_eq!((second.table_revision, second.services_revision), (2, 2));
+
+    // A second instance of the same service: a new table, the same services.
+    let mut third = put(
+        &mut index,
+        4,
+        &keys::endpoint("inventory", "inv-2"),
+        &registration("inventory", "inv-2"),
+    );
+    third.take_over_from(&second);
+    assert_eq!((third.table_revision, third.services_revision), (4, 2));
+
+    let mut again = index.publish();
+    again.take_over_from(&third);
+    assert!(!again.differs_from(&third));
+}
+
+#[test]
+fn pushes_carry_the_version_and_gateways_get_the_services() {
+    let snapshot = Snapshot {
+        revision: 9,
+        items: vec![
+            kv(
+                &keys::endpoint("inventory", "inv-1"),
+                &registration("inventory", "inv-1"),
+                8,
+            ),
+            kv(&keys::descriptors("inventory", "inv-1"), "fds", 8),
+        ],
+    };
+    let published = Index::from_snapshot(&snapshot).publish();
+    let decode = |push: Bytes| {
+        use prost::Message;
+        TableSnapshot::decode(&push[5..]).expect("a TableSnapshot after the prefix")
+    };
+    let sidecar = decode(published.sidecar_push());
+    assert_eq!(sidecar.version, 9);
+    assert_eq!(sidecar.table_json, published.table_json);
+    assert!(sidecar.file_descriptor_sets.is_empty() && sidecar.grpc_services.is_empty());
+    let gateway = decode(published.gateway_push());
+    assert_eq!(gateway.version, 9);
+    assert_eq!(gateway.file_descriptor_sets, vec![b"fds".to_vec()]);
+    assert_eq!(
+        gateway.grpc_services,
+        vec!["shop.inventory.v1.InventoryService".to_owned()]
+    );
+    // Encoded once: later calls share the buffer.
+    assert_eq!(
+        published.sidecar_push().as_ptr(),
+        published.sidecar_push().as_ptr()
+    );
 }
