@@ -34,6 +34,7 @@
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod coalesced_io;
 mod concurrency;
 mod deadline;
 mod discovery;

@@ -9,6 +9,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::coalesced_io::CoalescedIo;
 use crate::proxy::Proxy;
 
 /// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
@@ -47,8 +48,8 @@ pub async fn serve_grpc(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), proxy.clone()));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(CoalescedIo::new(stream)), proxy.clone()));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(listener = name, %peer, %error, "connection ended with error");

@@ -17,6 +17,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use crate::coalesced_io::CoalescedIo;
 use crate::outlier::{Breaker, BreakerView};
 use crate::replay_body::RequestBody;
 
@@ -225,7 +226,7 @@ impl Upstream {
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(CoalescedIo::new(tcp)))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         let addr = self.addr.clone();
