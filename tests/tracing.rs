@@ -21,6 +21,19 @@ use tonic::transport::Channel;
 /// How long spans may take to arrive (100 ms batches, a loaded 2-core box).
 const SPAN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Every process of the shop that makes spans: the proxies and the apps.
+const SHOP_PROCESSES: [&str; 9] = [
+    "gateway",
+    "orders-sidecar",
+    "catalog-sidecar",
+    "inventory-sidecar",
+    "payments-sidecar",
+    "orders",
+    "catalog",
+    "inventory",
+    "payments",
+];
+
 const PLACE_ORDER: &str = "shop.orders.v1.OrdersService/PlaceOrder";
 const GET_PRODUCT: &str = "shop.catalog.v1.CatalogService/GetProduct";
 const RESERVE: &str = "shop.inventory.v1.InventoryService/Reserve";
@@ -60,10 +73,21 @@ fn root_ids() -> (String, String) {
 /// `message` as a call that continues the trace `trace_id` under the span
 /// `parent_id` (sampled), as a traced caller would send it.
 fn traced<T>(message: T, trace_id: &str, parent_id: &str) -> tonic::Request<T> {
+    with_traceparent(message, trace_id, parent_id, true)
+}
+
+/// `message` with a `traceparent` saying whether the caller sampled it.
+fn with_traceparent<T>(
+    message: T,
+    trace_id: &str,
+    parent_id: &str,
+    sampled: bool,
+) -> tonic::Request<T> {
+    let flags = if sampled { "01" } else { "00" };
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "traceparent",
-        format!("00-{trace_id}-{parent_id}-01")
+        format!("00-{trace_id}-{parent_id}-{flags}")
             .parse()
             .expect("header value"),
     );
@@ -377,17 +401,7 @@ async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
         .into_inner();
     assert_eq!(placed.status(), OrderStatus::Confirmed);
 
-    let services = [
-        "gateway",
-        "orders-sidecar",
-        "catalog-sidecar",
-        "inventory-sidecar",
-        "payments-sidecar",
-        "orders",
-        "catalog",
-        "inventory",
-        "payments",
-    ];
+    let services = SHOP_PROCESSES;
     let trace = receiver.wait_until("the proxied PlaceOrder trace", SPAN_TIMEOUT, |spans| {
         let root = spans.iter().find(|s| {
             s.service_name == "gateway" && s.name == PLACE_ORDER && s.parent_span_id.is_none()
@@ -464,13 +478,7 @@ async fn a_caller_that_did_not_sample_gets_no_spans_anywhere() {
 
     // First a call whose caller decided not to sample (flags 00) ...
     let (unsampled, parent) = root_ids();
-    let mut request = tonic::Request::new(order("unsampled-1", &sku));
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{unsampled}-{parent}-00")
-            .parse()
-            .expect("header value"),
-    );
+    let request = with_traceparent(order("unsampled-1", &sku), &unsampled, &parent, false);
     let placed = OrdersServiceClient::new(gateway.clone())
         .place_order(request)
         .await
@@ -491,19 +499,8 @@ async fn a_caller_that_did_not_sample_gets_no_spans_anywhere() {
     // Every process exports its spans in the order it finished them: once
     // the sampled call's spans have come from every proxy and service, any
     // span of the earlier call would have come too.
-    let processes = [
-        "gateway",
-        "orders-sidecar",
-        "catalog-sidecar",
-        "inventory-sidecar",
-        "payments-sidecar",
-        "orders",
-        "catalog",
-        "inventory",
-        "payments",
-    ];
     receiver.wait_until("the sampled call's spans", SPAN_TIMEOUT, |spans| {
-        processes
+        SHOP_PROCESSES
             .iter()
             .all(|p| {
                 spans
