@@ -45,6 +45,19 @@ async fn some_sku(gateway: &Channel) -> String {
     support::first_product(gateway).await.sku
 }
 
+/// The shop exporting spans to a receiver of the test's own: the receiver,
+/// the running mesh (kept alive by the caller), a gateway channel and a
+/// SKU in stock.
+async fn traced_shop() -> (OtlpReceiver, TestMesh, Channel, String) {
+    let receiver = OtlpReceiver::start();
+    let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
+    topology.otlp_endpoint = Some(receiver.endpoint());
+    let mesh = TestMesh::start(&topology);
+    let gateway = channel(mesh.gateway_uri()).await;
+    let sku = some_sku(&gateway).await;
+    (receiver, mesh, gateway, sku)
+}
+
 fn order(request_id: &str, sku: &str) -> PlaceOrderRequest {
     PlaceOrderRequest {
         request_id: request_id.into(),
@@ -117,12 +130,7 @@ fn require<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn place_order_is_one_trace_nested_as_the_calls() {
-    let receiver = OtlpReceiver::start();
-    let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
-    topology.otlp_endpoint = Some(receiver.endpoint());
-    let mesh = TestMesh::start(&topology);
-    let gateway = channel(mesh.gateway_uri()).await;
-    let sku = some_sku(&gateway).await;
+    let (receiver, _mesh, gateway, sku) = traced_shop().await;
 
     let (trace_id, root_id) = root_ids();
     let request = traced(order("trace-1", &sku), &trace_id, &root_id);
@@ -469,12 +477,7 @@ async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_did_not_sample_gets_no_spans_anywhere() {
-    let receiver = OtlpReceiver::start();
-    let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
-    topology.otlp_endpoint = Some(receiver.endpoint());
-    let mesh = TestMesh::start(&topology);
-    let gateway = channel(mesh.gateway_uri()).await;
-    let sku = some_sku(&gateway).await;
+    let (receiver, _mesh, gateway, sku) = traced_shop().await;
 
     // First a call whose caller decided not to sample (flags 00) ...
     let (unsampled, parent) = root_ids();
