@@ -59,53 +59,49 @@ pub struct Published {
 impl Published {
     /// Takes over from `previous`, the state published before: a part
     /// equal to its counterpart there keeps the revision it last changed
-    /// at, so streams that have it are not pushed it again.
-    pub fn take_over_from(&mut self, previous: &Published) {
-        if self.table_json == previous.table_json {
+    /// at, so streams that have it are not pushed it again. Returns whether
+    /// anything differs that a stream or an operator would see (each part
+    /// is compared once: the table can be hundreds of KB).
+    pub fn take_over_from(&mut self, previous: &Published) -> bool {
+        let same_table = self.table_json == previous.table_json;
+        if same_table {
             self.table_revision = previous.table_revision;
         }
-        if self.descriptor_sets == previous.descriptor_sets
-            && self.grpc_services == previous.grpc_services
-        {
+        let same_services = self.descriptor_sets == previous.descriptor_sets
+            && self.grpc_services == previous.grpc_services;
+        if same_services {
             self.services_revision = previous.services_revision;
         }
-    }
-
-    /// Whether anything differs from `previous` that a stream or an
-    /// operator would see.
-    pub fn differs_from(&self, previous: &Published) -> bool {
-        self.table_json != previous.table_json
-            || self.descriptor_sets != previous.descriptor_sets
-            || self.grpc_services != previous.grpc_services
-            || self.problems != previous.problems
+        !(same_table && same_services && self.problems == previous.problems)
     }
 
     /// What a sidecar is pushed: this version's table.
     pub fn sidecar_push(&self) -> Bytes {
-        self.sidecar_push
-            .get_or_init(|| {
-                push::encode(&TableSnapshot {
-                    version: self.revision as u64,
-                    table_json: self.table_json.clone(),
-                    ..TableSnapshot::default()
-                })
-            })
-            .clone()
+        self.push(&self.sidecar_push, false)
     }
 
     /// What a gateway is pushed: the table, every registered app's
     /// descriptors and every registered gRPC service.
     pub fn gateway_push(&self) -> Bytes {
-        self.gateway_push
-            .get_or_init(|| {
-                push::encode(&TableSnapshot {
-                    version: self.revision as u64,
-                    table_json: self.table_json.clone(),
-                    file_descriptor_sets: self.descriptor_sets.iter().map(|s| s.to_vec()).collect(),
-                    grpc_services: self.grpc_services.clone(),
-                })
-            })
-            .clone()
+        self.push(&self.gateway_push, true)
+    }
+
+    /// The push kept in `slot`, encoded on first use.
+    fn push(&self, slot: &OnceLock<Bytes>, gateway: bool) -> Bytes {
+        slot.get_or_init(|| {
+            let mut snapshot = TableSnapshot {
+                version: self.revision as u64,
+                table_json: self.table_json.clone(),
+                ..TableSnapshot::default()
+            };
+            if gateway {
+                snapshot.file_descriptor_sets =
+                    self.descriptor_sets.iter().map(|s| s.to_vec()).collect();
+                snapshot.grpc_services = self.grpc_services.clone();
+            }
+            push::encode(&snapshot)
+        })
+        .clone()
     }
 }
 

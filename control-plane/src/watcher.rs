@@ -127,7 +127,7 @@ async fn follow<S: Store>(
 fn publish_state(index: &Index, publish: &watch::Sender<Arc<Published>>) {
     let mut next = index.publish();
     publish.send_if_modified(|current| {
-        if !next.differs_from(current) {
+        if !next.take_over_from(current) {
             return false;
         }
         for problem in next
@@ -137,7 +137,6 @@ fn publish_state(index: &Index, publish: &watch::Sender<Arc<Published>>) {
         {
             tracing::warn!(problem = %problem, "bad data in the store");
         }
-        next.take_over_from(current);
         *current = Arc::new(next);
         true
     });

@@ -77,6 +77,18 @@ impl Shared {
 }
 
 impl State {
+    /// Asks the writer to write what is left and shut the socket down.
+    fn close(&mut self) {
+        self.closing = true;
+        self.wake_writer();
+    }
+
+    fn wake_writer(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.wake();
+        }
+    }
+
     fn failed(&self) -> Option<io::Error> {
         self.error
             .as_ref()
@@ -184,9 +196,7 @@ impl CoalescedIo {
             }
         }
         if taken > 0 {
-            if let Some(writer) = state.writer.take() {
-                writer.wake();
-            }
+            state.wake_writer();
         }
         Poll::Ready(Ok(taken))
     }
@@ -227,10 +237,7 @@ impl AsyncWrite for CoalescedIo {
             return Poll::Ready(state.failed().map_or(Ok(()), Err));
         }
         if !state.closing {
-            state.closing = true;
-            if let Some(writer) = state.writer.take() {
-                writer.wake();
-            }
+            state.close();
         }
         state.waiting = Some(cx.waker().clone());
         Poll::Pending
@@ -240,11 +247,7 @@ impl AsyncWrite for CoalescedIo {
 impl Drop for CoalescedIo {
     fn drop(&mut self) {
         // The writer still sends what was written, then closes its half.
-        let mut state = self.shared.lock();
-        state.closing = true;
-        if let Some(writer) = state.writer.take() {
-            writer.wake();
-        }
+        self.shared.lock().close();
     }
 }
 

@@ -50,28 +50,26 @@ fn decide(sampler: SamplerChoice, headers: &HeaderMap) -> Sampling {
     if sampler == SamplerChoice::AlwaysOff {
         return Sampling::Skip;
     }
-    if !headers.contains_key("traceparent") {
+    // Parsed only when there is something to parse: most calls of an
+    // untraced mesh carry no traceparent.
+    let caller = headers
+        .contains_key("traceparent")
+        .then(|| extract_context(headers))
+        .filter(|cx| cx.span().span_context().is_valid());
+    let Some(caller) = caller else {
+        // A root: only a sampler that starts no traces is sure to drop it.
         return match sampler {
             SamplerChoice::ParentBasedAlwaysOff => Sampling::Skip,
             _ => Sampling::Record(None),
         };
-    }
-    let caller = extract_context(headers);
-    let span = caller.span();
-    let context = span.span_context();
-    if !context.is_valid() {
-        return match sampler {
-            SamplerChoice::ParentBasedAlwaysOff => Sampling::Skip,
-            _ => Sampling::Record(None),
-        };
-    }
+    };
     let follows_caller = matches!(
         sampler,
         SamplerChoice::ParentBasedAlwaysOn
             | SamplerChoice::ParentBasedAlwaysOff
             | SamplerChoice::ParentBasedTraceIdRatio(_)
     );
-    if follows_caller && !context.is_sampled() {
+    if follows_caller && !caller.span().span_context().is_sampled() {
         return Sampling::Skip;
     }
     Sampling::Record(Some(caller))
