@@ -36,6 +36,8 @@ pub struct InstanceSpec {
     pub weight: u32,
     /// Extra flags for the app (e.g. `--failure-rate 1` for payments).
     pub app_args: Vec<String>,
+    /// Extra flags for its sidecar (e.g. `--worker-threads 2`).
+    pub sidecar_args: Vec<String>,
 }
 
 impl InstanceSpec {
@@ -46,6 +48,7 @@ impl InstanceSpec {
             version: "v1".into(),
             weight: 1,
             app_args: Vec::new(),
+            sidecar_args: Vec::new(),
         }
     }
 
@@ -64,6 +67,12 @@ impl InstanceSpec {
     /// Appends app flags.
     pub fn app_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.app_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Appends sidecar flags.
+    pub fn sidecar_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.sidecar_args.extend(args.into_iter().map(Into::into));
         self
     }
 }
@@ -333,6 +342,7 @@ impl Topology {
                 .map(str::to_owned)
                 .to_vec();
                 args.extend(table_source.iter().cloned());
+                args.extend(instance.sidecar_args.iter().cloned());
                 processes.push(ProcessSpec {
                     name: format!("{}-sidecar", instance.id),
                     program: "sidecar".into(),

@@ -106,6 +106,35 @@ async fn place_order_through_gateway_goes_through_a_sidecar_at_every_hop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_given_worker_threads_proxies_like_one_on_its_main_thread() {
+    // orders' sidecar on two workers; every other proxy on one thread (the
+    // default). The saga's calls go out through the former and in through
+    // the latter.
+    let mut topology = shop(InstanceSpec::new("payments-1"));
+    for (service, instances) in &mut topology.services {
+        if service == "orders" {
+            instances[0] = InstanceSpec::new("orders-1").sidecar_args(["--worker-threads", "2"]);
+        }
+    }
+    let mesh = TestMesh::start(&topology);
+    let gw = channel(mesh.gateway_uri()).await;
+    let product = first_product(&gw).await;
+    let reply = OrdersServiceClient::new(gw)
+        .place_order(order("threads-1", &product.sku, 1))
+        .await
+        .expect("PlaceOrder succeeds");
+    assert_eq!(reply.metadata().get(SERVED_BY).unwrap(), "orders-1");
+    assert_eq!(reply.into_inner().status(), OrderStatus::Confirmed);
+
+    // Main thread plus two workers, against one thread (a blocking helper
+    // of tokio's may come and go).
+    let workers = mesh.threads("orders-1-sidecar");
+    assert!(workers >= 3, "orders' sidecar runs {workers} threads");
+    let single = mesh.threads("catalog-1-sidecar");
+    assert!(single <= 2, "catalog's sidecar runs {single} threads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_round_robin_splits_three_to_one() {
     let topology = Topology {
         services: vec![(

@@ -143,6 +143,21 @@ impl TestMesh {
         config["version"].as_str()?.parse().ok()
     }
 
+    /// How many threads the running process `name` has (`/proc`).
+    pub fn threads(&self, name: &str) -> usize {
+        let pid = self
+            .processes
+            .iter()
+            .find_map(|(n, child)| (n == name).then_some(child.as_ref()?.id()))
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a Threads line")
+    }
+
     /// True while the process has not been killed.
     pub fn is_running(&self, name: &str) -> bool {
         self.processes
