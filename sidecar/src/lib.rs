@@ -11,6 +11,10 @@
 //! - [`settings`]: flags and environment, validated at start.
 //! - `table`: the routing table compiled from its source, swapped whole.
 //! - `discovery`: registration with the control plane and pushed tables.
+//! - `identity`: this proxy's SPIFFE identity and TLS state; the task that
+//!   gets and renews its certificate from the control plane's CA.
+//! - `handshake`: mutual TLS over the write-combining stream, for the
+//!   inbound listener and upstream connections.
 //! - `app_descriptors`: what the local app serves, from its reflection.
 //! - `mesh_reflection`: the gateway's mesh-wide reflection.
 //! - `backoff`: exponential backoff with jitter.
@@ -38,6 +42,8 @@ mod coalesced_io;
 mod concurrency;
 mod deadline;
 mod discovery;
+mod handshake;
+mod identity;
 mod mesh_reflection;
 mod metrics;
 mod outcome;
@@ -50,6 +56,8 @@ mod response_body;
 mod server;
 pub mod settings;
 mod table;
+#[cfg(test)]
+mod test_pki;
 mod upstream;
 mod wrr;
 

@@ -139,6 +139,65 @@ pub struct Metrics {
     table_age_ms: Gauge,
     spans_dropped: Counter,
     spans_dropped_seen: AtomicU64,
+    identity: IdentityMetrics,
+}
+
+/// Identity and TLS metrics, shared with the tasks that renew certificates
+/// and accept connections (cheap to clone: every metric is a shared atomic).
+#[derive(Debug, Clone, Default)]
+pub struct IdentityMetrics {
+    expiry_seconds: Gauge,
+    renewals: Family<Labels, Counter>,
+    bundle_version: Gauge,
+    handshake_failures: Family<Labels, Counter>,
+}
+
+impl IdentityMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "identity_certificate_expiry_seconds",
+            "Seconds until this proxy's certificate expires, read when scraped (-1: no certificate yet, or mTLS off)",
+            self.expiry_seconds.clone(),
+        );
+        registry.register(
+            "identity_renewals",
+            "Certificate requests to the control plane's CA, by result (ok or error)",
+            self.renewals.clone(),
+        );
+        registry.register(
+            "trust_bundle_version",
+            "Version of the trust bundle in use (0: read from the --trust-bundle file)",
+            self.bundle_version.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Inbound and upstream TLS handshakes that failed, by listener (or upstream) and reason",
+            self.handshake_failures.clone(),
+        );
+    }
+
+    /// Counts a certificate request's outcome.
+    pub fn record_renewal(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.renewals
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// Counts a failed handshake (`reason` from `HandshakeError::reason`).
+    pub fn record_handshake_failure(&self, listener: &'static str, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&labels(&[("listener", listener), ("reason", reason)]))
+            .inc();
+    }
+
+    /// Sets the state gauges: seconds left on the certificate (`None`: no
+    /// certificate yet) and the bundle version.
+    pub fn set_state(&self, expiry: Option<i64>, bundle_version: u64) {
+        self.expiry_seconds.set(expiry.unwrap_or(-1));
+        self.bundle_version
+            .set(i64::try_from(bundle_version).unwrap_or(i64::MAX));
+    }
 }
 
 /// The counters of one route, bumped by every call it takes.
@@ -238,6 +297,8 @@ impl Default for Metrics {
             "Trace spans lost on the way to the collector (queue full or export failed)",
             spans_dropped.clone(),
         );
+        let identity = IdentityMetrics::default();
+        identity.register(&mut registry);
         Self {
             registry,
             requests,
@@ -253,6 +314,7 @@ impl Default for Metrics {
             table_age_ms,
             spans_dropped,
             spans_dropped_seen: AtomicU64::new(0),
+            identity,
         }
     }
 }
@@ -317,6 +379,11 @@ impl Metrics {
                 ("reason", reason),
             ]))
             .inc();
+    }
+
+    /// The identity and TLS metrics.
+    pub fn identity(&self) -> &IdentityMetrics {
+        &self.identity
     }
 
     /// The Prometheus text exposition of every metric, with the state

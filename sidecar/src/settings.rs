@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mesh::identity::{SpiffeId, SpiffeIdError, Workload};
 use mesh::logging::LogFormat;
 
 /// What this proxy fronts.
@@ -15,6 +16,26 @@ pub enum Mode {
     /// At the mesh's edge: an ingress listener for external clients, routed
     /// like outbound; no local app.
     Gateway,
+}
+
+/// Whether hops between mesh processes are mutually authenticated TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MtlsMode {
+    /// Inbound and upstream connections are TLS 1.3 with certificates on
+    /// both sides; the default, so a mesh is never plaintext by accident.
+    Strict,
+    /// Plaintext everywhere: only for someone who asks for it explicitly.
+    Off,
+}
+
+impl MtlsMode {
+    /// The flag's spelling, for `/identity` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Off => "off",
+        }
+    }
 }
 
 /// Command-line and environment settings of the `sidecar` binary.
@@ -80,6 +101,32 @@ pub struct Settings {
     /// Timeout of one TCP connect to an upstream, in milliseconds.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
     pub connect_timeout_ms: u64,
+    /// mTLS between mesh processes: `strict` (TLS with certificates on the
+    /// inbound listener, upstream connections and the control-plane
+    /// streams) or `off` (plaintext). The app's own hop and the gateway's
+    /// ingress stay plaintext either way.
+    #[arg(long, env = "MESH_MTLS", value_enum, default_value_t = MtlsMode::Strict)]
+    pub mtls: MtlsMode,
+    /// The SPIFFE trust domain of this mesh's identities.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// PEM file of the trust anchors (required with `--mtls strict`): what
+    /// peers' and the control plane's certificates must chain to until the
+    /// control plane pushes a newer bundle.
+    #[arg(long, env = "MESH_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// File holding the join token that proves this proxy's service (or
+    /// gateway) to the control plane's CA. Read again on every attempt, so
+    /// a Secret updated in place is picked up.
+    #[arg(long, env = "MESH_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<PathBuf>,
+    /// Static mode (`--bootstrap`) with mTLS: this proxy's certificate
+    /// chain (PEM, leaf first), since there is no CA to ask.
+    #[arg(long, env = "MESH_IDENTITY_CERT_FILE", requires = "identity_key_file")]
+    pub identity_cert_file: Option<PathBuf>,
+    /// Static mode with mTLS: the certificate's private key (PKCS#8 PEM).
+    #[arg(long, env = "MESH_IDENTITY_KEY_FILE", requires = "identity_cert_file")]
+    pub identity_key_file: Option<PathBuf>,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -125,12 +172,56 @@ impl Settings {
                 mesh::model::MAX_ENDPOINT_WEIGHT
             )));
         }
+        self.validate_identity()?;
         if self.connect_timeout_ms == 0 {
             return Err(SettingsError(
                 "--connect-timeout-ms must be positive".into(),
             ));
         }
         Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), SettingsError> {
+        if self.mtls == MtlsMode::Off {
+            return Ok(());
+        }
+        self.identity().map_err(|e| SettingsError(e.to_string()))?;
+        if self.trust_bundle.is_none() {
+            return Err(SettingsError(
+                "--trust-bundle FILE is required with --mtls strict (or pass --mtls off explicitly)"
+                    .into(),
+            ));
+        }
+        let static_credential =
+            self.identity_cert_file.is_some() && self.identity_key_file.is_some();
+        if !self.control_plane.is_empty() {
+            if self.identity_token_file.is_none() {
+                return Err(SettingsError(
+                    "--identity-token-file FILE is required with --mtls strict and a control plane"
+                        .into(),
+                ));
+            }
+            if static_credential {
+                return Err(SettingsError(
+                    "--identity-cert-file/--identity-key-file are for --bootstrap; with a control plane the certificate comes from its CA".into(),
+                ));
+            }
+        } else if !static_credential {
+            return Err(SettingsError(
+                "--identity-cert-file and --identity-key-file are required with --mtls strict and --bootstrap".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SPIFFE ID this proxy proves: `/svc/<service>` for a sidecar,
+    /// `/gateway/<name>` for a gateway.
+    pub fn identity(&self) -> Result<SpiffeId, SpiffeIdError> {
+        let workload = match self.mode {
+            Mode::Sidecar => Workload::Service(self.service_name().to_owned()),
+            Mode::Gateway => Workload::Gateway(self.service_name().to_owned()),
+        };
+        SpiffeId::new(&self.trust_domain, workload)
     }
 
     /// The name this proxy reports itself by in logs and metrics.
