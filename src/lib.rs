@@ -12,6 +12,8 @@
 //!   outbound channel to its sidecar and graceful shutdown.
 //! - [`demo`]: the demo shop as a plan of processes and their table, run
 //!   by `meshctl up` and by the end-to-end tests alike.
+//! - [`identity`]: SPIFFE identities, certificates and mutual TLS between
+//!   mesh processes (trust bundles and credentials that rotate live).
 //! - [`telemetry`]: logs and OpenTelemetry traces for every binary (one
 //!   `init`, `OTEL_*` configuration, OTLP export with a bounded queue and a
 //!   drop counter), and the gRPC layers that carry trace context.
@@ -20,6 +22,7 @@
 
 pub mod app;
 pub mod demo;
+pub mod identity;
 pub mod logging;
 pub mod model;
 pub mod proto;

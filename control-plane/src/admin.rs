@@ -1,6 +1,11 @@
 //! The MeshAdmin gRPC service behind `meshctl`. Reads go to the store (not
 //! the replica's index) so a write is visible to the next read at once;
 //! writes are validated first and compare-and-swap on the stored revision.
+//!
+//! Every call needs an operator certificate ([`crate::access`]): viewers
+//! read, admins also write. Every write leaves one audit line (target
+//! `audit`: who, what, the old and new revision) and a count in
+//! `mesh_cp_audit_events_total`.
 
 use std::sync::Arc;
 
@@ -12,25 +17,80 @@ use mesh::proto::mesh::v1::{
     ListRoutesRequest, ListRoutesResponse, RegisteredEndpoint, Replica, StatusRequest,
     StatusResponse, StoredRoute,
 };
+use mesh::proto::mesh::v1::{
+    CreateTokenRequest, CreateTokenResponse, ListTokensRequest, ListTokensResponse,
+    RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
+};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::access::{self, Access, Role};
 use crate::index::Published;
 use crate::keys::{self, Key};
+use crate::metrics::Metrics;
 use crate::registration::{Registration, ReplicaStatus};
 use crate::store::{Precondition, Store, StoreError};
+use crate::tokens::{self, TokenRecord};
 
 /// The MeshAdmin service of one replica.
 pub struct AdminService<S> {
     store: S,
     published: watch::Receiver<Arc<Published>>,
+    access: Access,
+    trust_domain: String,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> AdminService<S> {
     /// An admin API over `store`; `published` is used to refuse a route whose
-    /// gRPC path another route already takes.
-    pub fn new(store: S, published: watch::Receiver<Arc<Published>>) -> Self {
-        Self { store, published }
+    /// gRPC path another route already takes. Tokens it makes prove
+    /// identities in `trust_domain`.
+    pub fn new(
+        store: S,
+        published: watch::Receiver<Arc<Published>>,
+        access: Access,
+        trust_domain: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            published,
+            access,
+            trust_domain,
+            metrics,
+        }
+    }
+
+    fn operator<T>(&self, request: &Request<T>, need: Role) -> Result<String, Status> {
+        access::operator(self.access, request.extensions(), need).inspect_err(|status| {
+            tracing::warn!(target: "audit", code = ?status.code(), reason = status.message(), "admin call refused");
+            self.metrics.audit("refused");
+        })
+    }
+
+    /// One audit line per write.
+    fn audit(&self, operator: &str, action: &'static str, object: &str, old: i64, new: i64) {
+        tracing::info!(
+            target: "audit",
+            operator,
+            action,
+            object,
+            old_revision = old,
+            new_revision = new,
+            "mesh changed"
+        );
+        self.metrics.audit(action);
+    }
+}
+
+fn token_info(record: TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: record.id,
+        identity: record.identity,
+        created_unix: record.created_unix,
+        expires_unix: record.expires_unix,
+        revoked: record.revoked_unix.is_some(),
+        created_by: record.created_by,
     }
 }
 
@@ -82,6 +142,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ApplyRouteRequest>,
     ) -> Result<Response<ApplyRouteResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
         let request = request.into_inner();
         let route: Route = serde_json::from_str(&request.route_json)
             .map_err(|e| Status::invalid_argument(format!("route: {e}")))?;
@@ -132,6 +193,8 @@ impl<S: Store> MeshAdmin for AdminService<S> {
             .await
             .map_err(store_status)?;
         tracing::info!(route = %name, revision, "route applied");
+        let old = existing.as_ref().map_or(0, |e| e.mod_revision);
+        self.audit(&operator, "apply-route", &name, old, revision);
         Ok(Response::new(ApplyRouteResponse {
             route: Some(StoredRoute {
                 route_json: String::from_utf8_lossy(&value).into_owned(),
@@ -146,6 +209,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<GetRouteRequest>,
     ) -> Result<Response<StoredRoute>, Status> {
+        self.operator(&request, Role::Viewer)?;
         let name = route_name(&request.get_ref().name)?;
         let found = self
             .store
@@ -161,8 +225,9 @@ impl<S: Store> MeshAdmin for AdminService<S> {
 
     async fn list_routes(
         &self,
-        _request: Request<ListRoutesRequest>,
+        request: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
         let snapshot = self
             .store
             .get_prefix(keys::ROUTES)
@@ -188,10 +253,18 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<DeleteRouteRequest>,
     ) -> Result<Response<DeleteRouteResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
         let request = request.into_inner();
         let name = route_name(&request.name)?;
         let precondition = precondition(request.expected_revision)?;
-        self.store
+        let old = self
+            .store
+            .get(&keys::route(name))
+            .await
+            .map_err(store_status)?
+            .map_or(0, |kv| kv.mod_revision);
+        let revision = self
+            .store
             .delete(&keys::route(name), precondition)
             .await
             .map_err(|e| match e {
@@ -201,6 +274,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
                 other => store_status(other),
             })?;
         tracing::info!(route = %name, "route deleted");
+        self.audit(&operator, "delete-route", name, old, revision);
         Ok(Response::new(DeleteRouteResponse {}))
     }
 
@@ -208,6 +282,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
         let service = &request.get_ref().service;
         let prefix = if service.is_empty() {
             keys::ENDPOINTS.to_owned()
@@ -234,8 +309,9 @@ impl<S: Store> MeshAdmin for AdminService<S> {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
         let snapshot = self
             .store
             .get_prefix(keys::REPLICAS)
@@ -263,8 +339,90 @@ impl<S: Store> MeshAdmin for AdminService<S> {
                     nack_reason: s.nack_reason,
                     replica: replica.id.clone(),
                     admin_address: s.admin_address,
+                    identity: s.identity,
+                    certificate_not_after_unix: s.certificate_not_after_unix,
+                    trust_bundle_version: s.trust_bundle_version,
                 }));
         }
         Ok(Response::new(response))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let workload = match (request.service.is_empty(), request.gateway.is_empty()) {
+            (false, true) => mesh::identity::Workload::Service(request.service),
+            (true, false) => mesh::identity::Workload::Gateway(request.gateway),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "service, gateway: give exactly one",
+                ))
+            }
+        };
+        let identity = mesh::identity::SpiffeId::new(&self.trust_domain, workload)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = match request.ttl_seconds {
+            0 => tokens::DEFAULT_TTL,
+            s if s > 0 => std::time::Duration::from_secs(s as u64),
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds: must not be negative, got {s}"
+                )))
+            }
+        };
+        let (token, record) = tokens::create(&self.store, &identity, ttl, &operator)
+            .await
+            .map_err(store_status)?;
+        self.audit(
+            &operator,
+            "create-token",
+            &format!("{} ({identity})", record.id),
+            0,
+            0,
+        );
+        Ok(Response::new(CreateTokenResponse {
+            token,
+            info: Some(token_info(record)),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        let tokens = tokens::list(&self.store)
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(token_info)
+            .collect();
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let id = &request.get_ref().id;
+        if id.is_empty() || id.contains('/') {
+            return Err(Status::invalid_argument("id: a token id is required"));
+        }
+        let record = tokens::revoke(&self.store, id).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => Status::not_found(format!("token {id:?} not found")),
+            other => store_status(other),
+        })?;
+        self.audit(
+            &operator,
+            "revoke-token",
+            &format!("{id} ({})", record.identity),
+            0,
+            0,
+        );
+        Ok(Response::new(RevokeTokenResponse {}))
     }
 }

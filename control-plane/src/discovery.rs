@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mesh::identity::{SpiffeId, Workload};
 use mesh::model::Endpoint;
 use mesh::proto::mesh::v1::sidecar_message::Message;
 use mesh::proto::mesh::v1::{Node, SidecarMessage};
@@ -26,6 +27,7 @@ use tonic::{Status, Streaming};
 
 use self::body::PushBody;
 pub use self::server::DiscoveryServer;
+use crate::access::Access;
 use crate::index::Published;
 use crate::keys;
 use crate::metrics::Metrics;
@@ -46,6 +48,7 @@ pub struct DiscoveryService<S> {
     started: std::time::Instant,
     warmup: Duration,
     metrics: Arc<Metrics>,
+    access: Access,
 }
 
 impl<S: Store> DiscoveryService<S> {
@@ -61,8 +64,10 @@ impl<S: Store> DiscoveryService<S> {
         sessions: Arc<Sessions>,
         stop: CancellationToken,
         metrics: Arc<Metrics>,
+        access: Access,
     ) -> Self {
         Self {
+            access,
             store,
             published,
             lease_ttl,
@@ -91,6 +96,32 @@ fn registration(node: &Node) -> Result<Registration, Status> {
         endpoint,
         grpc_services: node.grpc_services.clone(),
     })
+}
+
+/// A proxy registers only as what its certificate proves: a sidecar of
+/// service S needs `/svc/S`, a gateway named G needs `/gateway/G`. So no
+/// one can register as `payments` (and take its calls) without a
+/// `payments` credential, nor take over another service's instance ids.
+fn bound_to_identity(node: &Node, peer: Option<&SpiffeId>) -> Result<(), Status> {
+    let Some(peer) = peer else {
+        return Err(Status::unauthenticated(
+            "a proxy certificate is required to register (mesh.v1.Identity/Certify)",
+        ));
+    };
+    let allowed = match peer.workload() {
+        Workload::Service(name) => !node.gateway && *name == node.service,
+        Workload::Gateway(name) => node.gateway && *name == node.service,
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        let claimed = if node.gateway { "gateway" } else { "service" };
+        Err(Status::permission_denied(format!(
+            "{peer} may not register as {claimed} {:?}",
+            node.service
+        )))
+    }
 }
 
 /// Writes a node's keys under a fresh lease.
@@ -125,7 +156,11 @@ async fn register<S: Store>(
 impl<S: Store> DiscoveryService<S> {
     /// Opens a stream: checks the Hello, registers the node, starts its
     /// session. The body is what the sidecar is sent.
-    async fn subscribe(&self, mut inbound: Streaming<SidecarMessage>) -> Result<PushBody, Status> {
+    async fn subscribe(
+        &self,
+        mut inbound: Streaming<SidecarMessage>,
+        peer: Option<SpiffeId>,
+    ) -> Result<PushBody, Status> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
@@ -145,6 +180,21 @@ impl<S: Store> DiscoveryService<S> {
         };
         if node.instance.is_empty() {
             return Err(Status::invalid_argument("hello.node.instance: required"));
+        }
+        if self.access == Access::Enforced {
+            if let Err(status) = bound_to_identity(&node, peer.as_ref()) {
+                self.metrics.refused_registration();
+                tracing::warn!(
+                    target: "audit",
+                    service = %node.service,
+                    instance = %node.instance,
+                    gateway = node.gateway,
+                    peer = %peer.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    reason = status.message(),
+                    "registration refused"
+                );
+                return Err(status);
+            }
         }
         let registered = if node.gateway {
             None
@@ -174,6 +224,7 @@ impl<S: Store> DiscoveryService<S> {
             instance: node.instance.clone(),
             gateway: node.gateway,
             admin_address: node.admin_address.clone(),
+            identity: peer.map(|p| p.to_string()).unwrap_or_default(),
             ..SidecarStatus::default()
         });
         // The latest push only: one the stream has not taken yet is
@@ -319,6 +370,12 @@ impl<S: Store> Session<S> {
                 self.metrics.nacked();
                 self.sessions.update(self.id, |s| {
                     s.nack_reason = format!("v{}: {}", nack.version, nack.reason)
+                });
+            }
+            Some(Message::Credentials(report)) => {
+                self.sessions.update(self.id, |s| {
+                    s.certificate_not_after_unix = report.certificate_not_after_unix;
+                    s.trust_bundle_version = report.trust_bundle_version;
                 });
             }
             Some(Message::Hello(_)) | None => {

@@ -7,9 +7,10 @@
 //! reported and skipped: it never reaches a sidecar.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use mesh::identity::TrustBundle;
 use mesh::model::{Bootstrap, Route};
 use mesh::proto::mesh::v1::TableSnapshot;
 
@@ -25,6 +26,7 @@ pub struct Index {
     routes: BTreeMap<String, Result<Route, String>>,
     endpoints: BTreeMap<(String, String), Result<Registration, String>>,
     descriptors: BTreeMap<(String, String), Bytes>,
+    trust_bundle: Option<(Revision, Result<TrustBundle, String>)>,
     unknown: BTreeSet<String>,
 }
 
@@ -48,6 +50,8 @@ pub struct Published {
     pub descriptor_sets: Vec<Bytes>,
     /// Every registered gRPC service (for gateways).
     pub grpc_services: Vec<String>,
+    /// The trust bundle proxies must trust (version: its store revision).
+    pub trust_bundle: Option<Arc<TrustBundle>>,
     /// Data in the store that was skipped, and why.
     pub problems: Vec<String>,
     /// The pushes of this version, encoded by the first stream that sends
@@ -63,7 +67,9 @@ impl Published {
     /// anything differs that a stream or an operator would see (each part
     /// is compared once: the table can be hundreds of KB).
     pub fn take_over_from(&mut self, previous: &Published) -> bool {
-        let same_table = self.table_json == previous.table_json;
+        let same_table = self.table_json == previous.table_json
+            && self.trust_bundle.as_ref().map(|b| b.version())
+                == previous.trust_bundle.as_ref().map(|b| b.version());
         if same_table {
             self.table_revision = previous.table_revision;
         }
@@ -94,6 +100,10 @@ impl Published {
                 table_json: self.table_json.clone(),
                 ..TableSnapshot::default()
             };
+            if let Some(bundle) = &self.trust_bundle {
+                snapshot.trust_anchors_der = bundle.anchors().iter().map(|a| a.to_vec()).collect();
+                snapshot.trust_bundle_version = bundle.version();
+            }
             if gateway {
                 snapshot.file_descriptor_sets =
                     self.descriptor_sets.iter().map(|s| s.to_vec()).collect();
@@ -148,7 +158,16 @@ impl Index {
                 self.descriptors
                     .insert((service, instance), Bytes::from(kv.value.clone()));
             }
-            Key::Replica(_) => {}
+            Key::TrustBundle => {
+                let parsed = std::str::from_utf8(&kv.value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|pem| {
+                        TrustBundle::from_pem(pem, kv.mod_revision as u64)
+                            .map_err(|e| e.to_string())
+                    });
+                self.trust_bundle = Some((kv.mod_revision, parsed));
+            }
+            Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.insert(key);
             }
@@ -166,7 +185,8 @@ impl Index {
             Key::Descriptors(service, instance) => {
                 self.descriptors.remove(&(service, instance));
             }
-            Key::Replica(_) => {}
+            Key::TrustBundle => self.trust_bundle = None,
+            Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
             }
@@ -227,6 +247,14 @@ impl Index {
         for key in &self.unknown {
             problems.push(format!("unknown key {key:?} ignored"));
         }
+        let trust_bundle = match &self.trust_bundle {
+            Some((_, Ok(bundle))) => Some(Arc::new(bundle.clone())),
+            Some((revision, Err(why))) => {
+                problems.push(format!("trust bundle (revision {revision}) skipped: {why}"));
+                None
+            }
+            None => None,
+        };
         let table = Bootstrap { endpoints, routes };
         Published {
             revision: self.revision,
@@ -236,6 +264,7 @@ impl Index {
             table,
             descriptor_sets,
             grpc_services: grpc_services.into_iter().collect(),
+            trust_bundle,
             problems,
             sidecar_push: OnceLock::new(),
             gateway_push: OnceLock::new(),

@@ -7,6 +7,10 @@
 //!   `FileDescriptorSet`, on the same lease.
 //! - `/mesh/replicas/<id>`: a control-plane replica's status (JSON), bound to
 //!   the replica's own lease.
+//! - `/mesh/trust/bundle`: the trust anchors (PEM; certificates only, never
+//!   a key) every proxy is pushed; its mod revision is the bundle version.
+//! - `/mesh/tokens/<id>`: a join token's record (JSON): the identity it
+//!   proves, its expiry, and a SHA-256 of its secret, never the secret.
 
 /// Everything the mesh stores is under this prefix.
 pub const ROOT: &str = "/mesh/";
@@ -18,6 +22,11 @@ pub const ENDPOINTS: &str = "/mesh/endpoints/";
 pub const DESCRIPTORS: &str = "/mesh/descriptors/";
 /// Replica status prefix.
 pub const REPLICAS: &str = "/mesh/replicas/";
+
+/// The trust bundle.
+pub const TRUST_BUNDLE: &str = "/mesh/trust/bundle";
+/// Join tokens prefix.
+pub const TOKENS: &str = "/mesh/tokens/";
 
 /// The key of route `name`.
 pub fn route(name: &str) -> String {
@@ -39,6 +48,11 @@ pub fn replica(id: &str) -> String {
     format!("{REPLICAS}{id}")
 }
 
+/// The key of join token `id`.
+pub fn token(id: &str) -> String {
+    format!("{TOKENS}{id}")
+}
+
 /// What a key under [`ROOT`] names.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
@@ -50,6 +64,10 @@ pub enum Key {
     Descriptors(String, String),
     /// A replica's status, by id.
     Replica(String),
+    /// A join token's record, by id.
+    Token(String),
+    /// The trust bundle.
+    TrustBundle,
     /// Something else under the prefix (reported, ignored).
     Unknown(String),
 }
@@ -73,6 +91,12 @@ pub fn parse(key: &str) -> Key {
     if let Some(id) = key.strip_prefix(REPLICAS).filter(|n| !n.is_empty()) {
         return Key::Replica(id.to_owned());
     }
+    if key == TRUST_BUNDLE {
+        return Key::TrustBundle;
+    }
+    if let Some(id) = key.strip_prefix(TOKENS).filter(|n| !n.is_empty()) {
+        return Key::Token(id.to_owned());
+    }
     Key::Unknown(key.to_owned())
 }
 
@@ -92,6 +116,7 @@ mod tests {
             Key::Descriptors("a".into(), "b".into())
         );
         assert_eq!(parse(&replica("r1")), Key::Replica("r1".into()));
+        assert_eq!(parse(&token("ab12")), Key::Token("ab12".into()));
         assert!(matches!(parse("/mesh/endpoints/x"), Key::Unknown(_)));
         assert!(matches!(parse("/mesh/other"), Key::Unknown(_)));
     }

@@ -4,6 +4,11 @@
 //!
 //! - [`store`]: the state store trait, with etcd and in-memory
 //!   implementations held to one conformance suite.
+//! - [`access`]: who may call what (operator roles, proxy identities).
+//! - [`identity`]: the `mesh.v1.Identity` service (certificates for tokens).
+//! - [`ca`]: the certificate authority (issuer files, CSR signing) and
+//!   `meshctl identity init`.
+//! - [`tokens`]: join tokens, kept hashed in the store.
 //! - [`keys`]: where each kind of state lives in the store.
 //! - [`registration`]: the stored shapes of endpoints and replica status.
 //! - [`index`]: the pure, synchronous view of the store that pushes are
@@ -24,10 +29,13 @@
 //! - [`up`]: `meshctl up`, the whole demo mesh on loopback in one command.
 //!   It runs the plan of [`mesh::demo`] and supervises its processes.
 
+pub mod access;
 pub mod admin;
+pub mod ca;
 
 pub mod cli;
 pub mod discovery;
+pub mod identity;
 pub mod index;
 pub mod keys;
 pub mod metrics;
@@ -37,5 +45,6 @@ pub mod replica;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod tokens;
 pub mod up;
 pub mod watcher;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use control_plane::server::{self, ReplicaSettings};
+use control_plane::server::{self, ReplicaIdentity, ReplicaSettings};
 use control_plane::store::{EtcdStore, MemoryStore};
 use mesh::telemetry::LogFormat;
 
@@ -50,6 +50,32 @@ struct Args {
     /// This replica's id; defaults to $HOSTNAME or `cp-<pid>`.
     #[arg(long, env = "MESH_CP_REPLICA_ID")]
     replica_id: Option<String>,
+    /// Directory with the CA's files (`meshctl identity init`):
+    /// `issuer.crt`, `issuer.key`, `bundle.crt`. The flags below override
+    /// single files (a Kubernetes Secret and ConfigMap mount them apart).
+    #[arg(long, env = "MESH_CP_IDENTITY_DIR")]
+    identity_dir: Option<std::path::PathBuf>,
+    /// The issuer certificate (PEM).
+    #[arg(long, env = "MESH_CP_ISSUER_CERT")]
+    issuer_cert: Option<std::path::PathBuf>,
+    /// The issuer key (PEM): the control plane's secret.
+    #[arg(long, env = "MESH_CP_ISSUER_KEY")]
+    issuer_key: Option<std::path::PathBuf>,
+    /// The trust anchors (PEM).
+    #[arg(long, env = "MESH_TRUST_BUNDLE")]
+    trust_bundle: Option<std::path::PathBuf>,
+    /// The trust domain identities are in.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Lifetime of the certificates issued to proxies (e.g. 24h; tests use
+    /// seconds).
+    #[arg(long, env = "MESH_CP_CERTIFICATE_LIFETIME", default_value = "24h", value_parser = mesh::identity::parse_lifetime)]
+    certificate_lifetime: Duration,
+    /// No TLS and no identity checks at all: anyone who reaches the port
+    /// may register as any service and change routes. Only for a mesh
+    /// that must run without mTLS, on request.
+    #[arg(long, env = "MESH_CP_INSECURE")]
+    insecure: bool,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -57,6 +83,33 @@ struct Args {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+}
+
+/// The CA and bundle from the flags; none only with `--insecure`.
+fn identity(args: &Args) -> anyhow::Result<Option<ReplicaIdentity>> {
+    use anyhow::Context;
+    use control_plane::ca::{self, files};
+    if args.insecure {
+        tracing::warn!(
+            "--insecure: no TLS, no identity checks; anyone who reaches this port owns the mesh"
+        );
+        return Ok(None);
+    }
+    let file = |flag: &Option<std::path::PathBuf>, name: &str, what: &str| {
+        flag.clone()
+            .or_else(|| args.identity_dir.as_ref().map(|d| d.join(name)))
+            .with_context(|| format!("{what}: give --identity-dir (from `meshctl identity init`) or --{what}, or run with --insecure"))
+    };
+    let cert = file(&args.issuer_cert, files::ISSUER_CERT, "issuer-cert")?;
+    let key = file(&args.issuer_key, files::ISSUER_KEY, "issuer-key")?;
+    let bundle = file(&args.trust_bundle, files::BUNDLE, "trust-bundle")?;
+    let authority =
+        ca::Authority::load(&cert, &key, &args.trust_domain, args.certificate_lifetime)?;
+    let bundle = ca::load_bundle(&bundle, 0)?;
+    Ok(Some(ReplicaIdentity {
+        authority: std::sync::Arc::new(authority),
+        bundle,
+    }))
 }
 
 #[tokio::main]
@@ -84,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         lease_ttl: Duration::from_secs(args.lease_ttl_seconds),
         warmup: Duration::from_secs(args.warmup_seconds),
         id: mesh::app::instance_id(args.replica_id.as_deref(), "cp"),
+        identity: identity(&args)?,
     };
     match args.store {
         StoreKind::Etcd => {

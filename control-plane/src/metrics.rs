@@ -25,6 +25,18 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// What an audited admin call did.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+/// What a certificate request came to.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// The metrics of one replica.
 #[derive(Debug)]
 pub struct Metrics {
@@ -36,6 +48,11 @@ pub struct Metrics {
     nacks: Counter,
     store_errors: Family<OperationLabels, Counter>,
     watch_resyncs: Family<ReasonLabels, Counter>,
+    audit_events: Family<ActionLabels, Counter>,
+    certificates: Family<ResultLabels, Counter>,
+    refused_registrations: Counter,
+    tls_handshake_failures: Family<ReasonLabels, Counter>,
+    issuer_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,7 +64,37 @@ impl Default for Metrics {
         let nacks = Counter::default();
         let store_errors = Family::<OperationLabels, Counter>::default();
         let watch_resyncs = Family::<ReasonLabels, Counter>::default();
+        let audit_events = Family::<ActionLabels, Counter>::default();
+        let certificates = Family::<ResultLabels, Counter>::default();
+        let refused_registrations = Counter::default();
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        let issuer_expiry = Gauge::default();
         let mut registry = Registry::default();
+        registry.register(
+            "mesh_cp_audit_events",
+            "Admin writes (and refused admin calls: action=refused), by action",
+            audit_events.clone(),
+        );
+        registry.register(
+            "mesh_cp_certificates",
+            "Certificate requests, by result (issued, bad-token, bad-request)",
+            certificates.clone(),
+        );
+        registry.register(
+            "mesh_cp_refused_registrations",
+            "Discovery streams refused because the node is not the identity its certificate proves",
+            refused_registrations.clone(),
+        );
+        registry.register(
+            "mesh_cp_tls_handshake_failures",
+            "TLS handshakes that failed on the gRPC listener, by reason",
+            tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "mesh_cp_issuer_expiry_seconds",
+            "Seconds until the issuer certificate expires",
+            issuer_expiry.clone(),
+        );
         registry.register(
             "mesh_cp_connected_sidecars",
             "Sidecars and gateways with a discovery stream open to this replica",
@@ -92,6 +139,11 @@ impl Default for Metrics {
             nacks,
             store_errors,
             watch_resyncs,
+            audit_events,
+            certificates,
+            refused_registrations,
+            tls_handshake_failures,
+            issuer_expiry,
         }
     }
 }
@@ -124,6 +176,37 @@ impl Metrics {
         self.watch_resyncs
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// An admin write (or a refused admin call, `refused`).
+    pub fn audit(&self, action: &'static str) {
+        self.audit_events
+            .get_or_create(&ActionLabels { action })
+            .inc();
+    }
+
+    /// A certificate request ended with `result`.
+    pub fn certificate(&self, result: &'static str) {
+        self.certificates
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A discovery stream was refused for its identity.
+    pub fn refused_registration(&self) {
+        self.refused_registrations.inc();
+    }
+
+    /// A TLS handshake failed on the gRPC listener.
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Seconds the issuer has left.
+    pub fn issuer_expiry(&self, seconds: i64) {
+        self.issuer_expiry.set(seconds);
     }
 
     /// The text exposition, with the gauges set to `connected_sidecars`

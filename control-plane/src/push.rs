@@ -38,6 +38,7 @@ mod tests {
             table_json: "{\"endpoints\":[],\"routes\":[]}".into(),
             file_descriptor_sets: vec![b"fds".to_vec()],
             grpc_services: vec!["shop.v1.Shop".into()],
+            ..TableSnapshot::default()
         };
         let frame = encode(&snapshot);
         assert_eq!(frame[0], 0, "not compressed");

@@ -32,6 +32,23 @@ pub struct SidecarStatus {
     /// Its admin HTTP address.
     #[serde(default)]
     pub admin_address: String,
+    /// The SPIFFE ID its certificate proves (empty with mTLS off).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
+    /// When its certificate expires, as it reported (Unix seconds).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub certificate_not_after_unix: i64,
+    /// The trust bundle version it reported.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub trust_bundle_version: u64,
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A replica's status, kept in the store so any replica can report on all.

@@ -17,8 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use mesh::identity::{ClientAuth, Credential, MeshTls, SpiffeId, TrustBundle, Workload};
+use mesh::proto::mesh::v1::identity_server::IdentityServer;
+
+use crate::access::Access;
 use crate::admin::AdminService;
+use crate::ca::Authority;
 use crate::discovery::{DiscoveryServer, DiscoveryService};
+use crate::identity::IdentityService;
 use crate::index::Published;
 use crate::metrics::Metrics;
 use crate::replica::{self, Identity};
@@ -40,6 +46,20 @@ pub struct ReplicaSettings {
     pub warmup: Duration,
     /// This replica's id.
     pub id: String,
+    /// The certificate authority and trust bundle; `None` runs without
+    /// TLS and without any identity check (`--insecure`, on request only).
+    pub identity: Option<ReplicaIdentity>,
+}
+
+/// What a replica needs to be the mesh's CA and to speak mTLS.
+#[derive(Debug, Clone)]
+pub struct ReplicaIdentity {
+    /// The issuer.
+    pub authority: Arc<Authority>,
+    /// The anchors from the bundle file: stored as the mesh's bundle when
+    /// the store has none yet (after that, the stored one rules, so a
+    /// rotation reaches every replica without a restart).
+    pub bundle: TrustBundle,
 }
 
 /// Why a replica could not run.
@@ -59,6 +79,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The replica's own certificate could not be made.
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// Runs a replica on `store` until `shutdown`.
@@ -121,11 +144,21 @@ pub async fn run<S: Store>(
             .with_service_name("mesh.v1.MeshAdmin")
             .with_service_name("grpc.health.v1.Health")
     };
-    tracing::info!(replica = %settings.id, %listen, admin = %settings.admin, "control plane serving");
+    let access = if settings.identity.is_some() {
+        Access::Enforced
+    } else {
+        Access::Open
+    };
+    let trust_domain = settings
+        .identity
+        .as_ref()
+        .map(|i| i.authority.trust_domain().to_owned())
+        .unwrap_or_else(|| mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned());
+    tracing::info!(replica = %settings.id, %listen, admin = %settings.admin, ?access, "control plane serving");
     // Streams end when `shutdown` fires: each session sees the stop and
     // revokes its sidecar's lease, and sidecars move to another replica.
     let sessions_stop = shutdown.clone();
-    let result = tonic::transport::Server::builder()
+    let mut router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             store.clone(),
@@ -134,23 +167,148 @@ pub async fn run<S: Store>(
             settings.warmup,
             sessions,
             sessions_stop,
-            metrics,
+            metrics.clone(),
+            access,
         )))
-        .add_service(MeshAdminServer::new(AdminService::new(store, published)))
+        .add_service(MeshAdminServer::new(AdminService::new(
+            store.clone(),
+            published.clone(),
+            access,
+            trust_domain,
+            metrics.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        // The builder's tcp_nodelay covers only listeners tonic binds
-        // itself: without it here, a push could wait for a delayed ACK.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            shutdown.cancelled(),
-        )
-        .await;
+        .add_service(reflection().build_v1alpha()?);
+    let result = match &settings.identity {
+        None => {
+            // The builder's tcp_nodelay covers only listeners tonic binds
+            // itself: without it here, a push could wait for a delayed ACK.
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    shutdown.cancelled(),
+                )
+                .await
+        }
+        Some(identity) => {
+            let tls = replica_tls(&store, identity, &metrics).await?;
+            tokio::spawn(keep_tls_current(
+                tls.clone(),
+                identity.authority.clone(),
+                published.clone(),
+                background.clone(),
+            ));
+            router = router.add_service(IdentityServer::new(IdentityService::new(
+                store.clone(),
+                identity.authority.clone(),
+                published.clone(),
+                Arc::new(identity.bundle.clone()),
+                metrics.clone(),
+            )));
+            let failures = metrics.clone();
+            let incoming =
+                mesh::identity::transport::incoming(grpc, tls, shutdown.clone(), move |error| {
+                    failures.tls_handshake_failure(error.reason())
+                });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+                .await
+        }
+    };
     background.cancel();
     let _ = tokio::join!(watcher, status, admin_task);
     tracing::info!(replica = %settings.id, "control plane stopped");
     Ok(result?)
+}
+
+/// The replica's TLS: the stored trust bundle (seeded from the bundle file
+/// if the store has none) and a certificate for the control-plane identity,
+/// made here with a key that never leaves the process.
+async fn replica_tls<S: Store>(
+    store: &S,
+    identity: &ReplicaIdentity,
+    metrics: &Metrics,
+) -> Result<Arc<MeshTls>, ServeError> {
+    let pem = mesh::identity::certificate::certificates_to_pem(identity.bundle.anchors());
+    match store
+        .put(
+            crate::keys::TRUST_BUNDLE,
+            pem.into_bytes(),
+            crate::store::Precondition::Absent,
+            None,
+        )
+        .await
+    {
+        Ok(_) => tracing::info!("trust bundle stored from the bundle file"),
+        Err(crate::store::StoreError::Conflict { .. }) => {}
+        Err(error) => {
+            metrics.store_error("trust-bundle");
+            tracing::warn!(%error, "cannot store the trust bundle; using the file's until the store answers");
+        }
+    }
+    let tls = MeshTls::new(
+        identity.authority.trust_domain(),
+        identity.bundle.clone(),
+        ClientAuth::Optional,
+    )
+    .map_err(|e| ServeError::Identity(e.to_string()))?;
+    let credential = own_credential(&identity.authority)?;
+    tls.set_credential(credential);
+    Ok(Arc::new(tls))
+}
+
+fn own_credential(authority: &Authority) -> Result<Credential, ServeError> {
+    let id = SpiffeId::new(authority.trust_domain(), Workload::ControlPlane)
+        .map_err(|e| ServeError::Identity(e.to_string()))?;
+    let (chain, key_pem) = authority
+        .issue_with_new_key(&id, &[], authority.lifetime())
+        .map_err(|e| ServeError::Identity(e.to_string()))?;
+    Credential::from_pem(
+        &mesh::identity::certificate::certificates_to_pem(&chain),
+        &key_pem,
+    )
+    .map_err(|e| ServeError::Identity(e.to_string()))
+}
+
+/// Renews the replica's own certificate at 70 % of its lifetime and trusts
+/// each new stored bundle, until `stop`.
+async fn keep_tls_current(
+    tls: Arc<MeshTls>,
+    authority: Arc<Authority>,
+    mut published: watch::Receiver<Arc<Published>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let renew_in = tls
+            .credential()
+            .map(|c| c.info().lifetime().mul_f64(0.7))
+            .unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep(renew_in) => match own_credential(&authority) {
+                Ok(credential) => {
+                    tracing::info!(not_after = ?credential.info().not_after, "own certificate renewed");
+                    tls.set_credential(credential);
+                }
+                Err(error) => tracing::error!(%error, "cannot renew own certificate"),
+            },
+            changed = published.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let bundle = published.borrow_and_update().trust_bundle.clone();
+                if let Some(bundle) = bundle {
+                    if !bundle.same_anchors(&tls.bundle()) || bundle.version() != tls.bundle().version() {
+                        match tls.set_bundle((*bundle).clone()) {
+                            Ok(()) => tracing::info!(version = bundle.version(), "trust bundle applied"),
+                            Err(error) => tracing::error!(%error, "cannot apply the stored trust bundle"),
+                        }
+                    }
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// `/live` always; `/ready` once the store has been read; `/metrics` in

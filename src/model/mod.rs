@@ -18,7 +18,7 @@ pub use route::{
     compile_header_regex, parse_duration, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule,
     RouteSpec, WeightedSubset,
 };
-pub use validation::ValidationError;
+pub use validation::{is_dns_label, ValidationError};
 
 #[cfg(test)]
 mod tests;

@@ -33,7 +33,7 @@ impl ValidationError {
 /// True for a DNS-1123 label: what Kubernetes accepts as a name, and what we
 /// accept for route, service and subset names so they fit in etcd keys and
 /// Kubernetes labels unchanged.
-pub(crate) fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

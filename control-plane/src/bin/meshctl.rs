@@ -26,6 +26,12 @@ enum Commands {
     Status(cli::status::StatusArgs),
     /// Show where a route's calls go: subsets, endpoints, shares.
     Describe(cli::describe::DescribeArgs),
+    /// The mesh's CA files and operator certificates.
+    #[command(subcommand)]
+    Identity(cli::identity::IdentityCommand),
+    /// Join tokens: the credential a proxy trades for its certificate.
+    #[command(subcommand)]
+    Token(cli::identity::TokenCommand),
 }
 
 #[tokio::main]
@@ -43,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
         Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
+        Commands::Identity(command) => exit_on_error(cli::identity::run(command)),
+        Commands::Token(command) => exit_on_error(cli::identity::run_token(cp, command).await),
     };
     telemetry.shutdown().await;
     result

@@ -16,21 +16,106 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on each admin call, so a wedged replica cannot hang meshctl.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where the control plane is (a global option of every subcommand that
-/// talks to it).
+/// Replicas tried when neither the flag nor the config file names any.
+const DEFAULT_ADDRESSES: [&str; 2] = ["127.0.0.1:15010", "127.0.0.1:15011"];
+
+/// Where the control plane is and who meshctl is to it (global options of
+/// every subcommand that talks to it).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlPlaneArgs {
     /// Control plane replicas to try in order, comma-separated; the first
-    /// that answers is used. A missing scheme means `http://`.
+    /// that answers is used. Default: the config file's, else
+    /// 127.0.0.1:15010,15011.
     #[arg(
         long = "control-plane",
         global = true,
         env = "MESHCTL_CONTROL_PLANE",
         value_name = "URL[,URL...]",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:15010,http://127.0.0.1:15011"
+        value_delimiter = ','
     )]
     pub addresses: Vec<String>,
+    /// meshctl's config (like a kubeconfig): the control plane, the trust
+    /// bundle, and the operator certificate and key. Default
+    /// `~/.mesh/config`.
+    #[arg(long, global = true, env = "MESHCONFIG", value_name = "FILE")]
+    pub meshconfig: Option<std::path::PathBuf>,
+    /// Talk plaintext, without an operator certificate (a control plane
+    /// run with `--insecure` only).
+    #[arg(long, global = true, env = "MESHCTL_INSECURE")]
+    pub insecure: bool,
+}
+
+/// What `~/.mesh/config` (or `$MESHCONFIG`) holds. Paths are relative to
+/// the file.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Replicas, `host:port`.
+    #[serde(default)]
+    pub control_planes: Vec<String>,
+    /// The trust domain.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// The trust anchors (PEM file).
+    pub trust_bundle: std::path::PathBuf,
+    /// The operator certificate chain (PEM file).
+    pub certificate: std::path::PathBuf,
+    /// Its key (PEM file).
+    pub key: std::path::PathBuf,
+}
+
+fn default_trust_domain() -> String {
+    mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned()
+}
+
+impl MeshConfig {
+    /// Reads `path`, resolving relative paths against its directory.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config: Self = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not a meshctl config", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for file in [
+            &mut config.trust_bundle,
+            &mut config.certificate,
+            &mut config.key,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// meshctl's TLS: the bundle and the operator credential.
+    pub fn tls(&self) -> anyhow::Result<std::sync::Arc<mesh::identity::MeshTls>> {
+        use anyhow::Context;
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let bundle = mesh::identity::TrustBundle::from_pem(&read(&self.trust_bundle)?, 0)?;
+        let tls = mesh::identity::MeshTls::new(
+            &self.trust_domain,
+            bundle,
+            mesh::identity::ClientAuth::Required,
+        )?;
+        tls.set_credential(mesh::identity::Credential::from_pem(
+            &read(&self.certificate)?,
+            &read(&self.key)?,
+        )?);
+        Ok(std::sync::Arc::new(tls))
+    }
+}
+
+/// How meshctl reaches the control plane, resolved from flags and config.
+enum Transport {
+    Plaintext,
+    Tls {
+        tls: std::sync::Arc<mesh::identity::MeshTls>,
+        peer: mesh::identity::SpiffeId,
+    },
 }
 
 /// The admin client every subcommand uses.
@@ -41,14 +126,10 @@ impl ControlPlaneArgs {
     /// address tried and why each failed.
     pub async fn connect(&self) -> anyhow::Result<AdminClient> {
         let mut failures = Vec::new();
-        for address in self
-            .addresses
-            .iter()
-            .map(|a| a.trim())
-            .filter(|a| !a.is_empty())
-        {
+        let (addresses, transport) = self.resolve()?;
+        for address in addresses.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
             let uri = with_scheme(address);
-            match connect_one(&uri).await {
+            match connect_one(&uri, &transport).await {
                 Ok(channel) => {
                     tracing::debug!(control_plane = %uri, "connected");
                     return Ok(MeshAdminClient::new(channel));
@@ -60,13 +141,63 @@ impl ControlPlaneArgs {
     }
 }
 
-async fn connect_one(uri: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(uri.to_owned())
+impl ControlPlaneArgs {
+    /// The config file named, or `~/.mesh/config` if it exists.
+    fn config(&self) -> anyhow::Result<Option<MeshConfig>> {
+        if let Some(path) = &self.meshconfig {
+            return MeshConfig::load(path).map(Some);
+        }
+        let default = std::env::var_os("HOME")
+            .map(|home| std::path::Path::new(&home).join(".mesh/config"))
+            .filter(|p| p.is_file());
+        default.map(|p| MeshConfig::load(&p)).transpose()
+    }
+
+    fn resolve(&self) -> anyhow::Result<(Vec<String>, Transport)> {
+        let config = if self.insecure { None } else { self.config()? };
+        let addresses = if !self.addresses.is_empty() {
+            self.addresses.clone()
+        } else if let Some(c) = config.as_ref().filter(|c| !c.control_planes.is_empty()) {
+            c.control_planes.clone()
+        } else {
+            DEFAULT_ADDRESSES.map(str::to_owned).to_vec()
+        };
+        let transport = match (self.insecure, config) {
+            (true, _) => Transport::Plaintext,
+            (false, Some(config)) => Transport::Tls {
+                tls: config.tls()?,
+                peer: mesh::identity::SpiffeId::new(
+                    &config.trust_domain,
+                    mesh::identity::Workload::ControlPlane,
+                )?,
+            },
+            (false, None) => anyhow::bail!(
+                "no meshctl config: set MESHCONFIG (meshctl up prints it) or --meshconfig, \
+                 or write ~/.mesh/config; --insecure only for a control plane run with --insecure"
+            ),
+        };
+        Ok((addresses, transport))
+    }
+}
+
+async fn connect_one(uri: &str, transport: &Transport) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(uri.replacen("https://", "http://", 1))
         .map_err(|e| format!("not a URL: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
     let attempt = async {
-        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        let channel = match transport {
+            Transport::Plaintext => endpoint.connect().await,
+            Transport::Tls { tls, peer } => {
+                endpoint
+                    .connect_with_connector(mesh::identity::transport::Connector::new(
+                        tls.clone(),
+                        peer.clone(),
+                    ))
+                    .await
+            }
+        }
+        .map_err(|e| error_chain(&e))?;
         probe(channel.clone()).await?;
         Ok(channel)
     };
@@ -192,6 +323,8 @@ mod tests {
         let b = closed(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
         let args = ControlPlaneArgs {
             addresses: vec![a.clone(), format!("http://{b}")],
+            meshconfig: None,
+            insecure: true,
         };
         let error = args.connect().await.unwrap_err().to_string();
         assert!(error.contains(&format!("http://{a} (")), "{error}");

@@ -10,6 +10,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod health;
+pub mod identity;
 pub mod output;
 pub mod status;
 

@@ -105,10 +105,36 @@ pub fn tables(status: &StatusResponse) -> String {
         out.push_str("No sidecars connected.\n");
         return out;
     }
-    let mut sidecars = Table::new(["SIDECAR", "REPLICA", "PUSHED", "ACKED", "STATE", "NACK"]);
+    let mut sidecars = Table::new([
+        "SIDECAR",
+        "IDENTITY",
+        "CERT EXPIRES IN",
+        "BUNDLE",
+        "REPLICA",
+        "PUSHED",
+        "ACKED",
+        "STATE",
+        "NACK",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     for s in &status.sidecars {
+        let expires = if s.certificate_not_after_unix == 0 {
+            "-".to_owned()
+        } else {
+            super::identity::human_seconds(s.certificate_not_after_unix - now)
+        };
         sidecars.row([
             sidecar_name(s),
+            if s.identity.is_empty() {
+                "-".to_owned()
+            } else {
+                s.identity.clone()
+            },
+            expires,
+            s.trust_bundle_version.to_string(),
             s.replica.clone(),
             s.pushed_version.to_string(),
             s.acked_version.to_string(),
@@ -145,6 +171,15 @@ struct SidecarDocument<'a> {
     state: SyncState,
     #[serde(skip_serializing_if = "str::is_empty")]
     nack_reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    identity: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    certificate_not_after_unix: i64,
+    trust_bundle_version: u64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl<'a> From<&'a StatusResponse> for StatusDocument<'a> {
@@ -178,6 +213,9 @@ impl<'a> From<&'a ConnectedSidecar> for SidecarDocument<'a> {
             acked_version: s.acked_version,
             state: SyncState::of(s),
             nack_reason: &s.nack_reason,
+            identity: &s.identity,
+            certificate_not_after_unix: s.certificate_not_after_unix,
+            trust_bundle_version: s.trust_bundle_version,
         }
     }
 }
@@ -202,6 +240,7 @@ mod tests {
             nack_reason: nack.into(),
             replica: "cp-0".into(),
             admin_address: String::new(),
+            ..ConnectedSidecar::default()
         }
     }
 
@@ -228,10 +267,10 @@ mod tests {
             "REPLICA   ADDRESS           REVISION   SIDECARS\n\
              cp-0      127.0.0.1:15010   42         3\n\
              \n\
-             SIDECAR             REPLICA   PUSHED   ACKED   STATE    NACK\n\
-             catalog/catalog-0   cp-0      5        5       synced\n\
-             orders/orders-0     cp-0      5        4       BEHIND\n\
-             gateway/gw-0        cp-0      5        4       NACKED   route \"x\": no such subset\n"
+             SIDECAR             IDENTITY   CERT EXPIRES IN   BUNDLE   REPLICA   PUSHED   ACKED   STATE    NACK\n\
+             catalog/catalog-0   -          -                 0        cp-0      5        5       synced\n\
+             orders/orders-0     -          -                 0        cp-0      5        4       BEHIND\n\
+             gateway/gw-0        -          -                 0        cp-0      5        4       NACKED   route \"x\": no such subset\n"
         );
     }
 

@@ -91,9 +91,10 @@ async fn subscribe<S: Store>(
             )));
         }
     }
+    let peer = crate::access::connection(request.extensions()).and_then(|c| c.peer.0.clone());
     let decoder = ProstDecoder::<SidecarMessage>::new(BufferSettings::new(READ_BUFFER, 32 * 1024));
     let inbound = Streaming::new_request(decoder, request.into_body(), None, Some(MAX_MESSAGE));
-    let pushes = service.subscribe(inbound).await?;
+    let pushes = service.subscribe(inbound, peer).await?;
     let mut response = http::Response::new(Body::new(pushes));
     response
         .headers_mut()

@@ -1,0 +1,103 @@
+//! Who may call what on a replica. Every gRPC call arrives over mutual TLS
+//! (unless the mesh runs with mTLS off, on request): the caller's
+//! certificate says who it is. Operators (meshctl) need an operator
+//! certificate whose subject organization names their role; proxies are
+//! bound to the service or gateway their certificate names.
+
+use mesh::identity::transport::TlsConnectInfo;
+use mesh::identity::{SpiffeId, Workload};
+use tonic::Status;
+
+/// The subject organization of an operator certificate that may change the
+/// mesh (as Kubernetes reads groups from client certificates).
+pub const ADMIN_ORGANIZATION: &str = "mesh:admin";
+/// The subject organization of an operator certificate that may only read.
+pub const VIEWER_ORGANIZATION: &str = "mesh:viewer";
+
+/// What an operator may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Role {
+    /// get, describe, status, token list.
+    Viewer,
+    /// Also apply, delete, token create and revoke.
+    Admin,
+}
+
+impl Role {
+    /// The subject organization that grants this role.
+    pub fn organization(self) -> &'static str {
+        match self {
+            Self::Viewer => VIEWER_ORGANIZATION,
+            Self::Admin => ADMIN_ORGANIZATION,
+        }
+    }
+}
+
+/// Whether calls are authenticated at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// mTLS and identity checks (the default).
+    Enforced,
+    /// mTLS off, explicitly: anyone who reaches the port may do anything.
+    Open,
+}
+
+/// The connection facts tonic put on the request.
+pub fn connection(extensions: &http::Extensions) -> Option<&TlsConnectInfo> {
+    extensions.get::<TlsConnectInfo>()
+}
+
+/// The operator behind a call, if it may act with `need`; its name is
+/// what audit lines show. With [`Access::Open`] the caller is "anonymous".
+pub fn operator(
+    access: Access,
+    extensions: &http::Extensions,
+    need: Role,
+) -> Result<String, Status> {
+    if access == Access::Open {
+        return Ok("anonymous".to_owned());
+    }
+    let info = connection(extensions)
+        .ok_or_else(|| Status::unauthenticated("no TLS connection information"))?;
+    let Some(id) = &info.peer.0 else {
+        return Err(Status::unauthenticated(
+            "an operator certificate is required (meshctl identity issue-operator)",
+        ));
+    };
+    let Workload::Operator(name) = id.workload() else {
+        return Err(Status::permission_denied(format!(
+            "{id} is not an operator"
+        )));
+    };
+    let role = if info.organizations.iter().any(|o| o == ADMIN_ORGANIZATION) {
+        Some(Role::Admin)
+    } else if info.organizations.iter().any(|o| o == VIEWER_ORGANIZATION) {
+        Some(Role::Viewer)
+    } else {
+        None
+    };
+    match role {
+        Some(role) if role >= need => Ok(name.clone()),
+        Some(role) => Err(Status::permission_denied(format!(
+            "operator {name} is a {role:?}; this needs {need:?}"
+        ))),
+        None => Err(Status::permission_denied(format!(
+            "operator {name} has no role"
+        ))),
+    }
+}
+
+/// The workload identity behind a call (a proxy), if it presented one.
+pub fn workload(access: Access, extensions: &http::Extensions) -> Result<Option<SpiffeId>, Status> {
+    if access == Access::Open {
+        return Ok(None);
+    }
+    let info = connection(extensions)
+        .ok_or_else(|| Status::unauthenticated("no TLS connection information"))?;
+    match &info.peer.0 {
+        Some(id) => Ok(Some(id.clone())),
+        None => Err(Status::unauthenticated(
+            "a proxy certificate is required (from mesh.v1.Identity/Certify)",
+        )),
+    }
+}

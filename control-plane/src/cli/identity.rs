@@ -1,0 +1,325 @@
+//! `meshctl identity ...`: the CA's files and operator certificates, made
+//! locally from the CA's files (the issuer key never goes over the wire);
+//! and `meshctl token ...`: join tokens, through the control plane.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use mesh::identity::{SpiffeId, Workload};
+use mesh::proto::mesh::v1::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest};
+use serde::Serialize;
+
+use super::output::{self, OutputFormat, Table};
+use super::{ControlPlaneArgs, GrpcError};
+use crate::access::Role;
+use crate::ca::{self, files};
+
+/// `meshctl identity` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum IdentityCommand {
+    /// Make a trust anchor and an issuer for a trust domain.
+    Init(InitArgs),
+    /// Make an operator certificate (and its key) for meshctl.
+    IssueOperator(IssueOperatorArgs),
+}
+
+/// Options of `meshctl identity init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// Directory to write `anchor.*`, `issuer.*` and `bundle.crt` to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The trust domain.
+    #[arg(long, default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of the anchor.
+    #[arg(long, default_value = "3650d", value_parser = mesh::identity::parse_lifetime)]
+    pub anchor_lifetime: Duration,
+    /// Lifetime of the issuer.
+    #[arg(long, default_value = "365d", value_parser = mesh::identity::parse_lifetime)]
+    pub issuer_lifetime: Duration,
+}
+
+/// Options of `meshctl identity issue-operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueOperatorArgs {
+    /// The operator's name (a DNS label): audit lines show it.
+    pub name: String,
+    /// What the operator may do.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// The CA's directory (`meshctl identity init --out`).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// The trust domain.
+    #[arg(long, default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of the certificate.
+    #[arg(long, default_value = "720h", value_parser = mesh::identity::parse_lifetime)]
+    pub lifetime: Duration,
+    /// Directory for `<name>.crt`, `<name>.key` and a meshctl config
+    /// (`<name>.meshconfig`) pointing at them.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Control-plane replicas the config names (`host:port`, comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:15010,127.0.0.1:15011"
+    )]
+    pub control_planes: Vec<String>,
+}
+
+/// Runs `meshctl identity ...`.
+pub fn run(command: IdentityCommand) -> anyhow::Result<()> {
+    match command {
+        IdentityCommand::Init(args) => {
+            let report = ca::init(
+                &args.out,
+                &args.trust_domain,
+                args.anchor_lifetime,
+                args.issuer_lifetime,
+            )?;
+            for file in &report.files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "Give the control plane --identity-dir {} (it needs issuer.* and bundle.crt); \
+                 keep anchor.key offline: only a rotation needs it.",
+                args.out.display()
+            );
+            Ok(())
+        }
+        IdentityCommand::IssueOperator(args) => {
+            let config = issue_operator(&args)?;
+            println!("wrote {}", config.display());
+            println!("export MESHCONFIG={}", config.display());
+            Ok(())
+        }
+    }
+}
+
+/// Makes the operator's certificate, key and meshctl config; returns the
+/// config's path.
+pub fn issue_operator(args: &IssueOperatorArgs) -> anyhow::Result<PathBuf> {
+    let authority = ca::Authority::load(
+        &args.ca_dir.join(files::ISSUER_CERT),
+        &args.ca_dir.join(files::ISSUER_KEY),
+        &args.trust_domain,
+        args.lifetime,
+    )?;
+    let id = SpiffeId::new(&args.trust_domain, Workload::Operator(args.name.clone()))?;
+    let (chain, key) =
+        authority.issue_with_new_key(&id, &[args.role.organization()], args.lifetime)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let cert_path = args.out.join(format!("{}.crt", args.name));
+    let key_path = args.out.join(format!("{}.key", args.name));
+    ca::write_credential(&chain, &key, &cert_path, &key_path)?;
+    let config = super::connect::MeshConfig {
+        control_planes: args.control_planes.clone(),
+        trust_domain: args.trust_domain.clone(),
+        trust_bundle: absolute(&args.ca_dir.join(files::BUNDLE))?,
+        certificate: absolute(&cert_path)?,
+        key: absolute(&key_path)?,
+    };
+    let config_path = args.out.join(format!("{}.meshconfig", args.name));
+    std::fs::write(&config_path, serde_yaml_ng::to_string(&config)?)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    Ok(config_path)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_dir()?.join(path))
+}
+
+/// `meshctl token` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a join token for one service (or gateway); prints it once.
+    Create(CreateTokenArgs),
+    /// List tokens (never their secrets).
+    List(ListTokenArgs),
+    /// Revoke a token by id: no certificate is issued for it again.
+    Revoke {
+        /// The token's id (its part before the dot).
+        id: String,
+    },
+}
+
+/// Options of `meshctl token create`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateTokenArgs {
+    /// The mesh service the token proves.
+    #[arg(long, conflicts_with = "gateway", required_unless_present = "gateway")]
+    pub service: Option<String>,
+    /// The gateway name the token proves.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Lifetime.
+    #[arg(long, default_value = "720h", value_parser = mesh::identity::parse_lifetime)]
+    pub ttl: Duration,
+    /// Write the token to this file (mode 0600) instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `meshctl token list`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListTokenArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Serialize)]
+struct TokenDocument {
+    id: String,
+    identity: String,
+    created_unix: i64,
+    expires_unix: i64,
+    revoked: bool,
+    created_by: String,
+}
+
+/// Runs `meshctl token ...`.
+pub async fn run_token(cp: &ControlPlaneArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let mut client = cp.connect().await?;
+    match command {
+        TokenCommand::Create(args) => {
+            let response = client
+                .create_token(CreateTokenRequest {
+                    service: args.service.unwrap_or_default(),
+                    gateway: args.gateway.unwrap_or_default(),
+                    ttl_seconds: i64::try_from(args.ttl.as_secs()).unwrap_or(i64::MAX),
+                })
+                .await
+                .map_err(GrpcError)
+                .context("cannot create the token")?
+                .into_inner();
+            match args.out {
+                Some(path) => {
+                    write_private(&path, &response.token)?;
+                    let info = response.info.unwrap_or_default();
+                    println!(
+                        "token {} for {} written to {}",
+                        info.id,
+                        info.identity,
+                        path.display()
+                    );
+                }
+                None => println!("{}", response.token),
+            }
+            Ok(())
+        }
+        TokenCommand::List(args) => {
+            let tokens = client
+                .list_tokens(ListTokensRequest {})
+                .await
+                .map_err(GrpcError)
+                .context("cannot list tokens")?
+                .into_inner()
+                .tokens;
+            let docs: Vec<TokenDocument> = tokens
+                .into_iter()
+                .map(|t| TokenDocument {
+                    id: t.id,
+                    identity: t.identity,
+                    created_unix: t.created_unix,
+                    expires_unix: t.expires_unix,
+                    revoked: t.revoked,
+                    created_by: t.created_by,
+                })
+                .collect();
+            let text = match args.output {
+                OutputFormat::Json => output::json(&docs)?,
+                OutputFormat::Yaml => output::yaml_stream(&docs)?,
+                OutputFormat::Table => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0);
+                    let mut table = Table::new(["ID", "IDENTITY", "EXPIRES IN", "STATE", "BY"]);
+                    for t in &docs {
+                        let state = if t.revoked {
+                            "REVOKED"
+                        } else if t.expires_unix <= now {
+                            "EXPIRED"
+                        } else {
+                            "valid"
+                        };
+                        table.row([
+                            t.id.clone(),
+                            t.identity.clone(),
+                            human_seconds(t.expires_unix - now),
+                            state.to_owned(),
+                            t.created_by.clone(),
+                        ]);
+                    }
+                    table.render()
+                }
+            };
+            output::print(&text)
+        }
+        TokenCommand::Revoke { id } => {
+            client
+                .revoke_token(RevokeTokenRequest { id: id.clone() })
+                .await
+                .map_err(GrpcError)
+                .with_context(|| format!("cannot revoke token {id}"))?;
+            println!("token {id} revoked");
+            Ok(())
+        }
+    }
+}
+
+/// Writes a secret to a new file readable by its owner only.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `90061` -> `1d1h`; negative -> `-` (past).
+pub fn human_seconds(seconds: i64) -> String {
+    if seconds <= 0 {
+        return "-".to_owned();
+    }
+    let (d, h, m, s) = (
+        seconds / 86_400,
+        seconds % 86_400 / 3600,
+        seconds % 3600 / 60,
+        seconds % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_seconds;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human_seconds(-5), "-");
+        assert_eq!(human_seconds(42), "42s");
+        assert_eq!(human_seconds(125), "2m5s");
+        assert_eq!(human_seconds(3 * 3600 + 60), "3h1m");
+        assert_eq!(human_seconds(90_061), "1d1h");
+    }
+}
