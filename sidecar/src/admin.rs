@@ -1,5 +1,7 @@
 //! The admin HTTP API: `/live`, `/ready`, `/config`, `/endpoints` (each
-//! endpoint's connection and breaker state), `/metrics`, and `/drain`
+//! endpoint's connection and breaker state), `/identity` (this proxy's
+//! SPIFFE ID, certificate validity and trust bundle version: never key
+//! material), `/metrics`, and `/drain`
 //! (leave the mesh ahead of a shutdown: the Kubernetes preStop hook). For people
 //! (curl), Kubernetes probes and Prometheus.
 
@@ -18,6 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use crate::identity::{Identity, IdentityView};
 use crate::metrics::{Metrics, StateSnapshot};
 use crate::table::LiveTable;
 
@@ -45,6 +48,8 @@ struct AdminInner {
     drain: Drain,
     /// The local app's health service (sidecar mode); `None` at a gateway.
     app_health: Option<HealthClient<Channel>>,
+    /// This proxy's identity; `None` with mTLS off.
+    identity: Option<Arc<Identity>>,
 }
 
 impl Admin {
@@ -55,6 +60,7 @@ impl Admin {
         metrics: Arc<Metrics>,
         app: Option<std::net::SocketAddr>,
         drain: Drain,
+        identity: Option<Arc<Identity>>,
     ) -> Self {
         let app_health = app.map(|addr| {
             // Lazy: the app may start after its sidecar.
@@ -70,6 +76,7 @@ impl Admin {
                 metrics,
                 drain,
                 app_health,
+                identity,
             }),
         }
     }
@@ -111,6 +118,19 @@ impl Admin {
                 );
                 response
             }
+            "/identity" => {
+                let view = match &self.inner.identity {
+                    Some(identity) => identity.view(),
+                    None => IdentityView {
+                        mtls: "off",
+                        identity: None,
+                        certificate: None,
+                        trust_bundle_version: None,
+                        trust_anchors: None,
+                    },
+                };
+                json(&view)
+            }
             "/endpoints" => {
                 let views = self.inner.table.pool().views();
                 let mut response = Response::new(Full::new(Bytes::from(
@@ -123,6 +143,9 @@ impl Admin {
                 response
             }
             "/metrics" => {
+                if let Some(identity) = &self.inner.identity {
+                    identity.update_gauges();
+                }
                 let table = &self.inner.table;
                 let views = table.pool().views();
                 let state = StateSnapshot {
@@ -149,7 +172,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /config, /endpoints, /metrics\n".into(),
+                "not found; try /live, /ready, /config, /endpoints, /identity, /metrics\n".into(),
             ),
         }
     }
@@ -177,6 +200,17 @@ impl Admin {
             Ok(Ok(reply)) => Err(format!("app reports status {}", reply.get_ref().status)),
         }
     }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    )));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

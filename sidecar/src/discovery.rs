@@ -3,21 +3,31 @@
 //! (NACK), and move to another replica with backoff when the stream breaks.
 //! While no replica answers, the last table keeps serving (static
 //! stability).
+//!
+//! With mTLS the stream is TLS to a server that proves the control-plane
+//! identity, opened only once this proxy has a certificate (the control
+//! plane binds the registration to the identity it names). Pushed trust
+//! bundles are applied with the table, and the proxy reports its
+//! certificate's expiry and bundle version after its first answer and
+//! whenever either changes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh::identity::TrustBundle;
 use mesh::model::Bootstrap;
 use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
 use mesh::proto::mesh::v1::sidecar_message::Message;
 use mesh::proto::mesh::v1::{Ack, Hello, Nack, Node, SidecarMessage, TableSnapshot};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_descriptors;
 use crate::backoff::Backoff;
+use crate::identity::{error_chain, Identity};
 use crate::mesh_reflection::MeshReflection;
 use crate::table::LiveTable;
 
@@ -38,6 +48,8 @@ pub struct Subscriber {
     pub table: Arc<LiveTable>,
     /// Where pushed descriptors go (gateway mode).
     pub reflection: Option<Arc<MeshReflection>>,
+    /// This proxy's identity (mTLS); `None`: plaintext streams.
+    pub identity: Option<Arc<Identity>>,
 }
 
 enum SessionEnd {
@@ -53,6 +65,12 @@ impl Subscriber {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         // Start at a random replica so sidecars spread over them.
         let mut next = rand::random_range(0..self.control_planes.len());
+        if let Some(identity) = &self.identity {
+            tracing::info!(identity = %identity.id(), "waiting for a certificate before registering");
+            if !identity.wait_for_credential(&stop).await {
+                return;
+            }
+        }
         loop {
             if let Some(app) = self.app {
                 match app_descriptors::read(app, REFLECTION_TIMEOUT).await {
@@ -92,17 +110,40 @@ impl Subscriber {
 
     async fn session(&self, address: &str, stop: &CancellationToken) -> SessionEnd {
         let broken = |error: String, applied| SessionEnd::Broken { error, applied };
-        let endpoint = match tonic::transport::Endpoint::from_shared(address.to_owned()) {
-            Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT),
-            Err(e) => return broken(e.to_string(), false),
+        let connect = async {
+            match &self.identity {
+                Some(identity) => {
+                    mesh::identity::transport::channel(
+                        address,
+                        identity.tls().clone(),
+                        identity.control_plane_id().clone(),
+                        CONNECT_TIMEOUT,
+                    )
+                    .await
+                }
+                None => {
+                    tonic::transport::Endpoint::from_shared(address.to_owned())?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .connect()
+                        .await
+                }
+            }
         };
         let channel = tokio::select! {
-            connected = endpoint.connect() => match connected {
+            connected = connect => match connected {
                 Ok(channel) => channel,
-                Err(e) => return broken(format!("connect: {e}"), false),
+                Err(e) => return broken(format!("connect: {}", error_chain(&e)), false),
             },
             () = stop.cancelled() => return SessionEnd::Stopped,
         };
+        // Changes from now on are reported; the state now goes in the
+        // first report.
+        let mut changes = self.identity.as_ref().map(|i| {
+            let mut changes = i.subscribe();
+            changes.borrow_and_update();
+            changes
+        });
+        let mut reported = false;
         let (tx, rx) = mpsc::channel(4);
         let current_version = if self.table.is_loaded() {
             self.table.load().version().parse().unwrap_or(0)
@@ -131,6 +172,12 @@ impl Subscriber {
         loop {
             let snapshot = tokio::select! {
                 next = snapshots.message() => next,
+                () = next_change(&mut changes) => {
+                    if reported && !self.send_report(&tx).await {
+                        return broken("stream closed".into(), applied);
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => {
                     // Closing our half ends the stream: the control plane
                     // revokes our registration now rather than at lease expiry.
@@ -168,11 +215,48 @@ impl Subscriber {
             {
                 return broken("stream closed".into(), applied);
             }
+            if !reported {
+                reported = true;
+                if let Some(changes) = &mut changes {
+                    changes.borrow_and_update();
+                }
+                if !self.send_report(&tx).await {
+                    return broken("stream closed".into(), applied);
+                }
+            }
         }
     }
 
-    /// Applies a push whole or not at all.
+    /// Sends this proxy's certificate expiry and bundle version (mTLS
+    /// only); false if the stream is gone.
+    async fn send_report(&self, tx: &mpsc::Sender<SidecarMessage>) -> bool {
+        let Some(report) = self.identity.as_ref().and_then(|i| i.report()) else {
+            return true;
+        };
+        tx.send(SidecarMessage {
+            message: Some(Message::Credentials(report)),
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Applies a push whole or not at all: its trust bundle (checked
+    /// before anything is applied) and its table.
     fn apply(&self, snapshot: TableSnapshot) -> Result<(), String> {
+        let bundle = match &self.identity {
+            Some(_) if !snapshot.trust_anchors_der.is_empty() => {
+                let anchors = snapshot
+                    .trust_anchors_der
+                    .iter()
+                    .map(|der| CertificateDer::from(der.clone()))
+                    .collect();
+                Some(
+                    TrustBundle::new(anchors, snapshot.trust_bundle_version)
+                        .map_err(|e| format!("trust bundle: {e}"))?,
+                )
+            }
+            _ => None,
+        };
         let source: Bootstrap =
             serde_json::from_str(&snapshot.table_json).map_err(|e| format!("table_json: {e}"))?;
         let reflection = match &self.reflection {
@@ -188,8 +272,23 @@ impl Subscriber {
         if let (Some(target), Some(built)) = (&self.reflection, reflection) {
             target.store(built);
         }
+        if let (Some(identity), Some(bundle)) = (&self.identity, bundle) {
+            identity
+                .set_bundle(bundle)
+                .map_err(|e| format!("trust bundle: {e}"))?;
+        }
         Ok(())
     }
+}
+
+/// Waits for the next certificate or bundle change; never, without mTLS.
+async fn next_change(changes: &mut Option<watch::Receiver<u64>>) {
+    if let Some(changes) = changes {
+        if changes.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Sleeps for `wait`; true if `stop` fired meanwhile.

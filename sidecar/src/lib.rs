@@ -71,10 +71,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::discovery::Subscriber;
+use crate::identity::{ControlPlaneCa, Identity};
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{Destination, Proxy};
-use crate::settings::{Mode, Settings};
+use crate::settings::{Mode, MtlsMode, Settings};
 use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::Upstream;
 
@@ -92,6 +93,9 @@ pub enum StartError {
     /// The bootstrap parsed but cannot become a table.
     #[error("table: {0}")]
     Table(#[from] table::TableError),
+    /// The trust bundle or the static certificate is unusable.
+    #[error("identity: {0}")]
+    Identity(#[from] identity::IdentityError),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -110,12 +114,28 @@ pub enum StartError {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), StartError> {
     settings.validate()?;
     let metrics = Arc::new(Metrics::default());
+    let identity = match settings.mtls {
+        MtlsMode::Strict => {
+            let identity = Arc::new(Identity::load(&settings, metrics.identity().clone())?);
+            tracing::info!(identity = %identity.id(), "mTLS strict");
+            Some(identity)
+        }
+        MtlsMode::Off => {
+            tracing::warn!("mTLS is off: every hop between mesh processes is plaintext");
+            None
+        }
+    };
     let routed_direction = match settings.mode {
         Mode::Sidecar => Direction::Outbound,
         Mode::Gateway => Direction::Ingress,
     };
     let table = Arc::new(LiveTable::new(
-        UpstreamPool::new(settings.connect_timeout()),
+        UpstreamPool::new(
+            settings.connect_timeout(),
+            identity
+                .as_ref()
+                .map(|i| (i.tls().clone(), i.metrics().clone())),
+        ),
         metrics.clone(),
         routed_direction,
     ));
@@ -149,6 +169,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     });
 
+    if let (true, Some(identity), Some(token_file)) =
+        (discovery, &identity, &settings.identity_token_file)
+    {
+        let ca = ControlPlaneCa::new(
+            settings.control_plane.clone(),
+            token_file.clone(),
+            identity.control_plane_id().clone(),
+        );
+        // Renewal stops with the listeners: until then calls need a valid
+        // certificate.
+        tokio::spawn(identity.clone().run(ca, listeners_stop.clone()));
+    }
+
     // Deregistration comes with shutdown, or earlier through the admin
     // port's /drain (a Kubernetes preStop hook: the app is stopped before
     // its native sidecar, so the sidecar must leave the mesh first).
@@ -180,10 +213,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 "outbound",
                 outbound,
                 routed,
+                None,
                 stop.clone(),
                 drain,
             ));
-            tasks.spawn(server::serve_grpc("inbound", inbound, to_app, stop, drain));
+            tasks.spawn(server::serve_grpc(
+                "inbound",
+                inbound,
+                to_app,
+                identity.clone(),
+                stop,
+                drain,
+            ));
             Some(settings.app_addr)
         }
         Mode::Gateway => {
@@ -192,6 +233,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 "ingress",
                 ingress,
                 routed,
+                None,
                 listeners_stop.clone(),
                 drain,
             ));
@@ -219,6 +261,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             app,
             table: table.clone(),
             reflection,
+            identity: identity.clone(),
         };
         tasks.spawn(subscriber.run(deregister.clone()));
     }
@@ -231,6 +274,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             deregister: deregister.clone(),
             delay,
         },
+        identity,
     );
     // Admin outlives the data listeners' drain so probes and scrapes keep
     // answering while calls finish.

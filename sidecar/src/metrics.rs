@@ -176,6 +176,12 @@ impl IdentityMetrics {
         );
     }
 
+    /// Registers these metrics alone, for tests that read them.
+    #[cfg(test)]
+    pub fn register_for_tests(&self, registry: &mut Registry) {
+        self.register(registry);
+    }
+
     /// Counts a certificate request's outcome.
     pub fn record_renewal(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };

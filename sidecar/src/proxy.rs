@@ -24,6 +24,7 @@ use http::uri::{Scheme, Uri};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use mesh::identity::PeerIdentity;
 use mesh::telemetry::rpc::{rpc_span, status, Side};
 use mesh::telemetry::{self, inject_context, Sampling};
 use tokio::time::Instant;
@@ -123,6 +124,10 @@ impl Proxy {
             Sampling::Record(caller) => {
                 let span = rpc_span(side, path.as_str(), caller);
                 span.set_attribute("mesh.direction", direction.as_str());
+                // Who called, as the caller's certificate proved (mTLS).
+                if let Some(PeerIdentity(Some(peer))) = req.extensions().get::<PeerIdentity>() {
+                    span.set_attribute("mesh.peer.identity", peer.to_string());
+                }
                 span
             }
         };
@@ -493,10 +498,13 @@ async fn connect(
         ),
         None => None,
     };
-    upstream
-        .sender()
-        .await
-        .map_err(|e| ProxyError::connect_failed(upstream.addr(), e))
+    upstream.sender().await.map_err(|e| {
+        if e.is_identity_mismatch() {
+            ProxyError::peer_identity_mismatch(upstream.addr(), e)
+        } else {
+            ProxyError::connect_failed(upstream.addr(), e)
+        }
+    })
 }
 
 /// The response to send back: the upstream's, watched.

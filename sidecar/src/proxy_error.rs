@@ -66,6 +66,16 @@ impl ProxyError {
         )
     }
 
+    /// The endpoint proved another identity than its service's: nothing was
+    /// sent to it (and its breaker counts the failure).
+    pub fn peer_identity_mismatch(addr: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            Code::Unavailable,
+            "peer-identity-mismatch",
+            format!("{addr} is not who the table says: {detail}"),
+        )
+    }
+
     /// The upstream connection or stream broke before response headers came.
     pub fn upstream_reset(addr: &str, detail: impl std::fmt::Display) -> Self {
         Self::new(
@@ -181,6 +191,14 @@ mod tests {
         assert_eq!(h["grpc-message"], "no route for /a.B/C");
         assert_eq!(h[ERROR_REASON_HEADER], "no-route");
         assert_eq!(h["content-type"], "application/grpc");
+    }
+
+    #[test]
+    fn identity_mismatch_is_unavailable_with_its_reason() {
+        let response = ProxyError::peer_identity_mismatch("10.0.0.1:15006", "x").into_response();
+        let h = response.headers();
+        assert_eq!(h["grpc-status"], "14");
+        assert_eq!(h[ERROR_REASON_HEADER], "peer-identity-mismatch");
     }
 
     #[test]

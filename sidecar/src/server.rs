@@ -1,8 +1,19 @@
-//! Accept loops: HTTP/2 (h2c) for the gRPC listeners, HTTP/1 and 2 for admin.
-//! Each stops accepting on shutdown, then gives open connections a grace
-//! period to finish their calls.
+//! Accept loops: HTTP/2 (h2c, or over mutual TLS) for the gRPC listeners,
+//! HTTP/1 and 2 for admin. Each stops accepting on shutdown, then gives
+//! open connections a grace period to finish their calls.
+//!
+//! A TLS listener runs each handshake in the connection's own task, never
+//! in the accept loop: a client that stalls mid-handshake holds up nobody
+//! else, and a failed handshake is counted and logged, never the end of
+//! the listener.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh::identity::PeerIdentity;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -10,14 +21,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::coalesced_io::CoalescedIo;
+use crate::handshake;
+use crate::identity::Identity;
 use crate::proxy::Proxy;
+use crate::proxy_error::ProxyBody;
 
 /// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
-/// `listener` until `shutdown`, then drains for at most `drain`.
+/// `listener` until `shutdown`, then drains for at most `drain`. With
+/// `identity`, every connection is mutual TLS first, and each request
+/// carries the client's [`PeerIdentity`].
 pub async fn serve_grpc(
     name: &'static str,
     listener: TcpListener,
     proxy: Proxy,
+    identity: Option<Arc<Identity>>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -48,16 +65,67 @@ pub async fn serve_grpc(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = graceful
-            .watch(builder.serve_connection(TokioIo::new(CoalescedIo::new(stream)), proxy.clone()));
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let proxy = proxy.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // TLS goes over the write combiner: the records of one
+            // event-loop turn still leave in one system call.
+            let io = CoalescedIo::new(stream);
+            let served = match identity {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(io), proxy))
+                        .await
+                }
+                Some(identity) => match handshake::accept(identity.tls(), io).await {
+                    Ok((tls, client)) => {
+                        if let Some(id) = &client.0 {
+                            tracing::debug!(listener = name, %peer, mesh.peer.identity = %id, "TLS connection");
+                        }
+                        let service = WithPeer {
+                            proxy,
+                            peer: client,
+                        };
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tls), service))
+                            .await
+                    }
+                    Err(error) => {
+                        identity
+                            .metrics()
+                            .record_handshake_failure(name, error.reason());
+                        tracing::info!(listener = name, %peer, %error, reason = error.reason(), "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(error) = served {
                 tracing::debug!(listener = name, %peer, %error, "connection ended with error");
             }
         });
     }
     drop(listener);
     drain_connections(name, graceful, drain).await;
+}
+
+/// The proxy, with the client's proven identity put on every request.
+#[derive(Clone)]
+struct WithPeer {
+    proxy: Proxy,
+    peer: PeerIdentity,
+}
+
+impl hyper::service::Service<Request<Incoming>> for WithPeer {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = <Proxy as hyper::service::Service<Request<Incoming>>>::Future;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.peer.clone());
+        hyper::service::Service::call(&self.proxy, req)
+    }
 }
 
 /// Serves the admin HTTP API (HTTP/1.1 or 2, so curl and Kubernetes probes

@@ -14,11 +14,13 @@ use regex::Regex;
 
 use tokio::time::Instant;
 
-use crate::metrics::{Direction, Metrics, RouteCounters};
+use mesh::identity::{MeshTls, SpiffeId};
+
+use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
 use crate::outlier::Admission;
 use crate::policy::RoutePolicy;
 use crate::proxy_error::ProxyError;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamPeer};
 use crate::wrr::SmoothWeightedRoundRobin;
 
 /// A table that cannot be built from its source.
@@ -27,6 +29,9 @@ pub enum TableError {
     /// The source has a value the model refuses.
     #[error("invalid table: {0}")]
     Invalid(#[from] mesh::model::ValidationError),
+    /// An endpoint's service names no valid identity.
+    #[error("endpoint identity: {0}")]
+    Identity(#[from] mesh::identity::SpiffeIdError),
     /// An endpoint address is not a URI authority.
     #[error("endpoint {address:?}: {source}")]
     Address {
@@ -207,31 +212,51 @@ impl Balancer {
     }
 }
 
-/// Connection slots by address, shared by successive tables so a table
-/// change keeps the connections of endpoints that did not change.
+/// Connection slots by service and address, shared by successive tables
+/// so a table change keeps the connections of endpoints that did not
+/// change. Keyed by the service too: with mTLS a slot's connection proved
+/// one service's identity, and an address that moves to another service
+/// must not inherit it.
 #[derive(Debug)]
 pub struct UpstreamPool {
     connect_timeout: Duration,
-    slots: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// `Some` with mTLS: upstreams must prove their service's identity.
+    tls: Option<(Arc<MeshTls>, IdentityMetrics)>,
+    slots: Mutex<HashMap<(String, String), Arc<Upstream>>>,
 }
 
 impl UpstreamPool {
-    /// An empty pool whose connections time out connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// An empty pool whose connections time out connecting after
+    /// `connect_timeout`; with `tls`, every connection is mutual TLS.
+    pub fn new(connect_timeout: Duration, tls: Option<(Arc<MeshTls>, IdentityMetrics)>) -> Self {
         Self {
             connect_timeout,
+            tls,
             slots: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The slot for `address`, created on first use.
-    pub fn get(&self, address: &str) -> Result<Arc<Upstream>, http::uri::InvalidUri> {
+    /// The slot for `service`'s endpoint at `address`, created on first use.
+    pub fn get(&self, service: &str, address: &str) -> Result<Arc<Upstream>, TableError> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(up) = slots.get(address) {
+        let key = (service.to_owned(), address.to_owned());
+        if let Some(up) = slots.get(&key) {
             return Ok(up.clone());
         }
-        let up = Arc::new(Upstream::new(address, self.connect_timeout)?);
-        slots.insert(address.to_owned(), up.clone());
+        let mut up =
+            Upstream::new(address, self.connect_timeout).map_err(|source| TableError::Address {
+                address: address.to_owned(),
+                source,
+            })?;
+        if let Some((tls, metrics)) = &self.tls {
+            up = up.with_peer(UpstreamPeer {
+                tls: tls.clone(),
+                id: SpiffeId::service(tls.trust_domain(), service)?,
+                metrics: metrics.clone(),
+            });
+        }
+        let up = Arc::new(up);
+        slots.insert(key, up.clone());
         Ok(up)
     }
 
@@ -245,9 +270,9 @@ impl UpstreamPool {
 
     /// Forgets slots no table uses any more (their connections close when
     /// the last in-flight call on them ends).
-    fn retain(&self, keep: &[&str]) {
+    fn retain(&self, keep: &[(&str, &str)]) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|addr, _| keep.contains(&addr.as_str()));
+        slots.retain(|(service, addr), _| keep.contains(&(service.as_str(), addr.as_str())));
     }
 }
 
@@ -344,14 +369,7 @@ impl RouteTable {
         let endpoints = source
             .endpoints
             .iter()
-            .map(|ep| {
-                pool.get(&ep.address)
-                    .map(|up| (ep, up))
-                    .map_err(|source| TableError::Address {
-                        address: ep.address.clone(),
-                        source,
-                    })
-            })
+            .map(|ep| pool.get(&ep.service, &ep.address).map(|up| (ep, up)))
             .collect::<Result<Vec<_>, _>>()?;
         let mut by_path = HashMap::new();
         for route in &source.routes {
@@ -360,10 +378,10 @@ impl RouteTable {
                 compile_route(route, &endpoints, metrics, direction)?,
             );
         }
-        let addresses: Vec<&str> = source
+        let addresses: Vec<(&str, &str)> = source
             .endpoints
             .iter()
-            .map(|e| e.address.as_str())
+            .map(|e| (e.service.as_str(), e.address.as_str()))
             .collect();
         pool.retain(&addresses);
         Ok(Self {

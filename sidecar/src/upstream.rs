@@ -5,9 +5,13 @@
 //! streams; a connection per call would cost a handshake each and defeat
 //! per-request balancing). The connection is made on first use, so an
 //! endpoint nobody calls costs nothing.
+//!
+//! With mTLS, the connection is TLS over TCP, and the handshake fails
+//! unless the endpoint proves the identity of the service the table says
+//! it belongs to: one handshake per pooled connection, not per call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use std::time::Duration;
@@ -17,7 +21,10 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use mesh::identity::{MeshTls, SpiffeId};
+
 use crate::coalesced_io::CoalescedIo;
+use crate::metrics::IdentityMetrics;
 use crate::outlier::{Breaker, BreakerView};
 use crate::replay_body::RequestBody;
 
@@ -33,14 +40,48 @@ pub enum ConnectError {
     /// The connect itself failed (refused, unreachable, handshake).
     #[error("{0}")]
     Failed(String),
+    /// The endpoint answered with a valid certificate of someone else: it
+    /// is not the service the table says (a stale address reused, or an
+    /// impostor), so no call may go there.
+    #[error("{0}")]
+    PeerIdentityMismatch(String),
     /// A recent connect failed and the backoff has not passed yet.
     #[error("backing off after: {last_error} (next attempt in {retry_in:?})")]
     BackingOff {
         /// What the last attempt said.
         last_error: String,
+        /// Whether the last attempt met the wrong identity.
+        identity_mismatch: bool,
         /// Time until the next attempt is allowed.
         retry_in: Duration,
     },
+}
+
+impl ConnectError {
+    /// True when the endpoint proved (or, backing off, last proved) another
+    /// identity than expected.
+    pub fn is_identity_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Self::PeerIdentityMismatch(_)
+                | Self::BackingOff {
+                    identity_mismatch: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// Who an upstream must prove to be, and the TLS state this proxy proves
+/// its own identity with.
+#[derive(Clone)]
+pub struct UpstreamPeer {
+    /// This proxy's live TLS state.
+    pub tls: Arc<MeshTls>,
+    /// The identity the endpoint must present.
+    pub id: SpiffeId,
+    /// Where failed handshakes are counted.
+    pub metrics: IdentityMetrics,
 }
 
 enum State {
@@ -50,6 +91,7 @@ enum State {
         until: Instant,
         failures: u32,
         last_error: String,
+        identity_mismatch: bool,
     },
 }
 
@@ -58,6 +100,8 @@ pub struct Upstream {
     addr: String,
     authority: Authority,
     connect_timeout: Duration,
+    /// `Some` for mTLS: whom the endpoint must prove to be.
+    peer: Option<UpstreamPeer>,
     state: Mutex<State>,
     /// Single flight: one connect at a time; callers that arrive meanwhile
     /// wait for its outcome instead of opening connections of their own.
@@ -73,6 +117,9 @@ pub struct Upstream {
 pub struct UpstreamView {
     /// `host:port`.
     pub address: String,
+    /// The identity it must prove (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// `connected`, `idle` or `backing-off`.
     pub connection: &'static str,
     /// Attempts in flight now.
@@ -86,6 +133,7 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("addr", &self.addr)
+            .field("peer", &self.peer.as_ref().map(|p| p.id.to_string()))
             .finish()
     }
 }
@@ -97,11 +145,18 @@ impl Upstream {
             authority: addr.parse()?,
             addr: addr.to_owned(),
             connect_timeout,
+            peer: None,
             state: Mutex::new(State::Idle),
             connecting: tokio::sync::Mutex::new(()),
             breaker: Breaker::default(),
             in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// The same slot over mTLS: connections must reach `peer`.
+    pub fn with_peer(mut self, peer: UpstreamPeer) -> Self {
+        self.peer = Some(peer);
+        self
     }
 
     /// The endpoint's breaker.
@@ -126,6 +181,7 @@ impl Upstream {
         };
         UpstreamView {
             address: self.addr.clone(),
+            identity: self.peer.as_ref().map(|p| p.id.to_string()),
             connection,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             breaker: self.breaker.view(Instant::now()),
@@ -176,9 +232,10 @@ impl Upstream {
                 *state = State::BackingOff {
                     until: Instant::now() + wait,
                     failures,
-                    last_error: error.clone(),
+                    last_error: error.to_string(),
+                    identity_mismatch: error.is_identity_mismatch(),
                 };
-                Err(ConnectError::Failed(error))
+                Err(error)
             }
         }
     }
@@ -195,12 +252,16 @@ impl Upstream {
             }
             State::Idle => Ok(None),
             State::BackingOff {
-                until, last_error, ..
+                until,
+                last_error,
+                identity_mismatch,
+                ..
             } => {
                 let now = Instant::now();
                 if now < *until {
                     Err(ConnectError::BackingOff {
                         last_error: last_error.clone(),
+                        identity_mismatch: *identity_mismatch,
                         retry_in: *until - now,
                     })
                 } else {
@@ -210,25 +271,72 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, String> {
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, ConnectError> {
+        let failed = ConnectError::Failed;
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(&self.addr),
         )
         .await
-        .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| {
+            failed(format!(
+                "connect timed out after {:?}",
+                self.connect_timeout
+            ))
+        })?
+        .map_err(|e| failed(e.to_string()))?;
         // gRPC messages are small and latency-bound: never wait to coalesce.
         let _ = tcp.set_nodelay(true);
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let io = CoalescedIo::new(tcp);
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(CoalescedIo::new(tcp)))
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            .keep_alive_timeout(Duration::from_secs(10));
+        let h2_failed = |e: hyper::Error| failed(format!("HTTP/2 handshake: {e}"));
+        let sender = match &self.peer {
+            None => {
+                let (sender, connection) = builder
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(h2_failed)?;
+                self.spawn_connection(connection);
+                sender
+            }
+            Some(peer) => {
+                // The same bound as the TCP connect: a peer that accepts
+                // and then stalls is as useless as one that never answers.
+                let tls =
+                    crate::handshake::connect(&peer.tls, io, peer.id.clone(), self.connect_timeout)
+                        .await
+                        .map_err(|e| {
+                            peer.metrics
+                                .record_handshake_failure("upstream", e.reason());
+                            let message = format!("TLS handshake: {e}");
+                            if crate::handshake::is_identity_mismatch(&e) {
+                                ConnectError::PeerIdentityMismatch(message)
+                            } else {
+                                failed(message)
+                            }
+                        })?;
+                let (sender, connection) = builder
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(h2_failed)?;
+                self.spawn_connection(connection);
+                sender
+            }
+        };
+        tracing::debug!(upstream = %self.addr, "connected");
+        Ok(sender)
+    }
+
+    fn spawn_connection<F>(&self, connection: F)
+    where
+        F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+    {
         let addr = self.addr.clone();
         tokio::spawn(async move {
             match connection.await {
@@ -236,11 +344,12 @@ impl Upstream {
                 Err(error) => tracing::info!(upstream = %addr, %error, "connection lost"),
             }
         });
-        tracing::debug!(upstream = %self.addr, "connected");
-        Ok(sender)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests;
