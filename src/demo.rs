@@ -100,6 +100,10 @@ pub struct Topology {
     /// `control-plane`), `service.instance.id` (the process name) and a
     /// 100 ms batch delay, so a trace shows up while one still looks.
     pub otlp_endpoint: Option<String>,
+    /// Run without mTLS and identities (`--insecure` / `--mtls off`): only
+    /// when a test or a person asks for it. Static mode (no control plane,
+    /// so no CA) always runs without.
+    pub insecure: bool,
 }
 
 /// How the control plane of a topology runs.
@@ -115,6 +119,8 @@ pub struct ControlPlaneSpec {
     pub deregister_delay_ms: u64,
     /// Replica `i` (from 0) listens on this port + `i`; `None` for free ports.
     pub first_port: Option<u16>,
+    /// Lifetime of the proxies' certificates (`24h`; tests use seconds).
+    pub certificate_lifetime: String,
 }
 
 impl Default for ControlPlaneSpec {
@@ -125,6 +131,7 @@ impl Default for ControlPlaneSpec {
             lease_ttl_seconds: 10,
             deregister_delay_ms: 1000,
             first_port: None,
+            certificate_lifetime: "24h".into(),
         }
     }
 }
@@ -181,6 +188,122 @@ pub struct Plan {
     pub bootstrap: Bootstrap,
     /// gRPC URIs of the control-plane replicas (empty in static mode).
     pub control_planes: Vec<String>,
+    /// Where the identity files live, when the mesh runs with mTLS.
+    pub identity: Option<IdentityLayout>,
+}
+
+/// Where a planned mesh keeps its identity files: the CA's (`meshctl
+/// identity init`), one join token per service and gateway (as Kubernetes
+/// mounts one Secret per service), and the operator's credential and
+/// meshctl config. The runner makes them with `meshctl`, in two steps:
+/// [`IdentityLayout::before_start`] before any process starts, and
+/// [`IdentityLayout::once_control_plane_ready`] once a replica answers
+/// (tokens are made through it).
+#[derive(Debug, Clone)]
+pub struct IdentityLayout {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The control-plane replicas (`host:port`).
+    pub control_planes: Vec<String>,
+    /// What join tokens prove: `--service NAME` or `--gateway NAME`.
+    pub tokens: Vec<(&'static str, String)>,
+}
+
+impl IdentityLayout {
+    /// The CA's files.
+    pub fn ca_dir(&self) -> std::path::PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// The trust anchors.
+    pub fn bundle(&self) -> std::path::PathBuf {
+        self.ca_dir().join("bundle.crt")
+    }
+
+    /// The join token file of a service or gateway.
+    pub fn token(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("tokens").join(format!("{name}.token"))
+    }
+
+    /// The admin operator's meshctl config.
+    pub fn meshconfig(&self) -> std::path::PathBuf {
+        self.dir.join("operator").join("admin.meshconfig")
+    }
+
+    /// meshctl argument lists to run before anything starts: the CA and
+    /// an admin operator.
+    pub fn before_start(&self) -> Vec<Vec<String>> {
+        let ca = self.ca_dir().display().to_string();
+        vec![
+            vec![
+                "identity".into(),
+                "init".into(),
+                "--out".into(),
+                ca.clone(),
+                "--trust-domain".into(),
+                self.trust_domain.clone(),
+            ],
+            vec![
+                "identity".into(),
+                "issue-operator".into(),
+                "admin".into(),
+                "--role".into(),
+                "admin".into(),
+                "--ca-dir".into(),
+                ca,
+                "--trust-domain".into(),
+                self.trust_domain.clone(),
+                "--out".into(),
+                self.dir.join("operator").display().to_string(),
+                "--control-planes".into(),
+                self.control_planes.join(","),
+            ],
+        ]
+    }
+
+    /// meshctl argument lists to run (with `MESHCONFIG` set to
+    /// [`IdentityLayout::meshconfig`]) once a replica answers: a join token
+    /// per service and gateway, into its file.
+    pub fn once_control_plane_ready(&self) -> Vec<Vec<String>> {
+        if let Some(parent) = self.token("x").parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        self.tokens
+            .iter()
+            .map(|(kind, name)| {
+                vec![
+                    "token".into(),
+                    "create".into(),
+                    format!("--{kind}"),
+                    name.clone(),
+                    "--out".into(),
+                    self.token(name).display().to_string(),
+                ]
+            })
+            .collect()
+    }
+
+    /// The admin operator's TLS, to call the admin API from code.
+    pub fn operator_tls(
+        &self,
+    ) -> Result<std::sync::Arc<crate::identity::MeshTls>, Box<dyn std::error::Error + Send + Sync>>
+    {
+        let read = std::fs::read_to_string;
+        let operator = self.dir.join("operator");
+        let bundle = crate::identity::TrustBundle::from_pem(&read(self.bundle())?, 0)?;
+        let tls = crate::identity::MeshTls::new(
+            &self.trust_domain,
+            bundle,
+            crate::identity::ClientAuth::Required,
+        )?;
+        tls.set_credential(crate::identity::Credential::from_pem(
+            &read(operator.join("admin.crt"))?,
+            &read(operator.join("admin.key"))?,
+        )?);
+        Ok(std::sync::Arc::new(tls))
+    }
 }
 
 impl Plan {
@@ -236,6 +359,8 @@ impl Topology {
         let loopback = |port: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
         let mut processes = Vec::new();
         let mut control_planes = Vec::new();
+        let identity_dir = bootstrap_path.with_file_name("identity");
+        let secure = self.control_plane.is_some() && !self.insecure;
         let table_source: Vec<String> = match &self.control_plane {
             None => vec!["--bootstrap".into(), bootstrap_path.display().to_string()],
             Some(cp) => {
@@ -265,6 +390,16 @@ impl Topology {
                     match etcd {
                         Some(client) => args.extend(["--etcd".into(), format!("http://{client}")]),
                         None => args.extend(["--store".into(), "memory".into()]),
+                    }
+                    if self.insecure {
+                        args.push("--insecure".into());
+                    } else {
+                        args.extend([
+                            "--identity-dir".into(),
+                            identity_dir.join("ca").display().to_string(),
+                            "--certificate-lifetime".into(),
+                            cp.certificate_lifetime.clone(),
+                        ]);
                     }
                     processes.push(ProcessSpec {
                         name: format!("control-plane-{i}"),
@@ -342,6 +477,7 @@ impl Topology {
                 .map(str::to_owned)
                 .to_vec();
                 args.extend(table_source.iter().cloned());
+                args.extend(identity_args(secure, &identity_dir, service));
                 args.extend(instance.sidecar_args.iter().cloned());
                 processes.push(ProcessSpec {
                     name: format!("{}-sidecar", instance.id),
@@ -384,6 +520,7 @@ impl Topology {
             .map(str::to_owned)
             .to_vec();
             args.extend(table_source.iter().cloned());
+            args.extend(identity_args(secure, &identity_dir, "gateway"));
             processes.push(ProcessSpec {
                 name: "gateway".into(),
                 program: "sidecar".into(),
@@ -418,10 +555,30 @@ impl Topology {
                 process.env.extend(env);
             }
         }
+        let identity = secure.then(|| {
+            let mut tokens: Vec<(&'static str, String)> = self
+                .services
+                .iter()
+                .map(|(service, _)| ("service", service.clone()))
+                .collect();
+            if self.gateway.is_some() {
+                tokens.push(("gateway", "gateway".into()));
+            }
+            IdentityLayout {
+                dir: identity_dir.clone(),
+                trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.into(),
+                control_planes: control_planes
+                    .iter()
+                    .map(|uri| uri.trim_start_matches("http://").to_owned())
+                    .collect(),
+                tokens,
+            }
+        });
         Plan {
             processes,
             bootstrap: Bootstrap { endpoints, routes },
             control_planes,
+            identity,
         }
     }
 
@@ -448,6 +605,24 @@ impl Topology {
         }
         routes
     }
+}
+
+/// A proxy's identity flags: its trust bundle and its join token file
+/// (one per service or gateway), or `--mtls off` when the mesh runs
+/// without (asked for, or static mode: no CA to certify it).
+fn identity_args(secure: bool, dir: &Path, name: &str) -> Vec<String> {
+    if !secure {
+        return vec!["--mtls".into(), "off".into()];
+    }
+    vec![
+        "--trust-bundle".into(),
+        dir.join("ca").join("bundle.crt").display().to_string(),
+        "--identity-token-file".into(),
+        dir.join("tokens")
+            .join(format!("{name}.token"))
+            .display()
+            .to_string(),
+    ]
 }
 
 /// The `OTEL_*` environment of a process that sends traces to `endpoint`.
@@ -505,14 +680,32 @@ impl PortAllocator {
 
 /// Applies `routes` through the control plane at `uri` (whatever is
 /// stored is overwritten); returns the highest revision written.
-pub async fn apply_routes(uri: &str, routes: &[Route]) -> Result<i64, tonic::Status> {
+pub async fn apply_routes(
+    uri: &str,
+    routes: &[Route],
+    identity: Option<&IdentityLayout>,
+) -> Result<i64, tonic::Status> {
     use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
     use crate::proto::mesh::v1::ApplyRouteRequest;
-    let channel = tonic::transport::Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let channel = match identity {
+        None => endpoint.connect().await,
+        Some(identity) => {
+            let tls = identity
+                .operator_tls()
+                .map_err(|e| tonic::Status::unauthenticated(format!("operator credential: {e}")))?;
+            let peer = crate::identity::SpiffeId::new(
+                &identity.trust_domain,
+                crate::identity::Workload::ControlPlane,
+            )
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            endpoint
+                .connect_with_connector(crate::identity::transport::Connector::new(tls, peer))
+                .await
+        }
+    }
+    .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
     let mut client = MeshAdminClient::new(channel);
     let mut revision = 0;
     for route in routes {

@@ -36,6 +36,7 @@ fn topology(instances: Vec<(&str, &str, &str)>) -> Topology {
             lease_ttl_seconds: TTL_SECONDS,
             deregister_delay_ms: 200,
             first_port: None,
+            ..ControlPlaneSpec::default()
         }),
         ..Topology::default()
     }

@@ -32,6 +32,7 @@ fn topology(services: Vec<(&str, Vec<InstanceSpec>)>) -> Topology {
             lease_ttl_seconds: 3,
             deregister_delay_ms: 200,
             first_port: None,
+            ..ControlPlaneSpec::default()
         }),
         ..Topology::default()
     }

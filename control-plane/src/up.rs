@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// without `OTEL_EXPORTER_OTLP_ENDPOINT`) nothing is traced.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// Run without mTLS and identities: every hop plaintext, anyone on the
+    /// machine can register as any service or change routes.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 struct Running {
@@ -81,6 +85,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         ..ControlPlaneSpec::default()
     });
     topology.otlp_endpoint = args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty());
+    topology.insecure = args.insecure;
     let plan = {
         // The allocator holds its probe ports until dropped: drop it before
         // the processes need them.
@@ -99,6 +104,11 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     std::fs::write(&bootstrap_path, serde_yaml_ng::to_string(&plan.bootstrap)?)
         .with_context(|| format!("cannot write {}", bootstrap_path.display()))?;
 
+    if let Some(identity) = &plan.identity {
+        for step in identity.before_start() {
+            meshctl(&step, identity).await?;
+        }
+    }
     let mut running = Vec::new();
     let started = start_all(&plan, &bin_dir, &run_dir, &mut running, &args, &shutdown).await;
     if let Err(error) = started {
@@ -161,14 +171,50 @@ async fn start_all(
         });
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout);
+    let mut tokens_made = plan.identity.is_none();
     for spec in plan.processes.iter().filter(|p| p.admin.is_some()) {
+        // Proxies wait for their token files: make them once a replica
+        // answers (tokens are made through it).
+        if !tokens_made && matches!(spec.role, Role::Sidecar | Role::Gateway) {
+            if let Some(identity) = &plan.identity {
+                for step in identity.once_control_plane_ready() {
+                    meshctl(&step, identity).await?;
+                }
+            }
+            tokens_made = true;
+        }
         wait_ready(spec, running, deadline, shutdown, run_dir).await?;
     }
     if let Some(control_plane) = plan.control_planes.first() {
-        let revision = apply_routes(control_plane, &plan.bootstrap.routes)
-            .await
-            .map_err(|s| anyhow::anyhow!("applying the shop's routes: {}", s.message()))?;
+        let revision = apply_routes(
+            control_plane,
+            &plan.bootstrap.routes,
+            plan.identity.as_ref(),
+        )
+        .await
+        .map_err(|s| anyhow::anyhow!("applying the shop's routes: {}", s.message()))?;
         wait_tables(plan, revision, deadline).await?;
+    }
+    Ok(())
+}
+
+/// Runs this meshctl with `args` as the mesh's admin operator.
+async fn meshctl(args: &[String], identity: &mesh::demo::IdentityLayout) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find meshctl's own path")?;
+    let out = Command::new(exe)
+        .args(args)
+        .env("MESHCONFIG", identity.meshconfig())
+        .env_remove("MESHCTL_CONTROL_PLANE")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run meshctl {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "meshctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -311,6 +357,14 @@ fn print_welcome(plan: &Plan, run_dir: &Path, otlp_endpoint: Option<&str>) {
             "  {:<22} {:<10} {:<22} {:<22}",
             p.name, role, p.serving, admin
         );
+    }
+    match &plan.identity {
+        Some(identity) => println!(
+            "\nEvery hop between mesh processes is mutual TLS (trust domain {}); meshctl is the admin operator with:\n  export MESHCONFIG={}",
+            identity.trust_domain,
+            identity.meshconfig().display()
+        ),
+        None => println!("\nmTLS is OFF (--insecure): meshctl needs --insecure too."),
     }
     println!("\nTry:");
     println!("  meshctl get routes");

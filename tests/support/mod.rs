@@ -94,6 +94,11 @@ impl TestMesh {
             processes: Vec::new(),
             dir,
         };
+        if let Some(identity) = mesh.plan.identity.clone() {
+            for args in identity.before_start() {
+                mesh.meshctl_ok(&args);
+            }
+        }
         for spec in mesh.plan.processes.clone() {
             let child = mesh.spawn(&spec);
             mesh.processes.push((spec.name.clone(), Some(child)));
@@ -111,7 +116,8 @@ impl TestMesh {
     pub fn apply_routes(&self, routes: &[mesh::model::Route]) -> i64 {
         let uri = self.plan.control_planes[0].clone();
         let routes = routes.to_vec();
-        block_on(async move { mesh::demo::apply_routes(&uri, &routes).await })
+        let identity = self.plan.identity.clone();
+        block_on(async move { mesh::demo::apply_routes(&uri, &routes, identity.as_ref()).await })
             .unwrap_or_else(|status| panic!("applying routes: {status:?}"))
     }
 
@@ -212,7 +218,13 @@ impl TestMesh {
     /// stderr)`.
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use std::io::Write;
-        let mut child = Command::new(bin("meshctl"))
+        let mut command = Command::new(bin("meshctl"));
+        match &self.plan.identity {
+            Some(identity) => command.env("MESHCONFIG", identity.meshconfig()),
+            None => command.env("MESHCTL_INSECURE", "true"),
+        };
+        let mut child = command
+            .env_remove("MESHCTL_CONTROL_PLANE")
             .arg("--control-plane")
             .arg(self.plan.control_planes.join(","))
             .args(args)
@@ -253,11 +265,31 @@ impl TestMesh {
         self.dir.path()
     }
 
+    /// Runs meshctl with `args`, failing the test if it fails.
+    fn meshctl_ok(&self, args: &[String]) -> String {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = self.meshctl(&args, None);
+        assert!(ok, "meshctl {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// Waits for every process in start order; the proxies' join tokens
+    /// are made as soon as the control plane answers (the proxies read
+    /// their token files until they appear).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let names: Vec<String> = self.plan.processes.iter().map(|p| p.name.clone()).collect();
-        for name in names {
-            self.await_ready(&name, deadline);
+        let specs = self.plan.processes.clone();
+        let mut tokens_made = self.plan.identity.is_none();
+        for spec in specs {
+            if !tokens_made && matches!(spec.role, Role::App | Role::Sidecar | Role::Gateway) {
+                if let Some(identity) = self.plan.identity.clone() {
+                    for args in identity.once_control_plane_ready() {
+                        self.meshctl_ok(&args);
+                    }
+                }
+                tokens_made = true;
+            }
+            self.await_ready(&spec.name, deadline);
         }
     }
 
