@@ -184,3 +184,108 @@ async fn drain_connections(name: &'static str, graceful: GracefulShutdown, drain
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Direction, IdentityMetrics, Metrics};
+    use crate::proxy::Destination;
+    use crate::test_pki::TestCa;
+    use crate::upstream::Upstream;
+    use mesh::identity::{ClientAuth, MeshTls, SpiffeId};
+    use tokio::io::AsyncWriteExt;
+
+    fn failures(metrics: &IdentityMetrics) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register_for_tests(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_is_refused_counted_and_the_listener_keeps_serving() {
+        let ca = TestCa::new();
+        let orders = SpiffeId::service("mesh.local", "orders").unwrap();
+        let identity =
+            Identity::new(orders.clone(), ca.bundle(0), IdentityMetrics::default()).unwrap();
+        identity
+            .install(ca.credential(&orders, Duration::from_secs(3600)))
+            .unwrap();
+        let identity = Arc::new(identity);
+        let metrics = Arc::new(Metrics::default());
+        let proxy = Proxy::new(
+            Direction::Inbound,
+            Destination::App {
+                upstream: Arc::new(Upstream::new("127.0.0.1:9", Duration::from_secs(1)).unwrap()),
+                counters: metrics.route_counters(Direction::Inbound, "orders", "inbound"),
+                service: "orders".into(),
+            },
+            None,
+            metrics,
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve_grpc(
+            "inbound",
+            listener,
+            proxy,
+            Some(identity.clone()),
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
+
+        // An h2c client (what every caller was before mTLS).
+        let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        plain
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut answer),
+        )
+        .await
+        .expect("the server closes the connection")
+        .ok();
+        // At most a TLS alert (content type 21), never HTTP/2 SETTINGS.
+        assert!(answer.first().is_none_or(|&b| b == 21), "{answer:?}");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !failures(identity.metrics()).contains(r#"listener="inbound""#) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the failed handshake is counted");
+
+        // A client without a certificate is refused too; one with a
+        // certificate of the mesh gets through, and meets `orders`.
+        let caller = SpiffeId::service("mesh.local", "catalog").unwrap();
+        let anonymous = MeshTls::new("mesh.local", ca.bundle(0), ClientAuth::Required).unwrap();
+        let client = MeshTls::new("mesh.local", ca.bundle(0), ClientAuth::Required).unwrap();
+        client.set_credential(ca.credential(&caller, Duration::from_secs(3600)));
+        mesh::identity::transport::connect(&client, &addr, orders.clone())
+            .await
+            .expect("a mesh client is served after a refused one");
+        let refused = async {
+            let mut tls = mesh::identity::transport::connect(&anonymous, &addr, orders.clone())
+                .await
+                .ok()?;
+            // TLS 1.3: the server's refusal arrives after our Finished.
+            let mut buf = [0u8; 64];
+            let n = tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
+                .await
+                .ok()?;
+            (n > 0).then_some(())
+        };
+        assert!(
+            refused.await.is_none(),
+            "a client with no certificate is refused"
+        );
+
+        stop.cancel();
+        served.await.unwrap();
+    }
+}

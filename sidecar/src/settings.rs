@@ -275,3 +275,111 @@ impl Settings {
         Duration::from_millis(self.connect_timeout_ms)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let settings =
+            Settings::try_parse_from(std::iter::once("sidecar").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        settings.validate().map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
+
+    const CP: &[&str] = &[
+        "--service",
+        "orders",
+        "--control-plane",
+        "http://127.0.0.1:15010",
+    ];
+
+    #[test]
+    fn strict_is_the_default_and_needs_a_bundle_and_a_token() {
+        let error = parse(CP).unwrap_err();
+        assert!(error.contains("--trust-bundle"), "{error}");
+        let error = parse(&[CP, &["--trust-bundle", "b.pem"]].concat()).unwrap_err();
+        assert!(error.contains("--identity-token-file"), "{error}");
+        let ok = parse(
+            &[
+                CP,
+                &["--trust-bundle", "b.pem", "--identity-token-file", "t"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(ok.mtls, MtlsMode::Strict);
+        assert_eq!(
+            ok.identity().unwrap().to_string(),
+            "spiffe://mesh.local/svc/orders"
+        );
+    }
+
+    #[test]
+    fn off_only_when_asked_and_then_needs_nothing() {
+        let ok = parse(&[CP, &["--mtls", "off"]].concat()).unwrap();
+        assert_eq!(ok.mtls, MtlsMode::Off);
+    }
+
+    #[test]
+    fn static_mode_needs_a_certificate_and_key_instead_of_a_token() {
+        let base = [
+            "--service",
+            "orders",
+            "--bootstrap",
+            "b.yaml",
+            "--trust-bundle",
+            "b.pem",
+        ];
+        let error = parse(&base).unwrap_err();
+        assert!(error.contains("--identity-cert-file"), "{error}");
+        assert!(parse(&[&base[..], &["--identity-cert-file", "c.pem"]].concat()).is_err());
+        parse(
+            &[
+                &base[..],
+                &["--identity-cert-file", "c", "--identity-key-file", "k"],
+            ]
+            .concat(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_gateway_is_a_gateway_identity_and_names_must_be_labels() {
+        let gateway = parse(&[
+            "--mode",
+            "gateway",
+            "--control-plane",
+            "http://cp:1",
+            "--trust-bundle",
+            "b",
+            "--identity-token-file",
+            "t",
+            "--trust-domain",
+            "prod.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            gateway.identity().unwrap().to_string(),
+            "spiffe://prod.example/gateway/gateway"
+        );
+        let error = parse(
+            &[
+                CP,
+                &[
+                    "--trust-bundle",
+                    "b",
+                    "--identity-token-file",
+                    "t",
+                    "--trust-domain",
+                    "Bad Domain",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert!(error.contains("trust domain"), "{error}");
+    }
+}
