@@ -177,14 +177,19 @@ impl Admin {
         }
     }
 
-    /// Ready once a table is loaded and the local app answers SERVING (a
-    /// gateway has no app).
+    /// Ready once a table is loaded, a certificate is installed (mTLS), and
+    /// the local app answers SERVING (a gateway has no app).
     async fn app_ready(&self) -> Result<(), String> {
         if !self.inner.table.is_loaded() {
             return Err("no routing table yet".into());
         }
         if self.inner.drain.deregister.is_cancelled() {
             return Err("draining".into());
+        }
+        if let Some(identity) = &self.inner.identity {
+            if identity.tls().credential().is_none() {
+                return Err("no certificate yet".into());
+            }
         }
         let Some(client) = &self.inner.app_health else {
             return Ok(());

@@ -32,7 +32,7 @@
 //! - `proxy`: the forwarding service behind each gRPC listener.
 //! - `proxy_error`: errors the proxy answers itself, as gRPC statuses.
 //! - `server`: accept loops with graceful drain.
-//! - `admin`: `/live`, `/ready`, `/config`, `/metrics`.
+//! - `admin`: `/live`, `/ready`, `/config`, `/endpoints`, `/identity`, `/metrics`, `/drain`.
 //! - `metrics`: Prometheus counters.
 
 mod admin;
