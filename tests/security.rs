@@ -1,0 +1,289 @@
+//! Zero trust, attacked for real: a mesh with mTLS on every hop (real
+//! certificates from its own CA, real etcd, real processes), and clients
+//! that try what an attacker on the network would.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
+use mesh::identity::{csr, ClientAuth, MeshTls, SpiffeId, TrustBundle, Workload};
+use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
+use mesh::proto::mesh::v1::identity_client::IdentityClient;
+use mesh::proto::mesh::v1::sidecar_message::Message;
+use mesh::proto::mesh::v1::{CertifyRequest, Hello, Node, SidecarMessage};
+use support::{block_on, TestMesh};
+
+const DOMAIN: &str = mesh::identity::DEFAULT_TRUST_DOMAIN;
+
+fn secure_mesh() -> TestMesh {
+    TestMesh::start(&Topology {
+        services: vec![
+            ("catalog".into(), vec![InstanceSpec::new("catalog-1")]),
+            ("payments".into(), vec![InstanceSpec::new("payments-1")]),
+        ],
+        gateway: Some("127.0.0.1:0".parse().unwrap()),
+        control_plane: Some(ControlPlaneSpec {
+            replicas: 1,
+            ..ControlPlaneSpec::default()
+        }),
+        ..Topology::default()
+    })
+}
+
+/// The test's TLS as a process that has the bundle and nothing else.
+fn anonymous(mesh: &TestMesh) -> std::sync::Arc<MeshTls> {
+    let identity = mesh.plan.identity.as_ref().expect("a secure mesh");
+    let pem = std::fs::read_to_string(identity.bundle()).unwrap();
+    std::sync::Arc::new(
+        MeshTls::new(
+            DOMAIN,
+            TrustBundle::from_pem(&pem, 0).unwrap(),
+            ClientAuth::Required,
+        )
+        .unwrap(),
+    )
+}
+
+fn control_plane_id() -> SpiffeId {
+    SpiffeId::new(DOMAIN, Workload::ControlPlane).unwrap()
+}
+
+/// Trades `token` for a certificate the way a proxy does; the TLS state
+/// then presents it.
+async fn certify(
+    uri: String,
+    tls: std::sync::Arc<MeshTls>,
+    token: String,
+) -> Result<(), tonic::Status> {
+    let channel = mesh::identity::transport::channel(
+        &uri,
+        tls.clone(),
+        control_plane_id(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("TLS to the control plane");
+    let request = csr::generate().unwrap();
+    let response = IdentityClient::new(channel)
+        .certify(CertifyRequest {
+            token,
+            csr_der: request.csr_der,
+        })
+        .await?
+        .into_inner();
+    let chain = response.chain_der.into_iter().map(Into::into).collect();
+    tls.set_credential(mesh::identity::Credential::new(chain, request.key).unwrap());
+    Ok(())
+}
+
+fn cp(mesh: &TestMesh) -> String {
+    mesh.plan.control_planes[0].clone()
+}
+
+fn token(mesh: &TestMesh, args: &[&str]) -> String {
+    let mut full = vec!["token", "create"];
+    full.extend_from_slice(args);
+    let (ok, stdout, stderr) = mesh.meshctl(&full, None);
+    assert!(ok, "meshctl token create: {stderr}");
+    stdout.trim().to_owned()
+}
+
+#[test]
+fn plaintext_is_refused_by_sidecars_and_the_control_plane() {
+    let mesh = secure_mesh();
+    // A plaintext gRPC call to payments' inbound port: no TLS, no answer.
+    let inbound = mesh.serving("payments-1-sidecar");
+    let refused = block_on(async move {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{inbound}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(3))
+            .connect()
+            .await;
+        match channel {
+            Err(_) => true,
+            Ok(channel) => tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .is_err(),
+        }
+    });
+    assert!(
+        refused,
+        "a plaintext client was served by a sidecar's inbound port"
+    );
+    // meshctl without TLS cannot reach the control plane either.
+    let (ok, _, stderr) = mesh.meshctl(&["--insecure", "get", "routes"], None);
+    assert!(!ok, "a plaintext meshctl got routes");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    // The same through TLS with the operator certificate works.
+    let (ok, stdout, stderr) = mesh.meshctl(&["get", "routes"], None);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("payments"), "{stdout}");
+}
+
+#[test]
+fn a_catalog_credential_cannot_register_as_payments() {
+    let mesh = secure_mesh();
+    let catalog_token = token(&mesh, &["--service", "catalog"]);
+    let uri = mesh.plan.control_planes[0].clone();
+    let tls = anonymous(&mesh);
+    let status = block_on({
+        let tls = tls.clone();
+        let uri = uri.clone();
+        async move {
+            certify(uri.clone(), tls.clone(), catalog_token)
+                .await
+                .expect("a valid catalog token gets a certificate");
+            let channel = mesh::identity::transport::channel(
+                &uri,
+                tls,
+                control_plane_id(),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("mTLS to the control plane");
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(SidecarMessage {
+                message: Some(Message::Hello(Hello {
+                    node: Some(Node {
+                        service: "payments".into(),
+                        instance: "payments-rogue".into(),
+                        address: "127.0.0.1:1".into(),
+                        version: "v1".into(),
+                        weight: 1000,
+                        ..Node::default()
+                    }),
+                    current_version: 0,
+                })),
+            })
+            .await
+            .unwrap();
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let result = DiscoveryClient::new(channel).subscribe(stream).await;
+            drop(tx);
+            match result {
+                Err(status) => status,
+                Ok(response) => {
+                    let mut pushes = response.into_inner();
+                    pushes
+                        .message()
+                        .await
+                        .expect_err("a push for a rogue payments")
+                }
+            }
+        }
+    });
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("svc/catalog"),
+        "{}",
+        status.message()
+    );
+    // Nothing was registered, and the refusal was counted.
+    let (ok, stdout, _) = mesh.meshctl(&["get", "endpoints", "-o", "json"], None);
+    assert!(ok);
+    assert!(!stdout.contains("payments-rogue"), "{stdout}");
+    let refused = mesh.counter(
+        "control-plane-1",
+        "mesh_cp_refused_registrations_total",
+        &[],
+    );
+    assert!(refused >= 1.0, "refusals counted: {refused}");
+}
+
+#[test]
+fn revoked_expired_and_forged_tokens_get_no_certificate() {
+    let mesh = secure_mesh();
+    let tls = anonymous(&mesh);
+    // Revoked.
+    let revoked = token(&mesh, &["--service", "payments"]);
+    let id = revoked.split_once('.').unwrap().0.to_owned();
+    let (ok, _, stderr) = mesh.meshctl(&["token", "revoke", &id], None);
+    assert!(ok, "{stderr}");
+    let status = block_on(certify(cp(&mesh), tls.clone(), revoked.clone())).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    // Forged: a known id with another secret.
+    let forged = format!("{id}.{}", "0".repeat(64));
+    let status = block_on(certify(cp(&mesh), tls.clone(), forged)).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // Expired: a one-second token, tried until its second is over.
+    let short = token(&mesh, &["--service", "payments", "--ttl", "1s"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match block_on(certify(cp(&mesh), tls.clone(), short.clone())) {
+            Err(status) if status.message().contains("expired") => break,
+            _ => assert!(Instant::now() < deadline, "the token never expired"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // And `token list` shows the revoked one as such, never a secret.
+    let (ok, stdout, _) = mesh.meshctl(&["token", "list"], None);
+    assert!(ok);
+    assert!(stdout.contains("REVOKED"), "{stdout}");
+    assert!(
+        !stdout.contains(revoked.split_once('.').unwrap().1),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_viewer_cannot_apply_an_admin_can_and_the_audit_names_the_operator() {
+    let mesh = secure_mesh();
+    let identity = mesh.plan.identity.clone().unwrap();
+    let out = mesh.dir().join("viewer");
+    let (ok, _, stderr) = mesh.meshctl(
+        &[
+            "identity",
+            "issue-operator",
+            "vera",
+            "--role",
+            "viewer",
+            "--ca-dir",
+            &identity.ca_dir().display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let viewer_config = out.join("vera.meshconfig");
+    let route = "kind: Route\nmetadata:\n  name: payments\nspec:\n  match:\n    service: shop.payments.v1.PaymentsService\n  destination: payments\n  timeout: 3s\n";
+    let run_as = |config: &std::path::Path, args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(support::bin_dir().join("meshctl"))
+            .env("MESHCONFIG", config)
+            .arg("--control-plane")
+            .arg(mesh.plan.control_planes.join(","))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run_as(&viewer_config, &["apply", "-f", "-"], Some(route));
+    assert!(!ok, "a viewer applied a route");
+    assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+    let (ok, stderr) = run_as(&viewer_config, &["get", "routes"], None);
+    assert!(ok, "a viewer may read: {stderr}");
+    let (ok, stderr) = run_as(&identity.meshconfig(), &["apply", "-f", "-"], Some(route));
+    assert!(ok, "the admin could not apply: {stderr}");
+    let log = mesh.log("control-plane-1");
+    assert!(
+        log.lines().any(|l| l.contains("mesh changed")
+            && l.contains("admin")
+            && l.contains("apply-route")),
+        "no audit line naming the operator:\n{log}"
+    );
+}
