@@ -38,6 +38,18 @@ use crate::store::{LeaseId, Precondition, Revision, Store, StoreError};
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How a replica treats discovery streams.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPolicy {
+    /// Registrations live this long without keep-alives.
+    pub lease_ttl: Duration,
+    /// For this long after start, sidecars that already have a table get
+    /// their first push only when it ends.
+    pub warmup: Duration,
+    /// Whether a registration must match the caller's certificate.
+    pub access: Access,
+}
+
 /// The Discovery gRPC service of one replica.
 pub struct DiscoveryService<S> {
     store: S,
@@ -52,29 +64,26 @@ pub struct DiscoveryService<S> {
 }
 
 impl<S: Store> DiscoveryService<S> {
-    /// A service registering nodes in `store` with leases of `lease_ttl`,
-    /// pushing what `published` holds. For `warmup` after start, sidecars
-    /// that already have a table get their first push only when it ends.
-    /// Pushes, ACKs, NACKs and store errors are counted in `metrics`.
+    /// A service registering nodes in `store` as `policy` says, pushing
+    /// what `published` holds. Pushes, ACKs, NACKs and store errors are
+    /// counted in `metrics`.
     pub fn new(
         store: S,
         published: watch::Receiver<Arc<Published>>,
-        lease_ttl: Duration,
-        warmup: Duration,
+        policy: StreamPolicy,
         sessions: Arc<Sessions>,
         stop: CancellationToken,
         metrics: Arc<Metrics>,
-        access: Access,
     ) -> Self {
         Self {
-            access,
+            access: policy.access,
             store,
             published,
-            lease_ttl,
+            lease_ttl: policy.lease_ttl,
             sessions,
             stop,
             started: std::time::Instant::now(),
-            warmup,
+            warmup: policy.warmup,
             metrics,
         }
     }

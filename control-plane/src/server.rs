@@ -23,7 +23,7 @@ use mesh::proto::mesh::v1::identity_server::IdentityServer;
 use crate::access::Access;
 use crate::admin::AdminService;
 use crate::ca::Authority;
-use crate::discovery::{DiscoveryServer, DiscoveryService};
+use crate::discovery::{DiscoveryServer, DiscoveryService, StreamPolicy};
 use crate::identity::IdentityService;
 use crate::index::Published;
 use crate::metrics::Metrics;
@@ -163,12 +163,14 @@ pub async fn run<S: Store>(
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             store.clone(),
             published.clone(),
-            settings.lease_ttl,
-            settings.warmup,
+            StreamPolicy {
+                lease_ttl: settings.lease_ttl,
+                warmup: settings.warmup,
+                access,
+            },
             sessions,
             sessions_stop,
             metrics.clone(),
-            access,
         )))
         .add_service(MeshAdminServer::new(AdminService::new(
             store.clone(),
