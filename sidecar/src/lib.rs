@@ -32,7 +32,10 @@
 //! - `proxy`: the forwarding service behind each gRPC listener.
 //! - `proxy_error`: errors the proxy answers itself, as gRPC statuses.
 //! - `server`: accept loops with graceful drain.
-//! - `admin`: `/live`, `/ready`, `/config`, `/endpoints`, `/identity`, `/metrics`, `/drain`.
+//! - `admin`: the admin listener (loopback: `/config`, `/endpoints`,
+//!   `/identity`, `/metrics`, `POST`/`DELETE /drain`, `/live`, `/ready`) and
+//!   the probe listener (`/live`, `/ready`, `/metrics`, read-only).
+//! - `membership`: registered or drained; `/drain` can be undone.
 //! - `metrics`: Prometheus counters.
 
 mod admin;
@@ -44,6 +47,7 @@ mod deadline;
 mod discovery;
 mod handshake;
 mod identity;
+mod membership;
 mod mesh_reflection;
 mod metrics;
 mod outcome;
@@ -72,6 +76,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::discovery::Subscriber;
 use crate::identity::{ControlPlaneCa, Identity};
+use crate::membership::Membership;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{Destination, Proxy};
@@ -183,9 +188,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     }
 
     // Deregistration comes with shutdown, or earlier through the admin
-    // port's /drain (a Kubernetes preStop hook: the app is stopped before
-    // its native sidecar, so the sidecar must leave the mesh first).
-    let deregister = shutdown.child_token();
+    // port's POST /drain (a Kubernetes preStop hook: the app is stopped
+    // before its native sidecar, so the sidecar must leave the mesh first),
+    // which DELETE /drain undoes.
+    let membership = Arc::new(Membership::new(shutdown.clone()));
     let tasks = TaskTracker::new();
     let drain = settings.drain();
     let app = match settings.mode {
@@ -242,43 +248,79 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     };
     if discovery {
         let gateway = settings.mode == Mode::Gateway;
-        let subscriber = Subscriber {
-            control_planes: settings.control_plane.clone(),
-            node: Node {
-                service: settings.service_name().to_owned(),
-                instance: settings.instance_id(),
-                address: if gateway {
-                    String::new()
-                } else {
-                    settings.advertised_addr().to_string()
-                },
-                version: settings.version_label.clone(),
-                weight: settings.weight,
-                gateway,
-                admin_address: settings.advertised_admin_addr().to_string(),
-                ..Node::default()
+        let node = Node {
+            service: settings.service_name().to_owned(),
+            instance: settings.instance_id(),
+            address: if gateway {
+                String::new()
+            } else {
+                settings.advertised_addr().to_string()
             },
-            app,
-            table: table.clone(),
-            reflection,
-            identity: identity.clone(),
+            version: settings.version_label.clone(),
+            weight: settings.weight,
+            gateway,
+            admin_address: settings.advertised_admin_addr().to_string(),
+            ..Node::default()
         };
-        tasks.spawn(subscriber.run(deregister.clone()));
+        // A fresh subscriber (and discovery stream) per period in the
+        // mesh: the first, and one after each DELETE /drain.
+        let subscriber = {
+            let control_planes = settings.control_plane.clone();
+            let table = table.clone();
+            let identity = identity.clone();
+            move || Subscriber {
+                control_planes: control_planes.clone(),
+                node: node.clone(),
+                app,
+                table: table.clone(),
+                reflection: reflection.clone(),
+                identity: identity.clone(),
+            }
+        };
+        let membership = membership.clone();
+        tasks.spawn(async move {
+            membership
+                .keep_registered(|stop| subscriber().run(stop))
+                .await;
+        });
     }
     let admin_listener = bind("admin", settings.admin_addr).await?;
+    let probe_listener = match settings.probe_addr() {
+        (addr, true) => Some(bind("probe", addr).await?),
+        (addr, false) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(listener = "probe", %addr, "listening");
+                Some(listener)
+            }
+            Err(error) => {
+                // Several proxies on one host (meshctl up) share the
+                // default; one pod has one proxy, which gets it.
+                tracing::warn!(
+                    %addr,
+                    %error,
+                    "no probe listener (give --probe-addr to require one); /live, /ready and /metrics stay on the admin port"
+                );
+                None
+            }
+        },
+    };
     let admin = admin::Admin::new(
         table,
         metrics,
         app,
-        admin::Drain {
-            deregister: deregister.clone(),
-            delay,
-        },
+        admin::Drain { membership, delay },
         identity,
     );
-    // Admin outlives the data listeners' drain so probes and scrapes keep
-    // answering while calls finish.
+    // Admin and probes outlive the data listeners' drain so probes and
+    // scrapes keep answering while calls finish.
     let admin_shutdown = CancellationToken::new();
+    let probe_task = probe_listener.map(|listener| {
+        tokio::spawn(server::serve_http(
+            listener,
+            admin.probes(),
+            admin_shutdown.clone(),
+        ))
+    });
     let admin_task = tokio::spawn(server::serve_http(
         admin_listener,
         admin,
@@ -295,6 +337,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     tasks.wait().await;
     admin_shutdown.cancel();
     let _ = admin_task.await;
+    if let Some(task) = probe_task {
+        let _ = task.await;
+    }
     tracing::info!("proxy stopped");
     Ok(())
 }

@@ -38,6 +38,10 @@ impl MtlsMode {
     }
 }
 
+/// Where the kubelet's probes and Prometheus find a proxy, Istio's port.
+pub const DEFAULT_PROBE_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 15021);
+
 /// Command-line and environment settings of the `sidecar` binary.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "sidecar", version, about = "The mesh's data-plane proxy")]
@@ -54,9 +58,17 @@ pub struct Settings {
     /// The ingress listener of gateway mode.
     #[arg(long, env = "MESH_INGRESS_ADDR", default_value = "0.0.0.0:8080")]
     pub ingress_addr: SocketAddr,
-    /// Admin HTTP: /live, /ready, /config, /metrics.
-    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "0.0.0.0:15000")]
+    /// Admin HTTP: /config, /endpoints, /identity, /metrics, /drain (and
+    /// /live, /ready). Loopback by default: /drain takes this instance out
+    /// of the mesh, and the rest is for people on the host, not the network.
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
+    /// Probe HTTP for the kubelet and Prometheus: GET /live, /ready and
+    /// /metrics only [default: 0.0.0.0:15021]. When not given and the
+    /// default port is taken (several proxies on one host, as in
+    /// `meshctl up`), the proxy runs without it and says so.
+    #[arg(long, env = "MESH_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
     /// The local app's gRPC address (sidecar mode).
     #[arg(long, env = "MESH_APP_ADDR", default_value = "127.0.0.1:50051")]
     pub app_addr: SocketAddr,
@@ -260,6 +272,15 @@ impl Settings {
         addr
     }
 
+    /// The probe listener's address, and whether it was asked for (a
+    /// failure to bind an address asked for is fatal).
+    pub fn probe_addr(&self) -> (SocketAddr, bool) {
+        match self.probe_addr {
+            Some(addr) => (addr, true),
+            None => (DEFAULT_PROBE_ADDR, false),
+        }
+    }
+
     /// Grace period for in-flight calls at shutdown.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
@@ -315,6 +336,15 @@ mod tests {
             ok.identity().unwrap().to_string(),
             "spiffe://mesh.local/svc/orders"
         );
+    }
+
+    #[test]
+    fn admin_is_loopback_and_probes_are_open_by_default() {
+        let ok = parse(&[CP, &["--mtls", "off"]].concat()).unwrap();
+        assert_eq!(ok.admin_addr, "127.0.0.1:15000".parse().unwrap());
+        assert_eq!(ok.probe_addr(), ("0.0.0.0:15021".parse().unwrap(), false));
+        let ok = parse(&[CP, &["--mtls", "off", "--probe-addr", "127.0.0.1:0"]].concat()).unwrap();
+        assert_eq!(ok.probe_addr(), ("127.0.0.1:0".parse().unwrap(), true));
     }
 
     #[test]
