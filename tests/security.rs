@@ -287,3 +287,95 @@ fn a_viewer_cannot_apply_an_admin_can_and_the_audit_names_the_operator() {
         "no audit line naming the operator:\n{log}"
     );
 }
+
+#[test]
+fn an_impostor_at_a_registered_address_gets_no_call() {
+    // Someone on the network answers at catalog-2's registered address (as
+    // an on-path attacker would): catalog-2's sidecar advertises a port the
+    // impostor holds, with a real mesh credential, for payments.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let port = support::port_allocator()();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("the impostor's port");
+    let mesh = TestMesh::start(&Topology {
+        services: vec![(
+            "catalog".into(),
+            vec![
+                InstanceSpec::new("catalog-1"),
+                InstanceSpec::new("catalog-2")
+                    .sidecar_args(["--advertise-addr".to_owned(), format!("127.0.0.1:{port}")]),
+            ],
+        )],
+        gateway: Some("127.0.0.1:0".parse().unwrap()),
+        control_plane: Some(ControlPlaneSpec {
+            replicas: 1,
+            ..ControlPlaneSpec::default()
+        }),
+        ..Topology::default()
+    });
+    let payments_token = token(&mesh, &["--service", "payments"]);
+    let tls = anonymous(&mesh);
+    block_on(certify(cp(&mesh), tls.clone(), payments_token)).expect("payments certificate");
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    runtime.spawn({
+        let served = served.clone();
+        async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let tls = tls.clone();
+                let served = served.clone();
+                tokio::spawn(async move {
+                    if mesh::identity::transport::accept(&tls, tcp).await.is_ok() {
+                        // A completed handshake: a caller would now send calls.
+                        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        }
+    });
+    let uri = mesh.gateway_uri();
+    let calls = 30;
+    let results: Vec<Result<String, tonic::Status>> = block_on(async move {
+        use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+        use mesh::proto::shop::catalog::v1::ListProductsRequest;
+        let channel = support::channel(uri).await;
+        let mut client = CatalogServiceClient::new(channel);
+        let mut results = Vec::new();
+        for _ in 0..calls {
+            let result = client
+                .list_products(ListProductsRequest {
+                    page_size: 1,
+                    page_token: String::new(),
+                })
+                .await
+                .map(|r| {
+                    r.metadata()
+                        .get("x-served-by")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                });
+            results.push(result);
+        }
+        results
+    });
+    for result in &results {
+        assert!(
+            matches!(result.as_deref(), Ok("catalog-1")),
+            "every call goes to the real catalog: {results:?}"
+        );
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the impostor completed a handshake"
+    );
+    // The gateway did try the address, and refused who answered.
+    let refused = mesh.counter(
+        "gateway",
+        "mesh_tls_handshake_failures_total",
+        &[("reason", "peer-identity-mismatch")],
+    );
+    assert!(refused >= 1.0, "no identity mismatch counted: {refused}");
+    drop(runtime);
+}

@@ -108,6 +108,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         for step in identity.before_start() {
             meshctl(&step, identity).await?;
         }
+        user_config(identity);
     }
     let mut running = Vec::new();
     let started = start_all(&plan, &bin_dir, &run_dir, &mut running, &args, &shutdown).await;
@@ -196,6 +197,37 @@ async fn start_all(
         wait_tables(plan, revision, deadline).await?;
     }
     Ok(())
+}
+
+/// The first line of a `~/.mesh/config` that `meshctl up` wrote: only such
+/// a file is replaced, never one a person made.
+const WRITTEN_BY_UP: &str = "# written by meshctl up: replaced by the next meshctl up";
+
+/// Points `~/.mesh/config` at this mesh's admin operator, so meshctl works
+/// without `MESHCONFIG` (as kind and minikube write kubeconfig).
+fn user_config(identity: &mesh::demo::IdentityLayout) {
+    let Some(home) = std::env::var_os("HOME") else {
+        return;
+    };
+    let path = Path::new(&home).join(".mesh").join("config");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if !existing.starts_with(WRITTEN_BY_UP) {
+            eprintln!(
+                "meshctl: {} is yours, left alone: use MESHCONFIG (below)",
+                path.display()
+            );
+            return;
+        }
+    }
+    let written = std::fs::read_to_string(identity.meshconfig()).and_then(|config| {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, format!("{WRITTEN_BY_UP}\n{config}"))
+    });
+    if let Err(error) = written {
+        eprintln!("meshctl: cannot write {}: {error}", path.display());
+    }
 }
 
 /// Runs this meshctl with `args` as the mesh's admin operator.

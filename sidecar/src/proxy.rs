@@ -77,6 +77,11 @@ struct ProxyInner {
 }
 
 /// How one attempt went.
+/// Endpoints a call may move on to after connects that failed (nothing
+/// sent): enough to step over a dead or impostor endpoint or two, bounded
+/// so a call to a service whose endpoints all fail ends quickly.
+const MAX_CONNECT_FAILOVERS: usize = 2;
+
 enum Attempt {
     /// Response headers came (success, or a gRPC error status).
     Answered(Response<Incoming>, CallGuard),
@@ -198,11 +203,19 @@ impl Proxy {
             } => {
                 *service = Some(own.clone());
                 let attempt = attempt_span(&call.span, 1, upstream, None);
+                counters.record_request();
+                let sender = match upstream.ready_now() {
+                    Some(sender) => sender,
+                    None => Box::pin(connect(upstream, None))
+                        .await
+                        .inspect_err(|error| {
+                            status::record_failure(&attempt, &error.message);
+                        })?,
+                };
                 let (parts, body) = req.into_parts();
                 let mut request = rebuild(parts, RequestBody::Direct(body), upstream, None);
                 propagate(&attempt, request.headers_mut());
-                counters.record_request();
-                let sent = send(upstream, request, None, None, None)
+                let sent = send(upstream, sender, request, None, None)
                     .instrument(attempt.clone())
                     .await;
                 match sent {
@@ -294,6 +307,7 @@ impl Proxy {
         let mut parts = Some(parts);
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let mut attempt = 0;
+        let mut failovers = 0;
         loop {
             attempt += 1;
             let last = attempt >= attempts;
@@ -323,6 +337,42 @@ impl Proxy {
                 tracing::info!(route = %policy.name, endpoint = upstream.addr(), "probing an ejected endpoint");
             }
 
+            // Connect before the body is taken: a call whose connect fails
+            // (refused, handshake, a peer proving another identity) has
+            // sent nothing, so it moves to another endpoint whether or not
+            // the route retries, and that move is not an attempt.
+            let pending = policy
+                .max_pending_connects
+                .as_ref()
+                .map(|limit| (&*policy.name, limit));
+            let sender = match upstream.ready_now() {
+                Some(sender) => sender,
+                None => match Box::pin(connect(&upstream, pending)).await {
+                    Ok(sender) => sender,
+                    Err(error) => {
+                        let capped = error.reason == "pending-connect-limit";
+                        if !capped {
+                            CallGuard::new(upstream.clone(), outlier.clone(), None)
+                                .report(Outcome::Reset(error.message.clone()));
+                        }
+                        span.set_attribute("mesh.error", error.reason);
+                        status::record_failure(&span, &error.message);
+                        let elsewhere = !capped
+                            && failovers < MAX_CONNECT_FAILOVERS
+                            && pick(&tried, policy.outlier.is_some()).is_ok_and(|next| {
+                                !tried.iter().any(|t| Arc::ptr_eq(t, &next.upstream))
+                            });
+                        if !elsewhere {
+                            return Err(error);
+                        }
+                        tracing::debug!(route = %policy.name, endpoint = upstream.addr(), %error, "connect failed; trying another endpoint");
+                        failovers += 1;
+                        attempt -= 1;
+                        continue;
+                    }
+                },
+            };
+
             let body = match &replay {
                 Some(replay) => RequestBody::Replay(replay.body()),
                 None => RequestBody::Direct(direct.take().ok_or_else(|| {
@@ -343,11 +393,7 @@ impl Proxy {
             let mut request = request;
             propagate(&span, request.headers_mut());
 
-            let pending = policy
-                .max_pending_connects
-                .as_ref()
-                .map(|limit| (&*policy.name, limit));
-            let outcome = send(&upstream, request, try_budget, outlier.clone(), pending)
+            let outcome = send(&upstream, sender, request, try_budget, outlier.clone())
                 .instrument(span.clone())
                 .await;
             let can_retry = !last && replay.as_ref().is_some_and(Replay::can_replay);
@@ -436,25 +482,11 @@ impl Proxy {
 /// `pending` (the route's cap on such calls) while it waits.
 async fn send(
     upstream: &Arc<Upstream>,
+    mut sender: hyper::client::conn::http2::SendRequest<RequestBody>,
     request: Request<RequestBody>,
     timeout: Option<Duration>,
     outlier: Option<OutlierScope>,
-    pending: Option<(&str, &Arc<ConcurrencyLimit>)>,
 ) -> Attempt {
-    let mut sender = match upstream.ready_now() {
-        Some(sender) => sender,
-        None => match Box::pin(connect(upstream, pending)).await {
-            Ok(sender) => sender,
-            Err(e) => {
-                return Attempt::Failed {
-                    retryable: e.reason != "pending-connect-limit",
-                    guard: (e.reason != "pending-connect-limit")
-                        .then(|| CallGuard::new(upstream.clone(), outlier, None)),
-                    error: e,
-                }
-            }
-        },
-    };
     let guard = CallGuard::new(upstream.clone(), outlier, None);
     let sent = sender.try_send_request(request);
     let result = match timeout {
