@@ -21,10 +21,15 @@ use mesh::proto::mesh::v1::{
     CreateTokenRequest, CreateTokenResponse, ListTokensRequest, ListTokensResponse,
     RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
 };
+use mesh::proto::mesh::v1::{
+    GetTrustBundleRequest, RenewCertificatesRequest, RenewCertificatesResponse,
+    SetTrustBundleRequest, TrustBundleResponse,
+};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::access::{self, Access, Role};
+use crate::ca::{self, Authority};
 use crate::index::Published;
 use crate::keys::{self, Key};
 use crate::metrics::Metrics;
@@ -39,6 +44,7 @@ pub struct AdminService<S> {
     access: Access,
     trust_domain: String,
     metrics: Arc<Metrics>,
+    authority: Option<Arc<Authority>>,
 }
 
 impl<S: Store> AdminService<S> {
@@ -58,7 +64,39 @@ impl<S: Store> AdminService<S> {
             access,
             trust_domain,
             metrics,
+            authority: None,
         }
+    }
+
+    /// Reports `authority`'s issuer in `Status`, so `meshctl check` sees
+    /// its expiry and a rotation sees when the replica switched issuers.
+    pub fn with_authority(mut self, authority: Arc<Authority>) -> Self {
+        self.authority = Some(authority);
+        self
+    }
+
+    /// The stored bundle (PEM, revision) and the renew request, if any.
+    async fn trust_state(&self) -> Result<TrustBundleResponse, Status> {
+        let bundle = self
+            .store
+            .get(keys::TRUST_BUNDLE)
+            .await
+            .map_err(store_status)?;
+        let renew = self
+            .store
+            .get(keys::RENEW_ISSUER)
+            .await
+            .map_err(store_status)?;
+        Ok(TrustBundleResponse {
+            pem: bundle
+                .as_ref()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                .unwrap_or_default(),
+            revision: bundle.map_or(0, |kv| kv.mod_revision),
+            renew_issuer_fingerprint: renew
+                .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_owned())
+                .unwrap_or_default(),
+        })
     }
 
     fn operator<T>(&self, request: &Request<T>, need: Role) -> Result<String, Status> {
@@ -318,6 +356,16 @@ impl<S: Store> MeshAdmin for AdminService<S> {
             .await
             .map_err(store_status)?;
         let mut response = StatusResponse::default();
+        if let Some(authority) = &self.authority {
+            response.issuer_not_after_unix = unix(authority.issuer_not_after());
+            response.issuer_fingerprint = authority.issuer_fingerprint();
+        }
+        response.trust_bundle_version = self
+            .published
+            .borrow()
+            .trust_bundle
+            .as_ref()
+            .map_or(0, |b| b.version());
         for kv in snapshot.items {
             let Ok(replica) = serde_json::from_slice::<ReplicaStatus>(&kv.value) else {
                 continue;
@@ -342,6 +390,8 @@ impl<S: Store> MeshAdmin for AdminService<S> {
                     identity: s.identity,
                     certificate_not_after_unix: s.certificate_not_after_unix,
                     trust_bundle_version: s.trust_bundle_version,
+                    certificate_not_before_unix: s.certificate_not_before_unix,
+                    certificate_issuer_fingerprint: s.certificate_issuer_fingerprint,
                 }));
         }
         Ok(Response::new(response))
@@ -425,4 +475,106 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         );
         Ok(Response::new(RevokeTokenResponse {}))
     }
+
+    async fn get_trust_bundle(
+        &self,
+        request: Request<GetTrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        self.operator(&request, Role::Admin)?;
+        Ok(Response::new(self.trust_state().await?))
+    }
+
+    async fn set_trust_bundle(
+        &self,
+        request: Request<SetTrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        ca::validate_bundle(&request.pem)
+            .map_err(|e| Status::invalid_argument(format!("pem: {e}")))?;
+        let precondition = precondition(request.expected_revision)?;
+        let current = self.trust_state().await?;
+        let precondition_holds = match precondition {
+            Precondition::Any => true,
+            Precondition::Absent => current.revision == 0,
+            Precondition::Revision(r) => r == current.revision,
+        };
+        if current.pem == request.pem && precondition_holds {
+            // Unchanged: no new version, so nothing is pushed again.
+            return Ok(Response::new(current));
+        }
+        let revision = self
+            .store
+            .put(
+                keys::TRUST_BUNDLE,
+                request.pem.clone().into_bytes(),
+                precondition,
+                None,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(revision, "trust bundle stored");
+        self.audit(
+            &operator,
+            "set-trust-bundle",
+            keys::TRUST_BUNDLE,
+            current.revision,
+            revision,
+        );
+        Ok(Response::new(TrustBundleResponse {
+            pem: request.pem,
+            revision,
+            renew_issuer_fingerprint: current.renew_issuer_fingerprint,
+        }))
+    }
+
+    async fn renew_certificates(
+        &self,
+        request: Request<RenewCertificatesRequest>,
+    ) -> Result<Response<RenewCertificatesResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let fingerprint = request.into_inner().issuer_fingerprint.to_ascii_lowercase();
+        if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(
+                "issuer_fingerprint: the SHA-256 of the issuer certificate, 64 hex digits",
+            ));
+        }
+        let existing = self
+            .store
+            .get(keys::RENEW_ISSUER)
+            .await
+            .map_err(store_status)?;
+        if let Some(kv) = existing
+            .as_ref()
+            .filter(|kv| kv.value == fingerprint.as_bytes())
+        {
+            return Ok(Response::new(RenewCertificatesResponse {
+                revision: kv.mod_revision,
+            }));
+        }
+        let revision = self
+            .store
+            .put(
+                keys::RENEW_ISSUER,
+                fingerprint.clone().into_bytes(),
+                Precondition::Any,
+                None,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(issuer = %fingerprint, "proxies asked to renew under this issuer");
+        self.audit(
+            &operator,
+            "renew-certificates",
+            &fingerprint,
+            existing.map_or(0, |kv| kv.mod_revision),
+            revision,
+        );
+        Ok(Response::new(RenewCertificatesResponse { revision }))
+    }
+}
+
+fn unix(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

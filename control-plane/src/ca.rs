@@ -7,6 +7,7 @@
 //! `meshctl identity init` makes a fresh anchor and issuer with [`init`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use mesh::identity::certificate::{certificates_from_pem, pem_block};
@@ -57,20 +58,41 @@ pub enum CaError {
     Sign(String),
 }
 
-/// The issuer, ready to sign.
+/// The issuer, ready to sign, and where it was read from. The signer is
+/// swapped whole when the files change ([`Authority::reload_if_changed`]):
+/// an anchor rotation replaces the issuer (a Kubernetes Secret update
+/// rewrites the mounted files) without restarting the control plane, and a
+/// certificate is always signed by one consistent certificate and key.
 pub struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    issuer_der: CertificateDer<'static>,
-    issuer_not_after: SystemTime,
+    /// Swapped whole; read for a moment per certificate (not a hot path,
+    /// so a lock rather than another dependency).
+    signer: RwLock<Arc<Signer>>,
+    cert_path: PathBuf,
+    key_path: PathBuf,
     trust_domain: String,
     lifetime: Duration,
 }
+
+/// One issuer certificate and its key, as read together.
+struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    issuer_der: CertificateDer<'static>,
+    issuer_not_after: SystemTime,
+    fingerprint: String,
+    /// The files' modification times it was read at.
+    stamp: FileStamp,
+}
+
+/// What tells that the issuer files changed: each file's modification
+/// time and length (a Secret update swaps a symlink; both change).
+type FileStamp = [(Option<SystemTime>, u64); 2];
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authority")
             .field("trust_domain", &self.trust_domain)
             .field("lifetime", &self.lifetime)
+            .field("issuer", &self.signer().fingerprint)
             .finish_non_exhaustive()
     }
 }
@@ -108,24 +130,57 @@ impl Authority {
         trust_domain: &str,
         lifetime: Duration,
     ) -> Result<Self, CaError> {
-        let cert_pem = read(cert)?;
-        let key_pair =
-            KeyPair::from_pem(&read(key)?).map_err(|e| CaError::Issuer(format!("key: {e}")))?;
-        let issuer_der = certificates_from_pem(&cert_pem)
-            .map_err(|e| CaError::Issuer(e.to_string()))?
-            .into_iter()
-            .next()
-            .ok_or_else(|| CaError::Issuer(format!("{} holds no certificate", cert.display())))?;
-        let issuer_not_after = not_after(&issuer_der)?;
-        let issuer = Issuer::from_ca_cert_der(&issuer_der, key_pair)
-            .map_err(|e| CaError::Issuer(e.to_string()))?;
+        let signer = Signer::load(cert, key)?;
         Ok(Self {
-            issuer,
-            issuer_der,
-            issuer_not_after,
+            signer: RwLock::new(Arc::new(signer)),
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
             trust_domain: trust_domain.to_owned(),
             lifetime,
         })
+    }
+
+    /// Reads the issuer files again if they changed since they were last
+    /// read, and signs with what they hold from then on. `Ok(true)` when
+    /// the issuer was replaced. Files caught half-written (a certificate
+    /// that does not match the key) are an error and the current issuer
+    /// stays: the next call tries again.
+    pub fn reload_if_changed(&self) -> Result<bool, CaError> {
+        let stamp = stamp(&self.cert_path, &self.key_path);
+        let current = self.signer();
+        if stamp == current.stamp {
+            return Ok(false);
+        }
+        let signer = Signer::load(&self.cert_path, &self.key_path)?;
+        if signer.issuer_der == current.issuer_der {
+            // Touched, not changed: remember the new times only.
+            let same = Signer { stamp, ..signer };
+            self.replace(same);
+            return Ok(false);
+        }
+        tracing::info!(
+            old = %current.fingerprint,
+            new = %signer.fingerprint,
+            "issuer replaced: certificates are signed by the new issuer from now on"
+        );
+        self.replace(signer);
+        Ok(true)
+    }
+
+    fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, signer: Signer) {
+        *self.signer.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(signer);
+    }
+
+    /// SHA-256 (hex) of the issuer certificate signing now.
+    pub fn issuer_fingerprint(&self) -> String {
+        self.signer().fingerprint.clone()
     }
 
     /// The trust domain it issues for.
@@ -140,7 +195,7 @@ impl Authority {
 
     /// When the issuer itself expires (`meshctl check` warns 30 days ahead).
     pub fn issuer_not_after(&self) -> SystemTime {
-        self.issuer_not_after
+        self.signer().issuer_not_after
     }
 
     /// A certificate for `id` with the public key of `csr_der` (whose
@@ -156,10 +211,11 @@ impl Authority {
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CaError::Csr(e.to_string()))?;
         let params = leaf_params(id, organizations, self.lifetime)?;
+        let signer = self.signer();
         let leaf = params
-            .signed_by(&csr.public_key, &self.issuer)
+            .signed_by(&csr.public_key, &signer.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(vec![leaf.der().clone(), self.issuer_der.clone()])
+        Ok(vec![leaf.der().clone(), signer.issuer_der.clone()])
     }
 
     /// A certificate and a fresh key for `id`, made here: for the control
@@ -173,14 +229,125 @@ impl Authority {
     ) -> Result<(Vec<CertificateDer<'static>>, String), CaError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Sign(e.to_string()))?;
+        let signer = self.signer();
         let leaf = leaf_params(id, organizations, lifetime)?
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &signer.issuer)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok((
-            vec![leaf.der().clone(), self.issuer_der.clone()],
+            vec![leaf.der().clone(), signer.issuer_der.clone()],
             key.serialize_pem(),
         ))
     }
+}
+
+impl Signer {
+    fn load(cert: &Path, key: &Path) -> Result<Self, CaError> {
+        // Stamped before reading: a change during the read is seen next time.
+        let stamp = stamp(cert, key);
+        let cert_pem = read(cert)?;
+        let key_pair =
+            KeyPair::from_pem(&read(key)?).map_err(|e| CaError::Issuer(format!("key: {e}")))?;
+        let issuer_der = certificates_from_pem(&cert_pem)
+            .map_err(|e| CaError::Issuer(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Issuer(format!("{} holds no certificate", cert.display())))?;
+        if public_key(&issuer_der)? != key_pair.public_key_raw() {
+            return Err(CaError::Issuer(format!(
+                "{} does not certify the key in {}",
+                cert.display(),
+                key.display()
+            )));
+        }
+        let issuer_not_after = not_after(&issuer_der)?;
+        let fingerprint = fingerprint(&issuer_der);
+        let issuer = Issuer::from_ca_cert_der(&issuer_der, key_pair)
+            .map_err(|e| CaError::Issuer(e.to_string()))?;
+        Ok(Self {
+            issuer,
+            issuer_der,
+            issuer_not_after,
+            fingerprint,
+            stamp,
+        })
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> FileStamp {
+    [cert, key].map(|path| match std::fs::metadata(path) {
+        Ok(meta) => (meta.modified().ok(), meta.len()),
+        Err(_) => (None, 0),
+    })
+}
+
+/// The raw public key a certificate certifies (for P-256, the point).
+fn public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, CaError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| CaError::Issuer(e.to_string()))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
+}
+
+/// Why a text is not a trust bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("trust bundle: {0}")]
+pub struct BundleError(String);
+
+/// Checks a trust bundle before it is stored and pushed to every proxy:
+/// PEM `CERTIFICATE` blocks only (a private key in it would be published
+/// to the whole mesh, so anything key-like is refused outright), each one
+/// X.509, at least one of them a CA. Returns the certificates, in order.
+pub fn validate_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, BundleError> {
+    if pem.contains("PRIVATE KEY") {
+        return Err(BundleError(
+            "it holds a private key; a bundle is public certificates only, and this key \
+             should now be considered exposed"
+                .into(),
+        ));
+    }
+    for line in pem.lines() {
+        if let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            if label != "CERTIFICATE" {
+                return Err(BundleError(format!(
+                    "a {label} block; only CERTIFICATE blocks belong in a bundle"
+                )));
+            }
+        }
+    }
+    let certificates = certificates_from_pem(pem).map_err(|e| BundleError(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(BundleError("no certificate".into()));
+    }
+    let mut authorities = 0;
+    for (i, der) in certificates.iter().enumerate() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der.as_ref())
+            .map_err(|e| BundleError(format!("certificate {}: {e}", i + 1)))?;
+        if cert.is_ca() {
+            authorities += 1;
+        }
+    }
+    if authorities == 0 {
+        return Err(BundleError(
+            "no CA certificate: anchors are CA certificates (meshctl identity init)".into(),
+        ));
+    }
+    TrustBundle::new(certificates.clone(), 0).map_err(|e| BundleError(e.to_string()))?;
+    Ok(certificates)
+}
+
+/// SHA-256 of a certificate's DER, lowercase hex: how operators, proxies
+/// and the rotation name a CA certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn not_after(der: &CertificateDer<'_>) -> Result<SystemTime, CaError> {

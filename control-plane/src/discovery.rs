@@ -385,6 +385,8 @@ impl<S: Store> Session<S> {
                 self.sessions.update(self.id, |s| {
                     s.certificate_not_after_unix = report.certificate_not_after_unix;
                     s.trust_bundle_version = report.trust_bundle_version;
+                    s.certificate_not_before_unix = report.certificate_not_before_unix;
+                    s.certificate_issuer_fingerprint = report.certificate_issuer_fingerprint;
                 });
             }
             Some(Message::Hello(_)) | None => {

@@ -27,6 +27,7 @@ pub struct Index {
     endpoints: BTreeMap<(String, String), Result<Registration, String>>,
     descriptors: BTreeMap<(String, String), Bytes>,
     trust_bundle: Option<(Revision, Result<TrustBundle, String>)>,
+    renew_issuer: String,
     unknown: BTreeSet<String>,
 }
 
@@ -52,6 +53,8 @@ pub struct Published {
     pub grpc_services: Vec<String>,
     /// The trust bundle proxies must trust (version: its store revision).
     pub trust_bundle: Option<Arc<TrustBundle>>,
+    /// The issuer (SHA-256, hex) proxies should renew under; empty: none.
+    pub renew_issuer: String,
     /// Data in the store that was skipped, and why.
     pub problems: Vec<String>,
     /// The pushes of this version, encoded by the first stream that sends
@@ -69,7 +72,8 @@ impl Published {
     pub fn take_over_from(&mut self, previous: &Published) -> bool {
         let same_table = self.table_json == previous.table_json
             && self.trust_bundle.as_ref().map(|b| b.version())
-                == previous.trust_bundle.as_ref().map(|b| b.version());
+                == previous.trust_bundle.as_ref().map(|b| b.version())
+            && self.renew_issuer == previous.renew_issuer;
         if same_table {
             self.table_revision = previous.table_revision;
         }
@@ -104,6 +108,9 @@ impl Published {
                 snapshot.trust_anchors_der = bundle.anchors().iter().map(|a| a.to_vec()).collect();
                 snapshot.trust_bundle_version = bundle.version();
             }
+            snapshot
+                .renew_certificates_not_issued_by
+                .clone_from(&self.renew_issuer);
             if gateway {
                 snapshot.file_descriptor_sets =
                     self.descriptor_sets.iter().map(|s| s.to_vec()).collect();
@@ -167,6 +174,9 @@ impl Index {
                     });
                 self.trust_bundle = Some((kv.mod_revision, parsed));
             }
+            Key::RenewIssuer => {
+                self.renew_issuer = String::from_utf8_lossy(&kv.value).trim().to_owned();
+            }
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.insert(key);
@@ -186,6 +196,7 @@ impl Index {
                 self.descriptors.remove(&(service, instance));
             }
             Key::TrustBundle => self.trust_bundle = None,
+            Key::RenewIssuer => self.renew_issuer.clear(),
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
@@ -265,6 +276,7 @@ impl Index {
             descriptor_sets,
             grpc_services: grpc_services.into_iter().collect(),
             trust_bundle,
+            renew_issuer: self.renew_issuer.clone(),
             problems,
             sidecar_push: OnceLock::new(),
             gateway_push: OnceLock::new(),

@@ -9,6 +9,9 @@
 //!   the replica's own lease.
 //! - `/mesh/trust/bundle`: the trust anchors (PEM; certificates only, never
 //!   a key) every proxy is pushed; its mod revision is the bundle version.
+//! - `/mesh/trust/renew-issuer`: the fingerprint (SHA-256, hex) of the
+//!   issuer proxies should hold certificates from; one that holds another
+//!   renews at once (set by `meshctl identity rotate`).
 //! - `/mesh/tokens/<id>`: a join token's record (JSON): the identity it
 //!   proves, its expiry, and a SHA-256 of its secret, never the secret.
 
@@ -25,6 +28,8 @@ pub const REPLICAS: &str = "/mesh/replicas/";
 
 /// The trust bundle.
 pub const TRUST_BUNDLE: &str = "/mesh/trust/bundle";
+/// The issuer proxies are asked to renew under.
+pub const RENEW_ISSUER: &str = "/mesh/trust/renew-issuer";
 /// Join tokens prefix.
 pub const TOKENS: &str = "/mesh/tokens/";
 
@@ -68,6 +73,8 @@ pub enum Key {
     Token(String),
     /// The trust bundle.
     TrustBundle,
+    /// The issuer proxies are asked to renew under.
+    RenewIssuer,
     /// Something else under the prefix (reported, ignored).
     Unknown(String),
 }
@@ -94,6 +101,9 @@ pub fn parse(key: &str) -> Key {
     if key == TRUST_BUNDLE {
         return Key::TrustBundle;
     }
+    if key == RENEW_ISSUER {
+        return Key::RenewIssuer;
+    }
     if let Some(id) = key.strip_prefix(TOKENS).filter(|n| !n.is_empty()) {
         return Key::Token(id.to_owned());
     }
@@ -117,6 +127,7 @@ mod tests {
         );
         assert_eq!(parse(&replica("r1")), Key::Replica("r1".into()));
         assert_eq!(parse(&token("ab12")), Key::Token("ab12".into()));
+        assert_eq!(parse(RENEW_ISSUER), Key::RenewIssuer);
         assert!(matches!(parse("/mesh/endpoints/x"), Key::Unknown(_)));
         assert!(matches!(parse("/mesh/other"), Key::Unknown(_)));
     }

@@ -41,6 +41,12 @@ pub struct SidecarStatus {
     /// The trust bundle version it reported.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub trust_bundle_version: u64,
+    /// When its certificate became valid, as it reported (Unix seconds).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub certificate_not_before_unix: i64,
+    /// SHA-256 (hex) of the issuer its certificate's chain names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_issuer_fingerprint: String,
 }
 
 fn is_zero_i64(n: &i64) -> bool {

@@ -155,6 +155,16 @@ pub async fn run<S: Store>(
         .map(|i| i.authority.trust_domain().to_owned())
         .unwrap_or_else(|| mesh::identity::DEFAULT_TRUST_DOMAIN.to_owned());
     tracing::info!(replica = %settings.id, %listen, admin = %settings.admin, ?access, "control plane serving");
+    let mut admin_service = AdminService::new(
+        store.clone(),
+        published.clone(),
+        access,
+        trust_domain,
+        metrics.clone(),
+    );
+    if let Some(identity) = &settings.identity {
+        admin_service = admin_service.with_authority(identity.authority.clone());
+    }
     // Streams end when `shutdown` fires: each session sees the stop and
     // revokes its sidecar's lease, and sidecars move to another replica.
     let sessions_stop = shutdown.clone();
@@ -172,13 +182,7 @@ pub async fn run<S: Store>(
             sessions_stop,
             metrics.clone(),
         )))
-        .add_service(MeshAdminServer::new(AdminService::new(
-            store.clone(),
-            published.clone(),
-            access,
-            trust_domain,
-            metrics.clone(),
-        )))
+        .add_service(MeshAdminServer::new(admin_service))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -199,6 +203,12 @@ pub async fn run<S: Store>(
                 tls.clone(),
                 identity.authority.clone(),
                 published.clone(),
+                background.clone(),
+            ));
+            tokio::spawn(follow_issuer_files(
+                tls.clone(),
+                identity.authority.clone(),
+                metrics.clone(),
                 background.clone(),
             ));
             router = router.add_service(IdentityServer::new(IdentityService::new(
@@ -310,6 +320,66 @@ async fn keep_tls_current(
             }
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// How often the issuer files are checked for a change: a rotation waits
+/// at most this long for the control plane to sign with the new issuer.
+const ISSUER_POLL: Duration = Duration::from_secs(2);
+
+/// Follows the issuer files until `stop`: when they change (an operator's
+/// `meshctl identity rotate`, or a Kubernetes Secret update rewriting the
+/// mounted files), the authority signs with the new issuer and this
+/// replica's own certificate is re-issued under it at once (so proxies
+/// and meshctl see the new chain before the old anchor can be removed).
+/// Keeps `mesh_cp_issuer_expiry_seconds` current on the way.
+async fn follow_issuer_files(
+    tls: Arc<MeshTls>,
+    authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(ISSUER_POLL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One warning per distinct problem, not one every poll.
+    let mut last_error = String::new();
+    loop {
+        metrics.issuer_expiry(seconds_left(authority.issuer_not_after()));
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match authority.reload_if_changed() {
+            Ok(false) => last_error.clear(),
+            Ok(true) => {
+                last_error.clear();
+                match own_credential(&authority) {
+                    Ok(credential) => {
+                        tracing::info!(
+                            issuer = %authority.issuer_fingerprint(),
+                            "own certificate re-issued under the new issuer"
+                        );
+                        tls.set_credential(credential);
+                    }
+                    Err(error) => tracing::error!(%error, "cannot re-issue own certificate"),
+                }
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::warn!(%error, "the issuer files changed but cannot be used (yet); still signing with the previous issuer");
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// Whole seconds from now until `time` (negative once passed).
+fn seconds_left(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::SystemTime::now()) {
+        Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
     }
 }
 

@@ -277,6 +277,9 @@ impl Subscriber {
                 .set_bundle(bundle)
                 .map_err(|e| format!("trust bundle: {e}"))?;
         }
+        if let Some(identity) = &self.identity {
+            identity.renew_unless_issued_by(&snapshot.renew_certificates_not_issued_by);
+        }
         Ok(())
     }
 }

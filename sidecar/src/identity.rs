@@ -41,6 +41,12 @@ const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_BASE: Duration = Duration::from_millis(200);
 /// Longest wait between certificate requests while they fail.
 const RETRY_CAP: Duration = Duration::from_secs(10);
+/// When the control plane asks for certificates from a new issuer, the
+/// proxies renew within this much (at random), not all in the same second.
+const PROMPT_SPREAD: Duration = Duration::from_secs(3);
+/// Longest wait between prompt renewals that still got the old issuer (a
+/// replica that has not loaded the new one yet).
+const PROMPT_CAP: Duration = Duration::from_secs(30);
 
 /// Why this proxy has no (new) certificate.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +96,9 @@ pub struct Identity {
     tls: Arc<MeshTls>,
     /// Bumped on every new certificate or bundle: discovery reports them.
     changes: watch::Sender<u64>,
+    /// The issuer (SHA-256, hex) the control plane asks certificates to
+    /// come from; empty when it asks nothing.
+    renew_issuer: watch::Sender<String>,
     metrics: IdentityMetrics,
 }
 
@@ -147,6 +156,7 @@ impl Identity {
             control_plane,
             tls: Arc::new(tls),
             changes: watch::Sender::new(0),
+            renew_issuer: watch::Sender::new(String::new()),
             metrics,
         })
     }
@@ -246,7 +256,34 @@ impl Identity {
         Some(CredentialReport {
             certificate_not_after_unix: unix(credential.info().not_after),
             trust_bundle_version: self.tls.bundle().version(),
+            certificate_not_before_unix: unix(credential.info().not_before),
+            certificate_issuer_fingerprint: issuer_fingerprint(&credential),
         })
+    }
+
+    /// The control plane asks for a certificate from the issuer with this
+    /// fingerprint (pushed with the table during an anchor rotation): if
+    /// the current one is from another, it is renewed within a few
+    /// seconds rather than at 70 % of its lifetime. Empty: no request.
+    pub fn renew_unless_issued_by(&self, fingerprint: &str) {
+        self.renew_issuer.send_if_modified(|current| {
+            if current == fingerprint {
+                return false;
+            }
+            fingerprint.clone_into(current);
+            true
+        });
+    }
+
+    /// True when the control plane asked for another issuer than the one
+    /// the current certificate names.
+    fn renewal_requested(&self) -> bool {
+        let wanted = self.renew_issuer.borrow();
+        !wanted.is_empty()
+            && self
+                .tls
+                .credential()
+                .is_some_and(|c| issuer_fingerprint(&c) != *wanted)
     }
 
     /// Sets the expiry and bundle gauges (at scrape time).
@@ -283,16 +320,29 @@ impl Identity {
     pub async fn run<C: Certifier>(self: Arc<Self>, ca: C, stop: CancellationToken) {
         let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
         let mut retry: Option<Duration> = None;
+        let mut requested = self.renew_issuer.subscribe();
+        // Prompt renewals in a row that still got another issuer.
+        let mut prompt_attempts = 0u32;
         loop {
             let wait = match (retry, self.tls.credential()) {
                 (Some(wait), _) => wait,
+                (None, Some(_)) if self.renewal_requested() => {
+                    let wait = prompt_delay(prompt_attempts, rand::random::<f64>());
+                    prompt_attempts = prompt_attempts.saturating_add(1);
+                    tracing::info!(identity = %self.id, renew_in = ?wait, "the control plane asks for a certificate from a new issuer");
+                    wait
+                }
                 (None, Some(current)) => {
+                    prompt_attempts = 0;
                     renewal_delay(current.info(), SystemTime::now(), rand::random::<f64>())
                 }
                 (None, None) => Duration::ZERO,
             };
+            requested.borrow_and_update();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                // A new request: work out the wait again.
+                Ok(()) = requested.changed(), if retry.is_none() => continue,
                 () = stop.cancelled() => return,
             }
             let certified = tokio::select! {
@@ -439,6 +489,44 @@ impl Certifier for ControlPlaneCa {
         };
         Ok(Certified { credential, bundle })
     }
+}
+
+/// How long until a renewal the control plane asked for: spread over
+/// [`PROMPT_SPREAD`] by `jitter` (drawn from `[0, 1)`), and doubling after
+/// each one that still got the old issuer (`attempts`), up to
+/// [`PROMPT_CAP`], so a replica slow to load the new issuer is not
+/// hammered.
+pub fn prompt_delay(attempts: u32, jitter: f64) -> Duration {
+    let scale = 1u32 << attempts.min(5);
+    PROMPT_SPREAD
+        .saturating_mul(scale)
+        .min(PROMPT_CAP)
+        .mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// SHA-256 (lowercase hex) of the issuer certificate in `credential`'s
+/// chain (the one after the leaf); empty for a chain of the leaf alone.
+pub fn issuer_fingerprint(credential: &Credential) -> String {
+    use tokio_rustls::rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    use tokio_rustls::rustls::SupportedCipherSuite;
+    let Some(issuer) = credential.chain().get(1) else {
+        return String::new();
+    };
+    // The SHA-256 rustls already carries (the proxy has no hash crate of
+    // its own). Irrefutable unless rustls is built with TLS 1.2 too.
+    #[allow(irrefutable_let_patterns)]
+    let SupportedCipherSuite::Tls13(suite) = TLS13_AES_128_GCM_SHA256
+    else {
+        return String::new();
+    };
+    suite
+        .common
+        .hash_provider
+        .hash(issuer.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How long from `now` until a certificate is renewed: at 70 % of its

@@ -215,3 +215,98 @@ async fn a_new_credential_applies_to_the_next_handshake() {
     connected.unwrap();
     assert_eq!(accepted.unwrap(), Some(service("orders")));
 }
+
+/// The leaf's issuer, as the chain it came in names it.
+fn issuer_of(chain: &[CertificateDer<'static>]) -> String {
+    fingerprint(chain[1].as_ref())
+}
+
+#[test]
+fn a_replaced_issuer_signs_from_the_next_certificate_on() {
+    let ca = ca(DOMAIN, Duration::from_secs(3600));
+    let dir = ca._dir.path();
+    let before = ca.authority.issuer_fingerprint();
+    assert!(
+        !ca.authority.reload_if_changed().unwrap(),
+        "nothing changed"
+    );
+    // A new anchor and issuer elsewhere; its issuer files copied over.
+    let other = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    init(other.path(), DOMAIN, day, day).unwrap();
+    for name in [files::ISSUER_CERT, files::ISSUER_KEY] {
+        std::fs::copy(other.path().join(name), dir.join(name)).unwrap();
+    }
+    assert!(ca.authority.reload_if_changed().unwrap());
+    let after = ca.authority.issuer_fingerprint();
+    assert_ne!(before, after);
+    let new_issuer = std::fs::read_to_string(other.path().join(files::ISSUER_CERT)).unwrap();
+    let new_issuer = certificates_from_pem(&new_issuer).unwrap().remove(0);
+    assert_eq!(after, fingerprint(new_issuer.as_ref()));
+    let request = csr::generate().unwrap();
+    let chain = ca
+        .authority
+        .certify(&service("catalog"), &request.csr_der, &[])
+        .unwrap();
+    assert_eq!(issuer_of(&chain), after);
+    // The new chain is trusted under the new anchor only.
+    let new_bundle = load_bundle(&other.path().join(files::BUNDLE), 2).unwrap();
+    let tls = MeshTls::new(DOMAIN, new_bundle, ClientAuth::Required).unwrap();
+    tls.set_credential(Credential::new(chain, request.key).unwrap());
+}
+
+#[test]
+fn a_half_written_issuer_is_not_used() {
+    let ca = ca(DOMAIN, Duration::from_secs(3600));
+    let dir = ca._dir.path();
+    let before = ca.authority.issuer_fingerprint();
+    let other = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    init(other.path(), DOMAIN, day, day).unwrap();
+    // The certificate arrived, its key not yet.
+    std::fs::copy(
+        other.path().join(files::ISSUER_CERT),
+        dir.join(files::ISSUER_CERT),
+    )
+    .unwrap();
+    let error = ca.authority.reload_if_changed().unwrap_err();
+    assert!(error.to_string().contains("does not certify"), "{error}");
+    assert_eq!(ca.authority.issuer_fingerprint(), before);
+    std::fs::copy(
+        other.path().join(files::ISSUER_KEY),
+        dir.join(files::ISSUER_KEY),
+    )
+    .unwrap();
+    assert!(ca.authority.reload_if_changed().unwrap());
+    assert_ne!(ca.authority.issuer_fingerprint(), before);
+}
+
+#[test]
+fn bundles_are_ca_certificates_and_never_keys() {
+    let ca = ca(DOMAIN, Duration::from_secs(3600));
+    let dir = ca._dir.path();
+    let anchor = std::fs::read_to_string(dir.join(files::ANCHOR_CERT)).unwrap();
+    let issuer = std::fs::read_to_string(dir.join(files::ISSUER_CERT)).unwrap();
+    let key = std::fs::read_to_string(dir.join(files::ANCHOR_KEY)).unwrap();
+    assert_eq!(validate_bundle(&anchor).unwrap().len(), 1);
+    assert_eq!(
+        validate_bundle(&format!("{anchor}{issuer}")).unwrap().len(),
+        2
+    );
+    let with_key = validate_bundle(&format!("{anchor}{key}")).unwrap_err();
+    assert!(with_key.to_string().contains("private key"), "{with_key}");
+    let (chain, _) = ca
+        .authority
+        .issue_with_new_key(&service("catalog"), &[], Duration::from_secs(60))
+        .unwrap();
+    let leaf = mesh::identity::certificate::certificates_to_pem(&chain[..1]);
+    let no_ca = validate_bundle(&leaf).unwrap_err();
+    assert!(no_ca.to_string().contains("no CA"), "{no_ca}");
+    assert!(validate_bundle("").is_err());
+    assert!(validate_bundle("hello").is_err());
+    let other = "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    assert!(validate_bundle(&format!("{anchor}{other}"))
+        .unwrap_err()
+        .to_string()
+        .contains("X509 CRL"));
+}

@@ -257,6 +257,7 @@ mod tests {
                 sidecar("orders", "orders-0", 5, 4, ""),
                 sidecar("", "gw-0", 5, 4, "route \"x\": no such subset"),
             ],
+            ..StatusResponse::default()
         }
     }
 
