@@ -4,8 +4,10 @@
 //!
 //! - every shop pod runs the sidecar as a native sidecar (an init container
 //!   with `restartPolicy: Always`), and the app beside it;
-//! - every long-running container has readiness and liveness probes (gRPC
-//!   for the apps, the admin port for proxies and the control plane);
+//! - every long-running container has readiness and liveness probes (the
+//!   proxies' probe port 15021, the control plane's admin port; the apps,
+//!   which listen on loopback, are ready when their sidecar's `/ready` says
+//!   so);
 //! - every container has requests and limits and a restricted security
 //!   context, every pod its own ServiceAccount and no API token;
 //! - every port a process is told to use matches what the others are told
@@ -17,7 +19,13 @@
 //!   workloads claim each other's pods;
 //! - the grace period covers the app's and the sidecar's shutdown;
 //! - the routes Job applies every route of its ConfigMap, the routes are
-//!   valid, and every subset they name is some pod's `version` label.
+//!   valid, and every subset they name is some pod's `version` label;
+//! - identity: every proxy mounts the trust bundle ConfigMap and its own
+//!   service's join-token Secret (and no other's), the control plane its
+//!   issuer Secret; nothing runs with `--mtls off` or `--insecure`;
+//! - NetworkPolicies: etcd's client port only from the control plane, the
+//!   shop pods' inbound port only from proxies, their probe port open,
+//!   nothing else (the apps and the admin port are loopback-only).
 //!
 //! The last test breaks the rendered objects one way at a time and checks
 //! that the checks notice, so none of them passes by accident.
@@ -54,7 +62,8 @@ const MESH_BINARIES: [&str; 7] = [
 
 /// The flags' defaults (sidecar/src/settings.rs, src/app/args.rs,
 /// control-plane/src/main.rs), for settings a manifest leaves out.
-const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:15000";
+const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+const DEFAULT_PROBE_ADDR: &str = "0.0.0.0:15021";
 const DEFAULT_INBOUND_ADDR: &str = "0.0.0.0:15006";
 const DEFAULT_OUTBOUND_ADDR: &str = "127.0.0.1:15001";
 const DEFAULT_INGRESS_ADDR: &str = "0.0.0.0:8080";
@@ -99,6 +108,16 @@ fn every_selector_selects_some_pod() {
 #[test]
 fn grace_periods_cover_the_shutdown() {
     for_each_rendering(grace_periods);
+}
+
+#[test]
+fn proxies_and_control_plane_mount_their_own_credentials_and_nothing_is_insecure() {
+    for_each_rendering(identity);
+}
+
+#[test]
+fn network_policies_guard_etcd_and_the_shop_pods() {
+    for_each_rendering(network_policies);
 }
 
 #[test]
@@ -210,11 +229,11 @@ fn breakages() -> Vec<Breakage> {
             let gateway = container(o, "Deployment", "gateway", "gateway");
             remove(gateway, "livenessProbe");
         }),
-        breaking("app probed by TCP", "gRPC probe", |o| {
+        breaking("app probed by TCP", "sidecar's /ready", |o| {
             let app = container(o, "Deployment", "orders", "app");
             app["livenessProbe"] = json!({ "tcpSocket": { "port": 50051 } });
         }),
-        breaking("sidecar probed on the wrong port", "admin port", |o| {
+        breaking("sidecar probed on the wrong port", "probe port", |o| {
             let sidecar = container(o, "Deployment", "orders", "sidecar");
             sidecar["readinessProbe"]["httpGet"]["port"] = json!(15006);
         }),
@@ -277,13 +296,25 @@ fn breakages() -> Vec<Breakage> {
             let sidecar = container(o, "Deployment", "inventory", "sidecar");
             set_env(sidecar, "MESH_APP_ADDR", "127.0.0.1:50052");
         }),
-        breaking("gRPC probe on another port", "readinessProbe port", |o| {
+        breaking("app probed on its own port", "sidecar's /ready", |o| {
             let app = container(o, "Deployment", "catalog", "app");
-            app["readinessProbe"]["grpc"]["port"] = json!(50052);
+            app["readinessProbe"]["httpGet"]["port"] = json!(50051);
         }),
-        breaking("app listens on loopback only", "LISTEN_HOST", |o| {
+        breaking("app listens on every interface", "LISTEN_HOST", |o| {
             let app = container(o, "Deployment", "orders", "app");
-            set_env(app, "LISTEN_HOST", "127.0.0.1");
+            set_env(app, "LISTEN_HOST", "0.0.0.0");
+        }),
+        breaking("sidecar probed on the admin port", "probe port", |o| {
+            let sidecar = container(o, "Deployment", "payments", "sidecar");
+            sidecar["livenessProbe"]["httpGet"]["port"] = json!(15000);
+        }),
+        breaking("gateway probed on the admin port", "probe port", |o| {
+            let gateway = container(o, "Deployment", "gateway", "gateway");
+            gateway["readinessProbe"]["httpGet"]["port"] = json!(15000);
+        }),
+        breaking("admin port on every interface", "must be loopback", |o| {
+            let gateway = container(o, "Deployment", "gateway", "gateway");
+            set_env(gateway, "MESH_ADMIN_ADDR", "0.0.0.0:15000");
         }),
         breaking("app calls out on another port", "MESH_OUTBOUND", |o| {
             let app = container(o, "Deployment", "orders", "app");
@@ -300,7 +331,7 @@ fn breakages() -> Vec<Breakage> {
         }),
         breaking("two listeners on one port", "more than once", |o| {
             let sidecar = container(o, "Deployment", "catalog", "sidecar");
-            set_env(sidecar, "MESH_ADMIN_ADDR", "0.0.0.0:50051");
+            set_env(sidecar, "MESH_ADMIN_ADDR", "127.0.0.1:50051");
         }),
         breaking("pod IP not given to the sidecar", "POD_IP", |o| {
             let sidecar = container(o, "Deployment", "catalog", "sidecar");
@@ -373,6 +404,15 @@ fn breakages() -> Vec<Breakage> {
             let app = container(o, "Deployment", "payments", "app");
             remove(app, "lifecycle");
         }),
+        breaking("drain by GET", "POST /drain", |o| {
+            let app = container(o, "Deployment", "catalog", "app");
+            app["lifecycle"]["preStop"] = json!({ "httpGet": { "path": "/drain", "port": 15000 } });
+        }),
+        breaking("drain sent to another port", "POST /drain", |o| {
+            let app = container(o, "Deployment", "orders", "app");
+            let script = &mut app["lifecycle"]["preStop"]["exec"]["command"][2];
+            *script = json!(script.as_str().unwrap().replace("/15000", "/15001"));
+        }),
         breaking("short grace period", "terminationGracePeriodSeconds", |o| {
             let pod = pod_spec(o, "Deployment", "orders");
             pod["terminationGracePeriodSeconds"] = json!(20);
@@ -422,6 +462,159 @@ fn breakages() -> Vec<Breakage> {
             let job = container(o, "Job", "mesh-routes", "meshctl");
             let command = job["command"].as_array_mut().unwrap();
             command.truncate(command.len() - 2);
+        }),
+        breaking(
+            "sidecar without the trust bundle",
+            "mesh-trust-bundle",
+            |o| {
+                let sidecar = container(o, "Deployment", "catalog", "sidecar");
+                let mounts = sidecar["volumeMounts"].as_array_mut().unwrap();
+                mounts.retain(|m| m["name"] != "trust-bundle");
+            },
+        ),
+        breaking("gateway without a token", "MESH_IDENTITY_TOKEN_FILE", |o| {
+            let gateway = container(o, "Deployment", "gateway", "gateway");
+            remove_env(gateway, "MESH_IDENTITY_TOKEN_FILE");
+        }),
+        breaking(
+            "sidecar with another service's token",
+            "payments-join-token",
+            |o| {
+                let pod = pod_spec(o, "Deployment", "orders");
+                let volumes = pod["volumes"].as_array_mut().unwrap();
+                let token = volumes
+                    .iter_mut()
+                    .find(|v| v["name"] == "join-token")
+                    .unwrap();
+                token["secret"]["secretName"] = json!("payments-join-token");
+            },
+        ),
+        breaking(
+            "a pod mounts another service's token too",
+            "catalog-join-token",
+            |o| {
+                let pod = pod_spec(o, "Deployment", "inventory");
+                pod["volumes"].as_array_mut().unwrap().push(json!({
+                    "name": "other-token",
+                    "secret": { "secretName": "catalog-join-token" }
+                }));
+            },
+        ),
+        breaking("the app mounts the token", "only the proxy", |o| {
+            let app = container(o, "Deployment", "payments", "app");
+            app["volumeMounts"] = json!([{ "name": "join-token", "mountPath": "/token" }]);
+        }),
+        breaking("token Secret required at start", "optional", |o| {
+            let pod = pod_spec(o, "Deployment", "catalog");
+            let volumes = pod["volumes"].as_array_mut().unwrap();
+            let token = volumes
+                .iter_mut()
+                .find(|v| v["name"] == "join-token")
+                .unwrap();
+            remove(&mut token["secret"], "optional");
+        }),
+        breaking("control plane without its issuer", "mesh-issuer", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            let mounts = cp["volumeMounts"].as_array_mut().unwrap();
+            mounts.retain(|m| m["name"] != "issuer");
+        }),
+        breaking("issuer key from elsewhere", "issuer.key", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            set_env(cp, "MESH_CP_ISSUER_KEY", "/etc/mesh/trust/issuer.key");
+        }),
+        breaking("the issuer mounted by the gateway", "mesh-issuer", |o| {
+            let pod = pod_spec(o, "Deployment", "gateway");
+            pod["volumes"].as_array_mut().unwrap().push(json!({
+                "name": "issuer",
+                "secret": { "secretName": "mesh-issuer" }
+            }));
+        }),
+        breaking("control plane --insecure", "--insecure", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            cp["args"] = json!(["--insecure"]);
+        }),
+        breaking("control plane insecure by env", "--insecure", |o| {
+            let cp = container(o, "Deployment", "control-plane", "control-plane");
+            set_env(cp, "MESH_CP_INSECURE", "true");
+        }),
+        breaking("meshctl insecure", "--insecure", |o| {
+            let job = container(o, "Job", "mesh-routes", "meshctl");
+            job["command"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("--insecure"));
+        }),
+        breaking("sidecar --mtls off", "--mtls off", |o| {
+            let sidecar = container(o, "Deployment", "inventory", "sidecar");
+            sidecar["args"] = json!(["--mtls", "off"]);
+        }),
+        breaking("gateway mTLS off by env", "--mtls off", |o| {
+            let env = config_map(o, "mesh-env");
+            env["data"]["MESH_MTLS"] = json!("off");
+        }),
+        breaking("etcd without a NetworkPolicy", "anyone reaches etcd", |o| {
+            o.retain(|x| !is(x, "NetworkPolicy", "etcd"));
+        }),
+        breaking(
+            "etcd's client port open to all",
+            "more than the control plane",
+            |o| {
+                let policy = find_mut(o, "NetworkPolicy", "etcd");
+                remove(&mut policy["spec"]["ingress"][0], "from");
+            },
+        ),
+        breaking(
+            "etcd's client port open to the shop",
+            "more than the control plane",
+            |o| {
+                let policy = find_mut(o, "NetworkPolicy", "etcd");
+                policy["spec"]["ingress"][0]["from"][0]["podSelector"] =
+                    json!({ "matchLabels": { "app.kubernetes.io/part-of": "mesh" } });
+            },
+        ),
+        breaking("control plane cut off from etcd", "client port", |o| {
+            let policy = find_mut(o, "NetworkPolicy", "etcd");
+            policy["spec"]["ingress"][0]["ports"][0]["port"] = json!(2380);
+        }),
+        breaking("shop pods without a NetworkPolicy", "anyone reaches", |o| {
+            o.retain(|x| !is(x, "NetworkPolicy", "shop-inbound"));
+        }),
+        breaking(
+            "inbound open to every pod",
+            "more than the mesh's proxies",
+            |o| {
+                let policy = find_mut(o, "NetworkPolicy", "shop-inbound");
+                policy["spec"]["ingress"][0]["from"] = json!([{ "namespaceSelector": {} }]);
+            },
+        ),
+        breaking(
+            "inbound open to Jaeger",
+            "more than the mesh's proxies",
+            |o| {
+                let policy = find_mut(o, "NetworkPolicy", "shop-inbound");
+                policy["spec"]["ingress"][0]["from"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({ "podSelector": { "matchLabels": { "app.kubernetes.io/name": "jaeger" } } }));
+            },
+        ),
+        breaking("app port exposed", "exposes port 50051", |o| {
+            let policy = find_mut(o, "NetworkPolicy", "shop-inbound");
+            policy["spec"]["ingress"][1]["ports"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({ "port": 50051 }));
+        }),
+        breaking("every port open", "opens every port", |o| {
+            let policy = find_mut(o, "NetworkPolicy", "shop-inbound");
+            remove(&mut policy["spec"]["ingress"][1], "ports");
+        }),
+        breaking("probe port closed", "probe port", |o| {
+            let policy = find_mut(o, "NetworkPolicy", "shop-inbound");
+            policy["spec"]["ingress"]
+                .as_array_mut()
+                .unwrap()
+                .truncate(1);
         }),
         breaking("images: not applied", "registry reference", |o| {
             for object in o.iter_mut() {
@@ -529,7 +722,7 @@ fn rendered(dir: &str) -> Option<&'static Manifests> {
 }
 
 fn all_checks(m: &Manifests) -> Vec<String> {
-    let checks: [fn(&Manifests) -> Vec<String>; 8] = [
+    let checks: [fn(&Manifests) -> Vec<String>; 10] = [
         native_sidecars,
         probes,
         resources_and_security,
@@ -538,6 +731,8 @@ fn all_checks(m: &Manifests) -> Vec<String> {
         grace_periods,
         routes,
         image_and_telemetry,
+        identity,
+        network_policies,
     ];
     checks.iter().flat_map(|check| check(m)).collect()
 }
@@ -988,48 +1183,64 @@ fn probes(m: &Manifests) -> Vec<String> {
             .iter()
             .map(|(s, _)| *s)
             .find(|s| *s == w.app_name());
+        // The pod's proxy probe port: where the kubelet asks the sidecar.
+        let probe_port = w.running("sidecar").map(|proxy| {
+            m.literal(proxy, "MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR)
+                .and_then(|a| socket_addr(&a))
+                .map(|a| a.port())
+        });
         for c in w.running_containers() {
             let id = format!("{} container {}", w.id(), c.name());
-            for probe in ["readinessProbe", "livenessProbe"] {
-                if c.spec[probe].is_null() {
-                    v.push(format!("{id}: no {probe}"));
-                }
+            let app = shop_service.is_some() && c.binary() == shop_service;
+            if c.spec["readinessProbe"].is_null() {
+                v.push(format!("{id}: no readinessProbe"));
+            }
+            // An app's only outside view is its sidecar's /ready, which
+            // also fails without a control plane: no liveness probe there.
+            if !app && c.spec["livenessProbe"].is_null() {
+                v.push(format!("{id}: no livenessProbe"));
             }
             let probes =
                 ["startupProbe", "readinessProbe", "livenessProbe"].map(|p| (p, &c.spec[p]));
-            if shop_service.is_some() && c.binary() == shop_service {
-                for (name, probe) in probes.iter().filter(|(_, p)| !p.is_null()) {
-                    if probe["grpc"].is_null() {
-                        v.push(format!("{id}: {name} is not a gRPC probe (grpc.health.v1)"));
-                    }
-                }
-            }
-            let admin = match c.binary() {
-                Some("sidecar") => Some(m.literal(c, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)),
-                Some("control-plane") => Some(m.literal(c, "MESH_CP_ADMIN", DEFAULT_CP_ADMIN)),
-                _ => None,
+            let on_port = |probe: &Value, port: u16| {
+                let named = &probe["httpGet"]["port"];
+                named.as_u64() == Some(port.into())
+                    || (named.is_string()
+                        && w.running_containers()
+                            .iter()
+                            .any(|c| c.port_number(named) == Some(port)))
             };
-            if let Some(admin) = admin {
-                let admin = admin.and_then(|a| socket_addr(&a));
+            if app {
                 for (name, probe) in probes.iter().filter(|(_, p)| !p.is_null()) {
-                    let port = &probe["httpGet"]["port"];
-                    let on_admin = match &admin {
-                        Ok(addr) => {
-                            port.as_u64() == Some(addr.port().into())
-                                || (port.is_string()
-                                    && c.spec["ports"].as_array().into_iter().flatten().any(|p| {
-                                        p["name"] == *port
-                                            && p["containerPort"].as_u64()
-                                                == Some(addr.port().into())
-                                    }))
-                        }
-                        Err(_) => false,
-                    };
-                    if !on_admin {
+                    let ok = probe["httpGet"]["path"] == "/ready"
+                        && matches!(probe_port, Some(Ok(port)) if on_port(probe, port));
+                    if !ok {
                         v.push(format!(
-                            "{id}: {name} must be an HTTP GET on the admin port ({admin:?}), is {probe}"
+                            "{id}: {name} must be an HTTP GET of the sidecar's /ready on its probe port (the app listens on loopback), is {probe}"
                         ));
                     }
+                }
+                continue;
+            }
+            let (what, port) = match c.binary() {
+                Some("sidecar") => (
+                    "probe port",
+                    m.literal(c, "MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR)
+                        .and_then(|a| socket_addr(&a)),
+                ),
+                Some("control-plane") => (
+                    "admin port",
+                    m.literal(c, "MESH_CP_ADMIN", DEFAULT_CP_ADMIN)
+                        .and_then(|a| socket_addr(&a)),
+                ),
+                _ => continue,
+            };
+            for (name, probe) in probes.iter().filter(|(_, p)| !p.is_null()) {
+                let ok = matches!(&port, Ok(addr) if !addr.ip().is_loopback() && on_port(probe, addr.port()));
+                if !ok {
+                    v.push(format!(
+                        "{id}: {name} must be an HTTP GET on the {what} ({port:?}), is {probe}"
+                    ));
                 }
             }
         }
@@ -1179,10 +1390,12 @@ fn ports(m: &Manifests) -> Vec<String> {
                 {
                     listeners.push(("MESH_INGRESS_ADDR", DEFAULT_INGRESS_ADDR));
                     listeners.push(("MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR));
+                    listeners.push(("MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR));
                 }
                 Some("sidecar") => {
                     listeners.push(("MESH_INBOUND_ADDR", DEFAULT_INBOUND_ADDR));
                     listeners.push(("MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR));
+                    listeners.push(("MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR));
                 }
                 Some("control-plane") => {
                     listeners.push(("MESH_CP_LISTEN", DEFAULT_CP_LISTEN));
@@ -1192,12 +1405,22 @@ fn ports(m: &Manifests) -> Vec<String> {
             }
             for (var, default) in listeners {
                 match m.literal(c, var, default).and_then(|a| socket_addr(&a)) {
+                    // Loopback: nothing outside the pod reaches it.
+                    Ok(addr) if addr.ip().is_loopback() => {}
                     Ok(addr) if c.container_ports().contains(&addr.port()) => {}
                     Ok(addr) => v.push(format!(
                         "{id}: {var} listens on {}, which the container does not declare",
                         addr.port()
                     )),
                     Err(e) => v.push(format!("{id}: {var}: {e}")),
+                }
+            }
+            if c.binary() == Some("sidecar") {
+                match m.literal(c, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR).and_then(|a| socket_addr(&a)) {
+                    Ok(addr) if addr.ip().is_loopback() => {}
+                    other => v.push(format!(
+                        "{id}: MESH_ADMIN_ADDR is {other:?}: the admin port (/drain) must be loopback"
+                    )),
                 }
             }
             // Every URL a process is given reaches a pod that listens there.
@@ -1290,26 +1513,14 @@ fn shop_pod_ports(
             "the app container does not declare its PORT {app_port}"
         ));
     }
-    // The kubelet's probes dial the pod IP.
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let spec = &app.spec[probe];
-        if spec.is_null() {
-            continue;
-        }
-        if spec["grpc"]["port"].as_u64() != Some(app_port.into()) {
-            return Err(format!(
-                "app {probe} port {} is not the app's PORT {app_port}",
-                spec["grpc"]["port"]
-            ));
-        }
-        let host: std::net::IpAddr = app_host
-            .parse()
-            .map_err(|e| format!("app LISTEN_HOST {app_host:?}: {e}"))?;
-        if !host.is_unspecified() {
-            return Err(format!(
-                "app LISTEN_HOST is {app_host}: the kubelet's {probe} dials the pod IP, so it must be 0.0.0.0"
-            ));
-        }
+    // Only the local sidecar calls the app.
+    let host: std::net::IpAddr = app_host
+        .parse()
+        .map_err(|e| format!("app LISTEN_HOST {app_host:?}: {e}"))?;
+    if !host.is_loopback() {
+        return Err(format!(
+            "app LISTEN_HOST is {app_host}: the app must listen on loopback (only its sidecar calls it)"
+        ));
     }
     // The app's way out is the sidecar's outbound listener, on loopback.
     let outbound =
@@ -1336,12 +1547,14 @@ fn shop_pod_ports(
     // Every listener of the pod on its own port (they share the network).
     let inbound = socket_addr(&m.literal(sidecar, "MESH_INBOUND_ADDR", DEFAULT_INBOUND_ADDR)?)?;
     let admin = socket_addr(&m.literal(sidecar, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)?)?;
+    let probe = socket_addr(&m.literal(sidecar, "MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR)?)?;
     let mut seen = BTreeMap::new();
     for (what, port) in [
         ("app PORT", app_port),
         ("MESH_OUTBOUND_ADDR", outbound.port()),
         ("MESH_INBOUND_ADDR", inbound.port()),
         ("MESH_ADMIN_ADDR", admin.port()),
+        ("MESH_PROBE_ADDR", probe.port()),
     ] {
         if let Some(other) = seen.insert(port, what) {
             return Err(format!(
@@ -1475,17 +1688,13 @@ fn grace_periods(m: &Manifests) -> Vec<String> {
             }
             // Kubernetes stops the app before its native sidecar: the app's
             // preStop hook must make the sidecar leave the mesh first.
-            let hook = &app.spec["lifecycle"]["preStop"]["httpGet"];
             let admin_port = m
-                .literal(proxy, "MESH_ADMIN_ADDR", "0.0.0.0:15000")
+                .literal(proxy, "MESH_ADMIN_ADDR", DEFAULT_ADMIN_ADDR)
                 .ok()
                 .and_then(|a| socket_addr(&a).ok())
                 .map(|a| a.port());
-            if hook["path"] != "/drain" || hook["port"].as_u64().map(|p| p as u16) != admin_port {
-                v.push(format!(
-                    "{}: the app has no preStop hook GET /drain on the sidecar's admin port",
-                    w.id()
-                ));
+            if let Err(e) = drain_hook(&app.spec["lifecycle"]["preStop"], admin_port) {
+                v.push(format!("{}: {e}", w.id()));
             }
         }
         if grace < needed {
@@ -1493,6 +1702,406 @@ fn grace_periods(m: &Manifests) -> Vec<String> {
                 "{}: terminationGracePeriodSeconds {grace} < {needed} s the shutdown may take",
                 w.id()
             ));
+        }
+    }
+    v
+}
+
+/// The app's preStop hook must POST /drain to the sidecar's loopback admin
+/// port: an exec hook (an httpGet hook is a GET, to the pod IP).
+fn drain_hook(hook: &Value, admin_port: Option<u16>) -> Result<(), String> {
+    let port_text = admin_port.map_or_else(|| "?".to_owned(), |p| p.to_string());
+    let missing = || {
+        format!(
+            "the app has no preStop hook that sends POST /drain to the sidecar's admin port 127.0.0.1:{port_text}, is {hook}"
+        )
+    };
+    let command: Vec<&str> = hook["exec"]["command"]
+        .as_array()
+        .ok_or_else(missing)?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let script = command.join(" ");
+    let port = admin_port.ok_or_else(missing)?;
+    if script.contains("POST /drain") && script.contains(&format!("/dev/tcp/127.0.0.1/{port}")) {
+        Ok(())
+    } else {
+        Err(missing())
+    }
+}
+
+/// The volume a file is read from: the container's mount whose path holds
+/// `file`, the pod's volume of that name, and the file's key in it.
+fn mounted_file<'a>(w: &Workload<'a>, c: Container<'a>, file: &str) -> Option<(&'a Value, String)> {
+    let mount = c.spec["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["subPath"].is_null())
+        .find(|m| {
+            m["mountPath"]
+                .as_str()
+                .is_some_and(|dir| file.starts_with(&format!("{}/", dir.trim_end_matches('/'))))
+        })?;
+    let dir = mount["mountPath"].as_str()?.trim_end_matches('/');
+    let key = file[dir.len() + 1..].to_owned();
+    let volume = w.pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == mount["name"])?;
+    Some((volume, key))
+}
+
+/// Does `volume` hold `key` of the ConfigMap or Secret named `name`?
+fn volume_holds(volume: &Value, source: &str, name: &str, key: &str) -> bool {
+    let (name_field, spec) = match source {
+        "configMap" => ("name", &volume["configMap"]),
+        _ => ("secretName", &volume["secret"]),
+    };
+    if spec[name_field] != name {
+        return false;
+    }
+    match spec["items"].as_array() {
+        None => true,
+        Some(items) => items.iter().any(|i| i["path"] == key),
+    }
+}
+
+/// Checks that `var` of `c` names `key` of ConfigMap/Secret `name`; the
+/// volume on success.
+fn reads_from<'a>(
+    m: &Manifests,
+    w: &Workload<'a>,
+    c: Container<'a>,
+    var: &str,
+    (source, name, key): (&str, &str, &str),
+) -> Result<&'a Value, String> {
+    let kind = if source == "configMap" {
+        "ConfigMap"
+    } else {
+        "Secret"
+    };
+    let file = m.literal(c, var, "")?;
+    if file.is_empty() {
+        return Err(format!(
+            "{var} is not set: it must name {key} of {kind} {name}"
+        ));
+    }
+    match mounted_file(w, c, &file) {
+        Some((volume, k)) if k == key && volume_holds(volume, source, name, key) => Ok(volume),
+        other => Err(format!(
+            "{var} {file} is not {key} of {kind} {name} (mounted: {other:?})"
+        )),
+    }
+}
+
+fn identity(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for w in m.workloads() {
+        // The proxy identity of the pod, if it runs one: a sidecar's
+        // service, or the gateway's name.
+        let proxy = w.running("sidecar");
+        let proxy_name = proxy.map(|p| {
+            let gateway = m.literal(p, "MESH_MODE", "sidecar").as_deref() == Ok("gateway");
+            let default = if gateway { "gateway" } else { "" };
+            m.literal(p, "MESH_SERVICE", default).unwrap_or_default()
+        });
+        for c in w.containers() {
+            let id = format!("{} container {}", w.id(), c.name());
+            // Nothing insecure, by flag or environment.
+            let words: Vec<&str> = ["command", "args"]
+                .iter()
+                .flat_map(|k| c.spec[*k].as_array().into_iter().flatten())
+                .filter_map(Value::as_str)
+                .flat_map(str::split_whitespace)
+                .collect();
+            for (i, word) in words.iter().enumerate() {
+                if *word == "--insecure" || word.starts_with("--insecure=") {
+                    v.push(format!("{id}: runs with --insecure"));
+                }
+                if *word == "--mtls=off" || (*word == "--mtls" && words.get(i + 1) == Some(&"off"))
+                {
+                    v.push(format!("{id}: runs with --mtls off"));
+                }
+            }
+            let env = m.env(c);
+            if env.get("MESH_MTLS") == Some(&EnvValue::Literal("off".into())) {
+                v.push(format!("{id}: runs with --mtls off (MESH_MTLS)"));
+            }
+            for var in ["MESH_CP_INSECURE", "MESHCTL_INSECURE"] {
+                if let Some(EnvValue::Literal(value)) = env.get(var) {
+                    if !value.is_empty() && value != "false" {
+                        v.push(format!("{id}: runs with --insecure ({var}={value})"));
+                    }
+                }
+            }
+            // Only a pod's proxy reads its join token.
+            let token_volumes: Vec<&str> = w.pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|vol| {
+                    vol["secret"]["secretName"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with("-join-token"))
+                })
+                .filter_map(|vol| vol["name"].as_str())
+                .collect();
+            let mounts_token = c.spec["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|mnt| {
+                    mnt["name"]
+                        .as_str()
+                        .is_some_and(|n| token_volumes.contains(&n))
+                });
+            if mounts_token && c.binary() != Some("sidecar") {
+                v.push(format!(
+                    "{id}: mounts a join-token Secret: only the proxy may"
+                ));
+            }
+            match c.binary() {
+                Some("sidecar") => {
+                    let name = proxy_name.clone().unwrap_or_default();
+                    let token = format!("{name}-join-token");
+                    if let Err(e) = reads_from(
+                        m,
+                        &w,
+                        c,
+                        "MESH_TRUST_BUNDLE",
+                        ("configMap", "mesh-trust-bundle", "bundle.crt"),
+                    ) {
+                        v.push(format!("{id}: {e}"));
+                    }
+                    match reads_from(m, &w, c, "MESH_IDENTITY_TOKEN_FILE", ("secret", &token, "token")) {
+                        Err(e) => v.push(format!("{id}: {e}")),
+                        // The Secret may be made after the pod: the sidecar
+                        // reads the file again until it appears.
+                        Ok(volume) if volume["secret"]["optional"] != true => v.push(format!(
+                            "{id}: the {token} volume must be optional: true (the pod may start before the Secret)"
+                        )),
+                        Ok(_) => {}
+                    }
+                }
+                Some("control-plane") => {
+                    for (var, key) in [
+                        ("MESH_CP_ISSUER_CERT", "issuer.crt"),
+                        ("MESH_CP_ISSUER_KEY", "issuer.key"),
+                    ] {
+                        if let Err(e) = reads_from(m, &w, c, var, ("secret", "mesh-issuer", key)) {
+                            v.push(format!("{id}: {e}"));
+                        }
+                    }
+                    if let Err(e) = reads_from(
+                        m,
+                        &w,
+                        c,
+                        "MESH_TRUST_BUNDLE",
+                        ("configMap", "mesh-trust-bundle", "bundle.crt"),
+                    ) {
+                        v.push(format!("{id}: {e}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Secrets: a pod mounts its own proxy's token only; the issuer is
+        // the control plane's alone.
+        for vol in w.pod["volumes"].as_array().into_iter().flatten() {
+            let Some(secret) = vol["secret"]["secretName"].as_str() else {
+                continue;
+            };
+            if let Some(owner) = secret.strip_suffix("-join-token") {
+                if proxy_name.as_deref() != Some(owner) {
+                    v.push(format!(
+                        "{}: mounts {secret}, the join token of {owner}, but its proxy is {proxy_name:?}",
+                        w.id()
+                    ));
+                }
+            }
+            if secret == "mesh-issuer" && w.running("control-plane").is_none() {
+                v.push(format!(
+                    "{}: mounts mesh-issuer, the control plane's CA key",
+                    w.id()
+                ));
+            }
+        }
+    }
+    v
+}
+
+/// The number of a NetworkPolicy port (a number, or a name the pod declares).
+fn policy_port(w: &Workload<'_>, port: &Value) -> Option<u16> {
+    match port {
+        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        Value::String(_) => w.port_number(port),
+        _ => None,
+    }
+}
+
+/// The ingress rules of every NetworkPolicy that selects `w`'s pods;
+/// `None` if none does (everything may reach them).
+fn ingress_rules<'a>(m: &'a Manifests, w: &Workload<'_>) -> Option<Vec<&'a Value>> {
+    let policies: Vec<&Value> = m
+        .objects_of("NetworkPolicy")
+        .filter(|p| {
+            let types = &p["spec"]["policyTypes"];
+            let ingress = types.is_null()
+                || types
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "Ingress"));
+            ingress && selects(&p["spec"]["podSelector"], w.labels)
+        })
+        .collect();
+    if policies.is_empty() {
+        return None;
+    }
+    Some(
+        policies
+            .iter()
+            .flat_map(|p| p["spec"]["ingress"].as_array().into_iter().flatten())
+            .collect(),
+    )
+}
+
+/// Does `rule` let anything reach `port`?
+fn rule_allows(w: &Workload<'_>, rule: &Value, port: u16) -> bool {
+    match rule["ports"].as_array() {
+        None => true,
+        Some(ports) if ports.is_empty() => true,
+        Some(ports) => ports
+            .iter()
+            .any(|p| policy_port(w, &p["port"]) == Some(port)),
+    }
+}
+
+/// Every peer of `rule` is a pod selector of this namespace that selects
+/// only pods for which `allowed` holds.
+fn peers_only(
+    m: &Manifests,
+    rule: &Value,
+    allowed: impl Fn(&Workload<'_>) -> bool,
+) -> Result<(), String> {
+    let peers = rule["from"]
+        .as_array()
+        .filter(|f| !f.is_empty())
+        .ok_or("from anywhere")?;
+    for peer in peers {
+        if !peer["namespaceSelector"].is_null() || !peer["ipBlock"].is_null() {
+            return Err(format!("from {peer} (other namespaces or addresses)"));
+        }
+        let selected = m.selected(&peer["podSelector"]);
+        if selected.is_empty() {
+            return Err(format!("from {peer} (every pod, or none of the mesh's)"));
+        }
+        if let Some(other) = selected.iter().find(|w| !allowed(w)) {
+            return Err(format!("from {peer}, which selects {}", other.id()));
+        }
+    }
+    Ok(())
+}
+
+fn network_policies(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    for w in m.workloads().into_iter().filter(|w| w.long_running()) {
+        let id = w.id();
+        if let Some(etcd) = w.running("etcd") {
+            let client_port = m
+                .literal(etcd, "ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379")
+                .ok()
+                .and_then(|urls| {
+                    urls.split(',')
+                        .next()
+                        .and_then(|u| u.parse::<http::Uri>().ok())
+                })
+                .and_then(|u| u.port_u16())
+                .unwrap_or(2379);
+            let Some(rules) = ingress_rules(m, &w) else {
+                v.push(format!(
+                    "{id}: no NetworkPolicy selects its pods: anyone reaches etcd"
+                ));
+                continue;
+            };
+            let allowing: Vec<_> = rules
+                .iter()
+                .filter(|r| rule_allows(&w, r, client_port))
+                .collect();
+            if allowing.is_empty() {
+                v.push(format!("{id}: no NetworkPolicy rule lets the control plane reach etcd's client port {client_port}"));
+            }
+            for rule in allowing {
+                if let Err(e) = peers_only(m, rule, |p| p.running("control-plane").is_some()) {
+                    v.push(format!("{id}: etcd's client port {client_port} is open to more than the control plane: {e}"));
+                }
+            }
+        }
+    }
+    for (w, _) in m
+        .shop_workloads()
+        .into_iter()
+        .filter(|(w, _)| w.long_running())
+    {
+        let id = w.id();
+        let Some(sidecar) = w.running("sidecar") else {
+            continue;
+        };
+        let port = |var, default| {
+            m.literal(sidecar, var, default)
+                .and_then(|a| socket_addr(&a))
+                .map(|a| a.port())
+                .ok()
+        };
+        let (Some(inbound), Some(probe)) = (
+            port("MESH_INBOUND_ADDR", DEFAULT_INBOUND_ADDR),
+            port("MESH_PROBE_ADDR", DEFAULT_PROBE_ADDR),
+        ) else {
+            continue; // ports reports it
+        };
+        let Some(rules) = ingress_rules(m, &w) else {
+            v.push(format!(
+                "{id}: no NetworkPolicy selects its pods: anyone reaches every port"
+            ));
+            continue;
+        };
+        let to_inbound: Vec<_> = rules
+            .iter()
+            .filter(|r| rule_allows(&w, r, inbound))
+            .collect();
+        if to_inbound.is_empty() {
+            v.push(format!(
+                "{id}: no NetworkPolicy rule lets the proxies reach the inbound port {inbound}"
+            ));
+        }
+        for rule in to_inbound {
+            if let Err(e) = peers_only(m, rule, |p| p.running("sidecar").is_some()) {
+                v.push(format!(
+                    "{id}: the inbound port {inbound} is open to more than the mesh's proxies: {e}"
+                ));
+            }
+        }
+        if !rules.iter().any(|r| rule_allows(&w, r, probe)) {
+            v.push(format!("{id}: no NetworkPolicy rule lets the kubelet and Prometheus reach the probe port {probe}"));
+        }
+        for rule in &rules {
+            match rule["ports"].as_array().filter(|p| !p.is_empty()) {
+                None => v.push(format!(
+                    "{id}: a NetworkPolicy rule opens every port: {rule}"
+                )),
+                Some(ports) => {
+                    for p in ports {
+                        let number = policy_port(&w, &p["port"]);
+                        if number != Some(inbound) && number != Some(probe) {
+                            v.push(format!(
+                                "{id}: a NetworkPolicy exposes port {} (only the inbound {inbound} and probe {probe} ports may be reached)",
+                                p["port"]
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
     v
