@@ -145,6 +145,15 @@ impl Body for ReplayBody {
                             this.next_chunk = 0;
                         }
                     }
+                    // END_STREAM came with this DATA frame (and no trailers
+                    // wait behind it): the body ends here, so that
+                    // `is_end_stream` is true now and hyper puts END_STREAM
+                    // on this chunk's frame instead of sending an empty
+                    // DATA frame after the next poll (RFC 9113, 8.1).
+                    if shared.source.as_ref().is_some_and(Body::is_end_stream) {
+                        shared.ended = true;
+                        shared.source = None;
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     shared.trailers = Some(trailers.clone());
                     shared.ended = true;
@@ -158,9 +167,39 @@ impl Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let shared = lock(&self.shared);
-        shared.ended
-            && self.next_chunk >= shared.chunks.len()
-            && (self.trailers_sent || shared.trailers.is_none())
+        if self.next_chunk < shared.chunks.len() {
+            return false;
+        }
+        if shared.ended {
+            return self.trailers_sent || shared.trailers.is_none();
+        }
+        // Not read to its end, but the source may have nothing left (a
+        // request that came as HEADERS with END_STREAM): then the
+        // upstream request can end with its HEADERS too.
+        shared.source.as_ref().is_some_and(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let shared = lock(&self.shared);
+        // The kept chunks this attempt has still to send, then whatever
+        // the source has left (its content-length, when the client sent one).
+        let kept: u64 = shared
+            .chunks
+            .get(self.next_chunk..)
+            .unwrap_or_default()
+            .iter()
+            .map(|chunk| chunk.len() as u64)
+            .sum();
+        let rest = match &shared.source {
+            Some(source) if !shared.ended => source.size_hint(),
+            _ => SizeHint::with_exact(0),
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(kept.saturating_add(rest.lower()));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(kept.saturating_add(upper));
+        }
+        hint
     }
 }
 
@@ -188,7 +227,10 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Direct(body) => body.size_hint(),
-            Self::Replay(_) => SizeHint::default(),
+            Self::Replay(body) => body.size_hint(),
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
