@@ -73,8 +73,9 @@ LABEL org.opencontainers.image.title="mesh" \
 COPY --from=build /out/ /usr/local/bin/
 # A numeric non-root user, so Kubernetes can check runAsNonRoot.
 USER 10001:10001
-# Documentation only. Sidecar: admin 15000, inbound 15006 (outbound 15001 is
-# loopback); gateway: ingress 8080; control plane: gRPC 15010, admin 15020;
-# shop apps: gRPC 50051.
-EXPOSE 8080 15000 15006 15010 15020 50051
+# Documentation only. Sidecar: inbound 15006 (mTLS), probes and metrics
+# 15021 (admin 15000 and outbound 15001 are loopback only); gateway: ingress
+# 8080; control plane: gRPC 15010 (mTLS), admin 15020; shop apps bind
+# loopback only.
+EXPOSE 8080 15006 15010 15020 15021
 CMD ["meshctl", "--help"]

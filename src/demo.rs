@@ -473,6 +473,8 @@ impl Topology {
                     &inbound.to_string(),
                     "--admin-addr",
                     &admin.to_string(),
+                    "--probe-addr",
+                    &loopback(next_port()).to_string(),
                 ]
                 .map(str::to_owned)
                 .to_vec();
@@ -516,6 +518,8 @@ impl Topology {
                 &ingress.to_string(),
                 "--admin-addr",
                 &admin.to_string(),
+                "--probe-addr",
+                &loopback(next_port()).to_string(),
             ]
             .map(str::to_owned)
             .to_vec();
@@ -787,6 +791,12 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
 /// A blocking HTTP/1.1 GET against a proxy's admin port: `(status, body)`.
 /// Small on purpose: readiness polling needs nothing more.
 pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    admin_request(addr, "GET", path)
+}
+
+/// One HTTP/1.1 request with no body to a proxy's admin port (`POST
+/// /drain`, `DELETE /drain`); the status and the body.
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(2);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
@@ -794,7 +804,7 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)>
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -10,29 +10,10 @@ use std::time::{Duration, Instant};
 use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::TestMesh;
 
-/// A blocking HTTP/1.1 request with an empty body: `(status, body)`.
+/// A request with an empty body to an admin port: `(status, body)`.
 fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_secs(5);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).expect("admin port");
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("malformed response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    mesh::demo::admin_request(addr, method, path)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
 fn registered(mesh: &TestMesh, instance: &str) -> bool {

@@ -442,7 +442,7 @@ fn drain_and_sigterm_deregister_first_keep_serving_and_exit_in_time() {
         .admin
         .unwrap();
     let started = Instant::now();
-    let (status, _) = mesh::demo::admin_get(admin, "/drain").expect("GET /drain");
+    let (status, _) = mesh::demo::admin_request(admin, "POST", "/drain").expect("POST /drain");
     assert_eq!(status, 200);
     assert!(
         !registered(&mesh, "inventory-2"),
