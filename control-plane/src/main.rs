@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use control_plane::server::{self, ReplicaIdentity, ReplicaSettings};
-use control_plane::store::{EtcdStore, MemoryStore};
+use control_plane::store::{EtcdStore, EtcdTls, MemoryStore};
 use mesh::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,6 +40,17 @@ struct Args {
         default_value = "http://127.0.0.1:2379"
     )]
     etcd: Vec<String>,
+    /// CA certificates etcd's server certificate chains to (PEM); with
+    /// `https://` endpoints. `meshctl identity issue-etcd` writes `ca.crt`.
+    #[arg(long, env = "MESH_CP_ETCD_CA", requires_all = ["etcd_cert", "etcd_key"])]
+    etcd_ca: Option<std::path::PathBuf>,
+    /// The control plane's client certificate for etcd (PEM chain, leaf
+    /// first): etcd runs with `--client-cert-auth`.
+    #[arg(long, env = "MESH_CP_ETCD_CERT", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<std::path::PathBuf>,
+    /// The key of `--etcd-cert` (PEM).
+    #[arg(long, env = "MESH_CP_ETCD_KEY", requires_all = ["etcd_ca", "etcd_cert"])]
+    etcd_key: Option<std::path::PathBuf>,
     /// Seconds a dead sidecar stays registered at most.
     #[arg(long, env = "MESH_CP_LEASE_TTL_SECONDS", default_value_t = 10)]
     lease_ttl_seconds: u64,
@@ -83,6 +94,24 @@ struct Args {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+}
+
+/// etcd's TLS from the flags, checked against the endpoints' schemes:
+/// `https://` without a client certificate is refused here, at start-up,
+/// rather than retried forever against an etcd that will never let us in.
+fn etcd_tls(args: &Args) -> anyhow::Result<Option<EtcdTls>> {
+    let tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(
+            EtcdTls::from_files(ca, cert, key)
+                .map_err(|e| anyhow::anyhow!("etcd TLS (--etcd-ca/--etcd-cert/--etcd-key): {e}"))?,
+        ),
+        _ => None,
+    };
+    EtcdTls::check_endpoints(&args.etcd, tls.as_ref()).map_err(anyhow::Error::msg)?;
+    if tls.is_none() {
+        tracing::warn!(etcd = %args.etcd.join(","), "etcd over plaintext: anyone who reaches it owns the mesh's state");
+    }
+    Ok(tls)
 }
 
 /// The CA and bundle from the flags; none only with `--insecure`.
@@ -141,10 +170,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.store {
         StoreKind::Etcd => {
+            let tls = etcd_tls(&args)?;
             // etcd may start after us (or be restarting): keep trying.
             let mut wait = Duration::from_millis(100);
             let store = loop {
-                match EtcdStore::connect(&args.etcd, Duration::from_secs(3)).await {
+                match EtcdStore::connect_with(&args.etcd, Duration::from_secs(3), tls.as_ref())
+                    .await
+                {
                     Ok(store) => break store,
                     Err(error) => {
                         tracing::warn!(etcd = %args.etcd.join(","), %error, "cannot reach etcd; retrying");

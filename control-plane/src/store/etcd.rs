@@ -3,6 +3,10 @@
 //! Compare-and-swap is one etcd transaction: compare the key's mod revision
 //! (or its version, for "absent"), put or delete if it holds, else read the
 //! key so the conflict can say what it found, all at one revision.
+//!
+//! Over `https://` endpoints the client speaks TLS with a client
+//! certificate ([`EtcdTls`]): etcd runs with `--client-cert-auth` and
+//! refuses anyone without a certificate its trusted CA signed.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,8 +14,9 @@ use std::time::Duration;
 
 use etcd_client::proto::{PbEvent, PbKeyValue, PbTxnOpResponse};
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType, GetOptions,
-    PutOptions, ResponseHeader, Txn, TxnOp, TxnResponse, WatchOptions, WatchResponse,
+    Certificate, Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType,
+    GetOptions, Identity, PutOptions, ResponseHeader, TlsOptions, Txn, TxnOp, TxnResponse,
+    WatchOptions, WatchResponse,
 };
 use tonic::Code;
 
@@ -61,10 +66,25 @@ impl EtcdStore {
         endpoints: &[String],
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, connect_timeout, None).await
+    }
+
+    /// [`EtcdStore::connect`], over TLS with a client certificate when
+    /// `tls` is given. The endpoints' schemes must agree with it
+    /// ([`EtcdTls::check_endpoints`]).
+    pub async fn connect_with(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        tls: Option<&EtcdTls>,
+    ) -> Result<Self, StoreError> {
+        EtcdTls::check_endpoints(endpoints, tls).map_err(StoreError::Rejected)?;
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.options());
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(store_error)?;
@@ -93,6 +113,122 @@ impl EtcdStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+}
+
+/// The TLS etcd is reached with: the CA its server certificate chains to
+/// and the client certificate `--client-cert-auth` asks for (`meshctl
+/// identity issue-etcd` makes both). Read once at start: a new client
+/// certificate takes a restart.
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    server_name: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("EtcdTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// The name every etcd server certificate carries (`meshctl identity
+    /// issue-etcd` always puts it in): the members are reached by IP or by
+    /// per-pod DNS names, and one name to check keeps one certificate
+    /// valid for all of them.
+    pub const SERVER_NAME: &'static str = "localhost";
+
+    /// From PEM texts: the trusted CA certificates, the client certificate
+    /// chain (leaf first) and its key. Checks that each holds what it
+    /// should, so a swapped flag fails at start-up and says which.
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let certificates =
+            |what: &str, pem: &str| match mesh::identity::certificate::certificates_from_pem(pem) {
+                Ok(certs) if !certs.is_empty() => Ok(()),
+                Ok(_) => Err(format!("{what}: no PEM CERTIFICATE in it")),
+                Err(e) => Err(format!("{what}: {e}")),
+            };
+        certificates("CA", ca_pem)?;
+        certificates("client certificate", cert_pem)?;
+        if ca_pem.contains("PRIVATE KEY") || cert_pem.contains("PRIVATE KEY") {
+            return Err("a certificate file holds a private key: are the flags swapped?".into());
+        }
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("client key: no PEM private key in it ({e})"))?;
+        Ok(Self {
+            ca_pem: ca_pem.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            server_name: Self::SERVER_NAME.to_owned(),
+        })
+    }
+
+    /// Reads the three PEM files.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<Self, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        Self::from_pem(&read(ca)?, &read(cert)?, &read(key)?)
+    }
+
+    fn options(&self) -> TlsOptions {
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name(self.server_name.clone())
+    }
+
+    /// Endpoints and TLS must agree: `https://` takes TLS (etcd with
+    /// `--client-cert-auth` refuses a client without a certificate, and a
+    /// plaintext client would never get in), `http://` takes none (TLS
+    /// settings for a plaintext etcd are a mistake worth stopping for).
+    /// One scheme for all: a mix means some members are misconfigured.
+    pub fn check_endpoints(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<(), String> {
+        if endpoints.is_empty() {
+            return Err("no etcd endpoint".into());
+        }
+        let secure = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let plain = endpoints
+            .iter()
+            .filter(|e| e.starts_with("http://"))
+            .count();
+        if secure + plain != endpoints.len() {
+            return Err(format!(
+                "etcd endpoints must start with https:// or http://: {}",
+                endpoints.join(",")
+            ));
+        }
+        match (secure, plain, tls) {
+            (_, 0, Some(_)) => Ok(()),
+            (0, _, None) => Ok(()),
+            (0, _, Some(_)) => Err(format!(
+                "etcd TLS files given but the endpoints are plaintext ({}): use https:// URLs",
+                endpoints.join(",")
+            )),
+            (_, 0, None) => Err(format!(
+                "etcd at {} takes TLS with a client certificate: give --etcd-ca, --etcd-cert \
+                 and --etcd-key (made by `meshctl identity issue-etcd`)",
+                endpoints.join(",")
+            )),
+            _ => Err(format!(
+                "etcd endpoints mix https:// and http://: {}",
+                endpoints.join(",")
+            )),
+        }
     }
 }
 
@@ -455,7 +591,7 @@ mod tests {
 
     use futures_util::StreamExt;
 
-    use super::EtcdStore;
+    use super::{EtcdStore, EtcdTls};
     use crate::store::conformance::{self, Compactable};
     use crate::store::etcd_server::EtcdServer;
     use crate::store::{Precondition, Revision, Store, StoreError};
@@ -496,6 +632,49 @@ mod tests {
         .expect_err("nothing listens there");
         assert!(error.is_retryable(), "{error}");
         assert!(started.elapsed() < Duration::from_secs(3), "took too long");
+    }
+
+    #[test]
+    fn endpoints_and_tls_must_agree() {
+        let tls = EtcdTls {
+            ca_pem: String::new(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            server_name: EtcdTls::SERVER_NAME.into(),
+        };
+        let urls = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let check = EtcdTls::check_endpoints;
+        assert_eq!(check(&urls(&["http://127.0.0.1:2379"]), None), Ok(()));
+        let both = urls(&["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"]);
+        assert_eq!(check(&both, Some(&tls)), Ok(()));
+        let refused = check(&both, None).expect_err("https without a client certificate");
+        assert!(refused.contains("--etcd-cert"), "{refused}");
+        let plain = check(&urls(&["http://127.0.0.1:2379"]), Some(&tls)).expect_err("plaintext");
+        assert!(plain.contains("https://"), "{plain}");
+        let mixed = urls(&["https://a:2379", "http://b:2379"]);
+        assert!(check(&mixed, Some(&tls))
+            .expect_err("mixed")
+            .contains("mix"));
+        assert!(check(&urls(&["127.0.0.1:2379"]), None).is_err());
+        assert!(check(&[], None).is_err());
+    }
+
+    #[test]
+    fn tls_files_are_checked_for_what_they_hold() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate")
+            .pem();
+        let key = key.serialize_pem();
+        assert!(EtcdTls::from_pem(&cert, &cert, &key).is_ok());
+        let swapped = EtcdTls::from_pem(&cert, &key, &cert).expect_err("swapped");
+        assert!(swapped.contains("client certificate"), "{swapped}");
+        let no_key = EtcdTls::from_pem(&cert, &cert, &cert).expect_err("no key");
+        assert!(no_key.contains("client key"), "{no_key}");
+        assert!(format!("{:?}", EtcdTls::from_pem(&cert, &cert, &key)).contains("localhost"));
+        assert!(!format!("{:?}", EtcdTls::from_pem(&cert, &cert, &key)).contains("PRIVATE"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ mod conformance;
 #[cfg(test)]
 mod etcd_server;
 
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 
 /// A store revision, with etcd's meaning: a counter bumped once per write
