@@ -21,6 +21,7 @@ use mesh::proto::mesh::v1::{
     CreateTokenRequest, CreateTokenResponse, ListTokensRequest, ListTokensResponse,
     RevokeTokenRequest, RevokeTokenResponse, TokenInfo,
 };
+use mesh::proto::mesh::v1::{GetMtlsModeRequest, MtlsModeResponse, SetMtlsModeRequest};
 use mesh::proto::mesh::v1::{
     GetTrustBundleRequest, RenewCertificatesRequest, RenewCertificatesResponse,
     SetTrustBundleRequest, TrustBundleResponse,
@@ -96,6 +97,29 @@ impl<S: Store> AdminService<S> {
             renew_issuer_fingerprint: renew
                 .map(|kv| String::from_utf8_lossy(&kv.value).trim().to_owned())
                 .unwrap_or_default(),
+        })
+    }
+
+    /// The stored mTLS mode and its revision (strict at 0 when never set;
+    /// strict too, at its revision, when the stored value is not a mode,
+    /// as the index publishes it).
+    async fn stored_mtls_mode(&self) -> Result<MtlsModeResponse, Status> {
+        let stored = self
+            .store
+            .get(keys::MTLS_MODE)
+            .await
+            .map_err(store_status)?;
+        Ok(match stored {
+            None => MtlsModeResponse {
+                mode: "strict".to_owned(),
+                revision: 0,
+            },
+            Some(kv) => MtlsModeResponse {
+                mode: keys::mtls_mode(&String::from_utf8_lossy(&kv.value))
+                    .unwrap_or("strict")
+                    .to_owned(),
+                revision: kv.mod_revision,
+            },
         })
     }
 
@@ -366,6 +390,13 @@ impl<S: Store> MeshAdmin for AdminService<S> {
             .trust_bundle
             .as_ref()
             .map_or(0, |b| b.version());
+        // Without an authority this replica runs without mTLS: so does the
+        // mesh, whatever mode is stored.
+        response.mtls_mode = if self.authority.is_some() {
+            self.published.borrow().mtls_mode.to_owned()
+        } else {
+            "off".to_owned()
+        };
         for kv in snapshot.items {
             let Ok(replica) = serde_json::from_slice::<ReplicaStatus>(&kv.value) else {
                 continue;
@@ -571,6 +602,56 @@ impl<S: Store> MeshAdmin for AdminService<S> {
             revision,
         );
         Ok(Response::new(RenewCertificatesResponse { revision }))
+    }
+
+    async fn get_mtls_mode(
+        &self,
+        request: Request<GetMtlsModeRequest>,
+    ) -> Result<Response<MtlsModeResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        Ok(Response::new(self.stored_mtls_mode().await?))
+    }
+
+    async fn set_mtls_mode(
+        &self,
+        request: Request<SetMtlsModeRequest>,
+    ) -> Result<Response<MtlsModeResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let mode = keys::mtls_mode(&request.mode).map_err(Status::invalid_argument)?;
+        let precondition = precondition(request.expected_revision)?;
+        let current = self.stored_mtls_mode().await?;
+        let precondition_holds = match precondition {
+            Precondition::Any => true,
+            Precondition::Absent => current.revision == 0,
+            Precondition::Revision(r) => r == current.revision,
+        };
+        if current.revision != 0 && current.mode == mode && precondition_holds {
+            // Unchanged: no new version, so nothing is pushed again.
+            return Ok(Response::new(current));
+        }
+        let revision = self
+            .store
+            .put(
+                keys::MTLS_MODE,
+                mode.as_bytes().to_vec(),
+                precondition,
+                None,
+            )
+            .await
+            .map_err(store_status)?;
+        tracing::info!(mode, revision, "mesh-wide mTLS mode stored");
+        self.audit(
+            &operator,
+            "set-mtls-mode",
+            &format!("{} {} -> {mode}", keys::MTLS_MODE, current.mode),
+            current.revision,
+            revision,
+        );
+        Ok(Response::new(MtlsModeResponse {
+            mode: mode.to_owned(),
+            revision,
+        }))
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Index {
     descriptors: BTreeMap<(String, String), Bytes>,
     trust_bundle: Option<(Revision, Result<TrustBundle, String>)>,
     renew_issuer: String,
+    /// The stored mTLS mode, as stored (checked when published).
+    mtls_mode: Option<(Revision, String)>,
     unknown: BTreeSet<String>,
 }
 
@@ -55,6 +57,9 @@ pub struct Published {
     pub trust_bundle: Option<Arc<TrustBundle>>,
     /// The issuer (SHA-256, hex) proxies should renew under; empty: none.
     pub renew_issuer: String,
+    /// The mesh-wide mTLS mode: `strict` or `permissive` (a stored value
+    /// that is neither is reported and published as strict).
+    pub mtls_mode: &'static str,
     /// Data in the store that was skipped, and why.
     pub problems: Vec<String>,
     /// The pushes of this version, encoded by the first stream that sends
@@ -73,7 +78,8 @@ impl Published {
         let same_table = self.table_json == previous.table_json
             && self.trust_bundle.as_ref().map(|b| b.version())
                 == previous.trust_bundle.as_ref().map(|b| b.version())
-            && self.renew_issuer == previous.renew_issuer;
+            && self.renew_issuer == previous.renew_issuer
+            && self.mtls_mode == previous.mtls_mode;
         if same_table {
             self.table_revision = previous.table_revision;
         }
@@ -111,6 +117,7 @@ impl Published {
             snapshot
                 .renew_certificates_not_issued_by
                 .clone_from(&self.renew_issuer);
+            self.mtls_mode.clone_into(&mut snapshot.mtls_mode);
             if gateway {
                 snapshot.file_descriptor_sets =
                     self.descriptor_sets.iter().map(|s| s.to_vec()).collect();
@@ -177,6 +184,10 @@ impl Index {
             Key::RenewIssuer => {
                 self.renew_issuer = String::from_utf8_lossy(&kv.value).trim().to_owned();
             }
+            Key::MtlsMode => {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                self.mtls_mode = Some((kv.mod_revision, value));
+            }
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.insert(key);
@@ -197,6 +208,7 @@ impl Index {
             }
             Key::TrustBundle => self.trust_bundle = None,
             Key::RenewIssuer => self.renew_issuer.clear(),
+            Key::MtlsMode => self.mtls_mode = None,
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
@@ -266,6 +278,15 @@ impl Index {
             }
             None => None,
         };
+        // Strict unless validly asked otherwise: a typo in the store must
+        // not open the mesh to plaintext.
+        let mtls_mode = match &self.mtls_mode {
+            None => "strict",
+            Some((revision, value)) => keys::mtls_mode(value).unwrap_or_else(|why| {
+                problems.push(format!("{why} (revision {revision}): strict is pushed"));
+                "strict"
+            }),
+        };
         let table = Bootstrap { endpoints, routes };
         Published {
             revision: self.revision,
@@ -277,6 +298,7 @@ impl Index {
             grpc_services: grpc_services.into_iter().collect(),
             trust_bundle,
             renew_issuer: self.renew_issuer.clone(),
+            mtls_mode,
             problems,
             sidecar_push: OnceLock::new(),
             gateway_push: OnceLock::new(),

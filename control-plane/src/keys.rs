@@ -14,6 +14,8 @@
 //!   renews at once (set by `meshctl identity rotate`).
 //! - `/mesh/tokens/<id>`: a join token's record (JSON): the identity it
 //!   proves, its expiry, and a SHA-256 of its secret, never the secret.
+//! - `/mesh/config/mtls`: the mesh-wide mTLS mode, `strict` or
+//!   `permissive` (absent: strict), pushed to every proxy with the table.
 
 /// Everything the mesh stores is under this prefix.
 pub const ROOT: &str = "/mesh/";
@@ -32,6 +34,27 @@ pub const TRUST_BUNDLE: &str = "/mesh/trust/bundle";
 pub const RENEW_ISSUER: &str = "/mesh/trust/renew-issuer";
 /// Join tokens prefix.
 pub const TOKENS: &str = "/mesh/tokens/";
+/// The mesh-wide mTLS mode.
+pub const MTLS_MODE: &str = "/mesh/config/mtls";
+
+/// The mesh-wide mTLS modes a store may hold: `off` is not one of them (a
+/// plaintext mesh is each process's explicit flag, never a pushed switch
+/// that one write could flip for everyone).
+pub const MTLS_MODES: [&str; 2] = ["strict", "permissive"];
+
+/// The mode a stored (or requested) value names, trimmed and lowercased;
+/// an error names the values allowed.
+pub fn mtls_mode(value: &str) -> Result<&'static str, String> {
+    let wanted = value.trim().to_ascii_lowercase();
+    MTLS_MODES
+        .into_iter()
+        .find(|mode| *mode == wanted)
+        .ok_or_else(|| {
+            format!(
+                "mTLS mode {value:?}: must be strict or permissive (off is a process flag, --mtls off)"
+            )
+        })
+}
 
 /// The key of route `name`.
 pub fn route(name: &str) -> String {
@@ -75,6 +98,8 @@ pub enum Key {
     TrustBundle,
     /// The issuer proxies are asked to renew under.
     RenewIssuer,
+    /// The mesh-wide mTLS mode.
+    MtlsMode,
     /// Something else under the prefix (reported, ignored).
     Unknown(String),
 }
@@ -104,6 +129,9 @@ pub fn parse(key: &str) -> Key {
     if key == RENEW_ISSUER {
         return Key::RenewIssuer;
     }
+    if key == MTLS_MODE {
+        return Key::MtlsMode;
+    }
     if let Some(id) = key.strip_prefix(TOKENS).filter(|n| !n.is_empty()) {
         return Key::Token(id.to_owned());
     }
@@ -130,5 +158,14 @@ mod tests {
         assert_eq!(parse(RENEW_ISSUER), Key::RenewIssuer);
         assert!(matches!(parse("/mesh/endpoints/x"), Key::Unknown(_)));
         assert!(matches!(parse("/mesh/other"), Key::Unknown(_)));
+    }
+
+    #[test]
+    fn mtls_modes_are_strict_or_permissive_never_off() {
+        assert_eq!(parse(MTLS_MODE), Key::MtlsMode);
+        assert_eq!(mtls_mode("strict"), Ok("strict"));
+        assert_eq!(mtls_mode(" Permissive\n"), Ok("permissive"));
+        assert!(mtls_mode("off").unwrap_err().contains("--mtls off"));
+        assert!(mtls_mode("").is_err());
     }
 }

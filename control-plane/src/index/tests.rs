@@ -176,3 +176,52 @@ fn pushes_carry_the_version_and_gateways_get_the_services() {
         published.sidecar_push().as_ptr()
     );
 }
+
+#[test]
+fn the_mtls_mode_is_pushed_and_a_change_is_a_new_table() {
+    let mut index = Index::default();
+    let decode = |push: Bytes| {
+        use prost::Message;
+        TableSnapshot::decode(&push[5..]).expect("a TableSnapshot after the prefix")
+    };
+    let set = |index: &mut Index, revision: i64, value: &str| {
+        index.apply(&WatchBatch {
+            revision,
+            events: vec![WatchEvent::Put(kv(keys::MTLS_MODE, value, revision))],
+        });
+        index.publish()
+    };
+    let first = index.publish();
+    assert_eq!(first.mtls_mode, "strict", "strict until asked otherwise");
+    assert_eq!(decode(first.sidecar_push()).mtls_mode, "strict");
+
+    let mut permissive = set(&mut index, 3, "permissive");
+    assert!(permissive.take_over_from(&first));
+    assert_eq!(
+        permissive.table_revision, 3,
+        "sidecars are pushed the change"
+    );
+    assert_eq!(decode(permissive.sidecar_push()).mtls_mode, "permissive");
+    assert_eq!(decode(permissive.gateway_push()).mtls_mode, "permissive");
+
+    // Anything else in the store is reported and never opens the mesh.
+    let mut bad = set(&mut index, 4, "off");
+    assert!(bad.take_over_from(&permissive));
+    assert_eq!(bad.mtls_mode, "strict");
+    assert!(
+        bad.problems.iter().any(|p| p.contains("revision 4")),
+        "{:?}",
+        bad.problems
+    );
+
+    index.apply(&WatchBatch {
+        revision: 5,
+        events: vec![WatchEvent::Delete {
+            key: keys::MTLS_MODE.into(),
+            mod_revision: 5,
+        }],
+    });
+    let deleted = index.publish();
+    assert_eq!(deleted.mtls_mode, "strict");
+    assert!(deleted.problems.is_empty(), "{:?}", deleted.problems);
+}
