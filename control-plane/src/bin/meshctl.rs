@@ -26,12 +26,27 @@ enum Commands {
     Status(cli::status::StatusArgs),
     /// Show where a route's calls go: subsets, endpoints, shares.
     Describe(cli::describe::DescribeArgs),
-    /// The mesh's CA files and operator certificates.
+    /// The mesh's CA files, operator certificates and anchor rotation.
     #[command(subcommand)]
-    Identity(cli::identity::IdentityCommand),
+    Identity(IdentityCommand),
+    /// Check certificate expiry, trust bundle versions and the issuer's
+    /// expiry; exits 1 with one line per problem.
+    Check(cli::check::CheckArgs),
     /// Join tokens: the credential a proxy trades for its certificate.
     #[command(subcommand)]
     Token(cli::identity::TokenCommand),
+}
+
+/// `meshctl identity`: the local file commands, and `rotate`, which also
+/// talks to the control plane.
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    #[command(flatten)]
+    Files(cli::identity::IdentityCommand),
+    /// Replace the trust anchor while the mesh serves, in three resumable
+    /// phases: add the new anchor, switch to the new issuer (every proxy
+    /// renews), remove the old anchor.
+    Rotate(cli::rotate::RotateArgs),
 }
 
 #[tokio::main]
@@ -49,7 +64,13 @@ async fn main() -> anyhow::Result<()> {
         Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
-        Commands::Identity(command) => exit_on_error(cli::identity::run(command)),
+        Commands::Identity(IdentityCommand::Files(command)) => {
+            exit_on_error(cli::identity::run(command))
+        }
+        Commands::Identity(IdentityCommand::Rotate(args)) => {
+            exit_on_error(cli::rotate::run(cp, args).await)
+        }
+        Commands::Check(args) => exit_on_error(cli::check::run(cp, args).await),
         Commands::Token(command) => exit_on_error(cli::identity::run_token(cp, command).await),
     };
     telemetry.shutdown().await;

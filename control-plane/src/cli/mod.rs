@@ -5,6 +5,7 @@
 //! the calls, so it is tested without a server.
 
 pub mod apply;
+pub mod check;
 pub mod connect;
 pub mod delete;
 pub mod describe;
@@ -12,6 +13,7 @@ pub mod get;
 pub mod health;
 pub mod identity;
 pub mod output;
+pub mod rotate;
 pub mod status;
 
 use anyhow::Context;
