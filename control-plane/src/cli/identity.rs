@@ -22,6 +22,9 @@ pub enum IdentityCommand {
     Init(InitArgs),
     /// Make an operator certificate (and its key) for meshctl.
     IssueOperator(IssueOperatorArgs),
+    /// Make etcd's TLS files: a server certificate for etcd and a client
+    /// certificate for the control plane, both signed by the mesh issuer.
+    IssueEtcd(IssueEtcdArgs),
 }
 
 /// Options of `meshctl identity init`.
@@ -97,6 +100,30 @@ pub fn run(command: IdentityCommand) -> anyhow::Result<()> {
             println!("export MESHCONFIG={}", config.display());
             Ok(())
         }
+        IdentityCommand::IssueEtcd(args) => {
+            let files = issue_etcd(&args)?;
+            for file in [
+                &files.ca,
+                &files.server_cert,
+                &files.server_key,
+                &files.client_cert,
+                &files.client_key,
+            ] {
+                println!("wrote {}", file.display());
+            }
+            let dir = args.out.display();
+            println!(
+                "etcd: --client-cert-auth --trusted-ca-file {dir}/{ca} --cert-file {dir}/{sc} \
+                 --key-file {dir}/{sk} and https:// client URLs; control plane: --etcd-ca \
+                 {dir}/{ca} --etcd-cert {dir}/{cc} --etcd-key {dir}/{ck}",
+                ca = EtcdFiles::CA,
+                sc = EtcdFiles::SERVER_CERT,
+                sk = EtcdFiles::SERVER_KEY,
+                cc = EtcdFiles::CLIENT_CERT,
+                ck = EtcdFiles::CLIENT_KEY,
+            );
+            Ok(())
+        }
     }
 }
 
@@ -132,6 +159,154 @@ pub fn issue_operator(args: &IssueOperatorArgs) -> anyhow::Result<PathBuf> {
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(std::env::current_dir()?.join(path))
+}
+
+/// Options of `meshctl identity issue-etcd`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueEtcdArgs {
+    /// The CA's directory (`meshctl identity init --out`).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Directory for `ca.crt`, `server.crt`/`.key` (etcd's) and
+    /// `client.crt`/`.key` (the control plane's).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The trust domain (the client certificate names the control plane's
+    /// SPIFFE ID in it).
+    #[arg(long, default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Lifetime of both certificates.
+    #[arg(long, default_value = "365d", value_parser = mesh::identity::parse_lifetime)]
+    pub lifetime: Duration,
+    /// More names for the server certificate, besides `localhost`,
+    /// `127.0.0.1` and `::1` (which the control plane checks): e.g.
+    /// `*.etcd.mesh.svc` for etcdctl in Kubernetes. IP addresses work too.
+    #[arg(long = "san", value_delimiter = ',')]
+    pub extra_names: Vec<String>,
+}
+
+/// What `meshctl identity issue-etcd` writes, by file name.
+#[derive(Debug, Clone)]
+pub struct EtcdFiles {
+    /// The trust anchors (a copy of the CA's bundle): etcd's
+    /// `--trusted-ca-file` and the control plane's `--etcd-ca`.
+    pub ca: PathBuf,
+    /// etcd's certificate chain (leaf, issuer).
+    pub server_cert: PathBuf,
+    /// etcd's key (0600).
+    pub server_key: PathBuf,
+    /// The control plane's client certificate chain.
+    pub client_cert: PathBuf,
+    /// The control plane's client key (0600).
+    pub client_key: PathBuf,
+}
+
+impl EtcdFiles {
+    /// File names in the output directory (and keys of the Kubernetes
+    /// Secrets made from them).
+    pub const CA: &'static str = "ca.crt";
+    /// etcd's certificate.
+    pub const SERVER_CERT: &'static str = "server.crt";
+    /// etcd's key.
+    pub const SERVER_KEY: &'static str = "server.key";
+    /// The control plane's certificate.
+    pub const CLIENT_CERT: &'static str = "client.crt";
+    /// The control plane's key.
+    pub const CLIENT_KEY: &'static str = "client.key";
+
+    fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca: dir.join(Self::CA),
+            server_cert: dir.join(Self::SERVER_CERT),
+            server_key: dir.join(Self::SERVER_KEY),
+            client_cert: dir.join(Self::CLIENT_CERT),
+            client_key: dir.join(Self::CLIENT_KEY),
+        }
+    }
+}
+
+/// Makes etcd's TLS files, signed by the mesh issuer so one trust bundle
+/// covers every hop. The server certificate names `localhost` (the name
+/// the control plane checks, whatever address it dials) and loopback IPs;
+/// etcd with `--client-cert-auth` checks only that a client's chain ends
+/// at a trusted anchor, so the control plane's client certificate is its
+/// own SPIFFE identity (`spiffe://<td>/control-plane`, client auth).
+pub fn issue_etcd(args: &IssueEtcdArgs) -> anyhow::Result<EtcdFiles> {
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    };
+    let issuer_cert = args.ca_dir.join(files::ISSUER_CERT);
+    let issuer_key = args.ca_dir.join(files::ISSUER_KEY);
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    // The client certificate, through the authority (which also checks
+    // that the issuer's certificate and key belong together).
+    let authority =
+        ca::Authority::load(&issuer_cert, &issuer_key, &args.trust_domain, args.lifetime)?;
+    let id = SpiffeId::new(&args.trust_domain, Workload::ControlPlane)?;
+    let (client_chain, client_key) = authority.issue_with_new_key(&id, &[], args.lifetime)?;
+
+    // The server certificate: DNS and IP names, which the authority does
+    // not issue (mesh certificates carry SPIFFE IDs only).
+    let issuer_pem = read(&issuer_cert)?;
+    let issuer_der = mesh::identity::certificate::certificates_from_pem(&issuer_pem)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no certificate", issuer_cert.display()))?;
+    let issuer = Issuer::from_ca_cert_der(
+        &issuer_der,
+        KeyPair::from_pem(&read(&issuer_key)?).context("issuer key")?,
+    )
+    .context("issuer certificate")?;
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+    names.extend(args.extra_names.iter().filter(|n| !n.is_empty()).cloned());
+    let mut params = CertificateParams::new(names).context("server certificate names")?;
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::CommonName, "etcd");
+    params.distinguished_name = subject;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    // Client auth too: etcd members present it to each other as peers.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f;
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(60);
+    params.not_after = now + args.lifetime;
+    let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let server = params
+        .signed_by(&server_key, &issuer)
+        .context("signing etcd's certificate")?;
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let out = EtcdFiles::in_dir(&args.out);
+    let bundle = read(&args.ca_dir.join(files::BUNDLE))?;
+    std::fs::write(&out.ca, bundle)
+        .with_context(|| format!("cannot write {}", out.ca.display()))?;
+    ca::write_credential(
+        &[server.der().clone(), issuer_der],
+        &server_key.serialize_pem(),
+        &out.server_cert,
+        &out.server_key,
+    )?;
+    ca::write_credential(
+        &client_chain,
+        &client_key,
+        &out.client_cert,
+        &out.client_key,
+    )?;
+    Ok(out)
 }
 
 /// `meshctl token` subcommands.
