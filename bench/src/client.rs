@@ -41,6 +41,7 @@ pub struct Call {
     uri: http::Uri,
     body: Bytes,
     response_len: usize,
+    grpc_timeout: Option<http::HeaderValue>,
 }
 
 impl Call {
@@ -88,17 +89,29 @@ impl Call {
             uri,
             body: body.into(),
             response_len,
+            grpc_timeout: None,
         })
+    }
+
+    /// Sends `grpc-timeout: <timeout>` (e.g. `10S`) with every call.
+    pub fn with_grpc_timeout(mut self, timeout: &str) -> anyhow::Result<Self> {
+        self.grpc_timeout = Some(timeout.parse()?);
+        Ok(self)
     }
 
     /// Makes the call on `connection`; `Ok(true)` if the primary instance
     /// (`echo-1`) served it.
     pub async fn send(&self, connection: &mut Connection) -> Result<bool, CallError> {
-        let request = http::Request::post(self.uri.clone())
+        let mut request = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
             .body(Full::new(self.body.clone()))
             .map_err(|e| CallError::Request(e.to_string()))?;
+        if let Some(timeout) = &self.grpc_timeout {
+            request
+                .headers_mut()
+                .insert("grpc-timeout", timeout.clone());
+        }
         let response = connection.send_request(request).await?;
         if response.status() != http::StatusCode::OK {
             return Err(CallError::HttpStatus(response.status().as_u16()));

@@ -215,7 +215,8 @@ async fn measure(
     cases: &[Case],
     ticks: u64,
 ) -> anyhow::Result<Measurement> {
-    let mut running = topology::start(kind, programs, ports).await?;
+    let mut running =
+        topology::start(kind, programs, ports, topology::MeshRoute::default()).await?;
     let pids: Vec<u32> = running.proxies.iter().map(|(_, pid)| *pid).collect();
     // Let start-up work (first pushes, connection set-up) settle.
     tokio::time::sleep(Duration::from_millis(500)).await;

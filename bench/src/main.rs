@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release -p bench --                       # data path, every topology found
 //! cargo run --release -p bench -- cp-scale --subscribers 100,1000
+//! cargo run --release -p bench -- tail                  # p50..max at 2,000 calls/s
 //! ```
 //!
 //! # Layout
@@ -25,6 +26,8 @@
 //! - [`proc_stats`]: CPU time and RSS of the proxy processes, from `/proc`.
 //! - [`datapath`]: the rounds (topologies interleaved) and their cases.
 //! - [`report`]: medians, ratios, and the printed table.
+//! - [`tail`]: tail latency at a fixed rate (p50 to max) through the
+//!   route with retries and outlier detection, 1 to 16 connections.
 //! - [`cp_scale`]: N simulated sidecars on one control-plane replica; time
 //!   until a route change reaches them all, and memory per subscriber.
 
@@ -37,6 +40,7 @@ mod proc_stats;
 mod process;
 mod proxy_config;
 mod report;
+mod tail;
 mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +80,9 @@ enum Command {
     /// Connect N simulated sidecars to one control-plane replica on etcd,
     /// change a route, and time its arrival everywhere.
     CpScale(cp_scale::CpScaleArgs),
+    /// Tail latency (p50 to max) at 2,000 calls/s through the route with
+    /// retries and outlier detection, beside the peers.
+    Tail(tail::TailArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Some(Command::EchoServer(args)) => echo::run(args).await,
             Some(Command::CpScale(args)) => until_signal(cp_scale::run(args)).await,
+            Some(Command::Tail(args)) => until_signal(tail::run(args)).await,
             None => until_signal(datapath::run(cli.datapath)).await,
         }
     });

@@ -233,5 +233,16 @@ impl Drop for ProcessGroup {
                     .status();
             }
         }
+        // For a look at the processes' own traces (with BENCH_MESH_LOG):
+        // the logs outlive the temporary directory.
+        if let Some(keep) = std::env::var_os("BENCH_KEEP_LOGS") {
+            let to = Path::new(&keep).join(self.dir.path().file_name().unwrap_or_default());
+            if std::fs::create_dir_all(&to).is_ok() {
+                for running in &self.running {
+                    let log = format!("{}.log", running.name);
+                    let _ = std::fs::copy(self.dir.path().join(&log), to.join(&log));
+                }
+            }
+        }
     }
 }

@@ -164,25 +164,40 @@ pub fn median(mut values: Vec<f64>) -> Option<f64> {
     })
 }
 
+/// One figure of a table.
 #[derive(Debug, Clone)]
-struct Cell {
+pub struct Cell {
     /// What ratios are computed from.
     value: f64,
     text: String,
 }
 
 impl Cell {
-    fn new(value: f64, text: String) -> Self {
+    /// `value` shown as `text`.
+    pub fn new(value: f64, text: String) -> Self {
         Self { value, text }
     }
 }
 
-struct Row {
+/// One line of a table.
+pub struct Row {
     label: String,
     /// One per topology column.
     cells: Vec<Option<Cell>>,
     /// Whether the mesh's ratio to a peer means something here.
     ratio: bool,
+}
+
+impl Row {
+    /// A line with one cell per topology column; `ratio` if the mesh's
+    /// ratio to each peer means something here.
+    pub fn new(label: String, cells: Vec<Option<Cell>>, ratio: bool) -> Self {
+        Self {
+            label,
+            cells,
+            ratio,
+        }
+    }
 }
 
 /// One table of medians, the mesh's ratios and notes.
@@ -380,7 +395,8 @@ pub fn render(
     out
 }
 
-fn table(kinds: &[Kind], rows: &[Row]) -> String {
+/// A markdown table of `rows`, with the mesh's ratio to each peer.
+pub fn table(kinds: &[Kind], rows: &[Row]) -> String {
     let column = |kind: Kind| kinds.iter().position(|&k| k == kind);
     let mesh = column(Kind::Mesh);
     let peers: Vec<(Kind, usize)> = [Kind::Envoy, Kind::Nginx]
@@ -463,7 +479,8 @@ fn table(kinds: &[Kind], rows: &[Row]) -> String {
 /// The mesh's route and the peers' configuration files, as run.
 pub fn configurations() -> anyhow::Result<String> {
     let mut out = String::from("\n## configuration\n\n");
-    let route = serde_json::to_string_pretty(&topology::echo_route()?)?;
+    let route =
+        serde_json::to_string_pretty(&topology::echo_route(topology::MeshRoute::default())?)?;
     let _ = writeln!(
         out,
         "### mesh: route applied through the control plane (echo-1 --weight 3, echo-2 --weight 1)\n\n```json\n{route}\n```\n"

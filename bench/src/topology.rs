@@ -72,10 +72,11 @@ pub async fn start(
     kind: Kind,
     programs: &Programs,
     ports: &mut PortAllocator,
+    mesh_route: MeshRoute,
 ) -> anyhow::Result<Running> {
     let mut running = match kind {
         Kind::Direct => start_direct(programs, ports)?,
-        Kind::Mesh => start_mesh(programs, ports).await?,
+        Kind::Mesh => start_mesh(programs, ports, mesh_route).await?,
         Kind::Envoy => start_envoy(programs, ports).await?,
         Kind::Nginx => start_nginx(programs, ports).await?,
     };
@@ -108,9 +109,12 @@ fn spawn_echo(
     processes.spawn(instance, &programs.bench, &args, &log_env())
 }
 
-/// Every mesh process logs at the level production runs at.
+/// Every mesh process logs at the level production runs at, unless
+/// `BENCH_MESH_LOG` says otherwise (e.g. `info,h2=trace` to see frames;
+/// `BENCH_KEEP_LOGS=<dir>` keeps the logs).
 fn log_env() -> Vec<(String, String)> {
-    vec![("RUST_LOG".into(), "info".into())]
+    let level = std::env::var("BENCH_MESH_LOG").unwrap_or_else(|_| "info".into());
+    vec![("RUST_LOG".into(), level)]
 }
 
 fn start_direct(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
@@ -124,33 +128,85 @@ fn start_direct(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Resul
     })
 }
 
-/// The mesh's route for the echo service: what the peers' configurations
-/// mirror (retries, outlier detection, a 15 s timeout); the 3:1 weights
-/// are the instances' own (`--weight`).
-pub fn echo_route() -> anyhow::Result<Route> {
+/// The mesh route's policies: the default mirrors the peers'
+/// configurations; the others sweep one policy at a time (`bench tail
+/// --mesh-route`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MeshRoute {
+    /// Retries (2 attempts, on unavailable), outlier detection, a 15 s
+    /// timeout: what the peers' configurations mirror.
+    #[default]
+    Retries,
+    /// No policy at all.
+    Plain,
+    /// Only the 15 s timeout (a caller's shorter `grpc-timeout` wins).
+    Deadline,
+    /// The default route plus fault injection at 0 % (abort and delay).
+    Fault0,
+    /// The default route plus a header rule (`x-canary: true` to v2) the
+    /// calls do not match.
+    Headers,
+    /// The default route split 90/10 between subsets v1 (echo-1) and v2
+    /// (echo-2).
+    Split,
+}
+
+/// The mesh's route for the echo service (see [`MeshRoute`]); the 3:1
+/// weights are the instances' own (`--weight`).
+pub fn echo_route(variant: MeshRoute) -> anyhow::Result<Route> {
+    let mut spec = serde_json::json!({
+        "match": { "service": echo::GRPC_SERVICE },
+        "destination": echo::SERVICE,
+    });
+    if variant != MeshRoute::Plain {
+        spec["timeout"] = "15s".into();
+    }
+    if !matches!(variant, MeshRoute::Plain | MeshRoute::Deadline) {
+        spec["retries"] = serde_json::json!({ "attempts": 2, "retryOn": ["unavailable"] });
+        spec["outlierDetection"] = serde_json::json!({
+            "consecutiveFailures": 5,
+            "failureCodes": ["unavailable"],
+            "baseEjection": "5s",
+            "maxEjection": "60s",
+            "maxEjectionPercent": 50
+        });
+    }
+    match variant {
+        MeshRoute::Fault0 => {
+            spec["fault"] = serde_json::json!({
+                "abort": { "percent": 0.0, "code": "unavailable" },
+                "delay": { "percent": 0.0, "duration": "200ms" }
+            });
+        }
+        MeshRoute::Headers => {
+            spec["rules"] = serde_json::json!([{
+                "headers": [{ "name": "x-canary", "exact": "true" }],
+                "split": [{ "subset": "v2", "weight": 1 }]
+            }]);
+        }
+        MeshRoute::Split => {
+            spec["split"] = serde_json::json!([
+                { "subset": "v1", "weight": 90 },
+                { "subset": "v2", "weight": 10 }
+            ]);
+        }
+        MeshRoute::Retries | MeshRoute::Plain | MeshRoute::Deadline => {}
+    }
     let route: Route = serde_json::from_value(serde_json::json!({
         "kind": "Route",
         "metadata": { "name": "echo" },
-        "spec": {
-            "match": { "service": echo::GRPC_SERVICE },
-            "destination": echo::SERVICE,
-            "timeout": "15s",
-            "retries": { "attempts": 2, "retryOn": ["unavailable"] },
-            "outlierDetection": {
-                "consecutiveFailures": 5,
-                "failureCodes": ["unavailable"],
-                "baseEjection": "5s",
-                "maxEjection": "60s",
-                "maxEjectionPercent": 50
-            }
-        }
+        "spec": spec,
     }))
     .context("the echo route")?;
     route.validate().context("the echo route")?;
     Ok(route)
 }
 
-async fn start_mesh(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+async fn start_mesh(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    mesh_route: MeshRoute,
+) -> anyhow::Result<Running> {
     let mut processes = ProcessGroup::new()?;
     let topology = Topology {
         services: vec![
@@ -158,7 +214,7 @@ async fn start_mesh(programs: &Programs, ports: &mut PortAllocator) -> anyhow::R
                 echo::SERVICE.into(),
                 vec![
                     InstanceSpec::new("echo-1").weight(3),
-                    InstanceSpec::new("echo-2").weight(1),
+                    InstanceSpec::new("echo-2").weight(1).version("v2"),
                 ],
             ),
             // The client's sidecar; its app (an idle echo server) only
@@ -169,7 +225,7 @@ async fn start_mesh(programs: &Programs, ports: &mut PortAllocator) -> anyhow::R
             replicas: 1,
             ..ControlPlaneSpec::default()
         }),
-        extra_routes: vec![echo_route()?],
+        extra_routes: vec![echo_route(mesh_route)?],
         // Measured without mTLS for now (the plaintext figures the
         // README compares); the mTLS comparison with Envoy is still to do.
         insecure: true,
@@ -457,9 +513,17 @@ mod tests {
 
     #[test]
     fn the_echo_route_is_valid_and_resilient() {
-        let route = echo_route().expect("route");
+        let route = echo_route(MeshRoute::default()).expect("route");
         assert_eq!(route.spec.destination, echo::SERVICE);
         assert_eq!(route.spec.retries.as_ref().map(|r| r.attempts), Some(2));
         assert!(route.spec.outlier_detection.is_some());
+    }
+
+    #[test]
+    fn every_swept_route_is_valid() {
+        use clap::ValueEnum;
+        for variant in MeshRoute::value_variants() {
+            echo_route(*variant).unwrap_or_else(|e| panic!("{variant:?}: {e:#}"));
+        }
     }
 }
