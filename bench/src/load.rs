@@ -202,6 +202,9 @@ pub struct Latencies {
     /// How late calls were handed to the runtime after they were due (the
     /// generator's own lag, included in the latencies); sorted.
     pub dispatch_lag: Vec<Duration>,
+    /// Every measured call's latency in send order (`None`: it failed):
+    /// whether slow calls come alone or in bursts.
+    pub in_order: Vec<Option<Duration>>,
 }
 
 impl Latencies {
@@ -277,6 +280,11 @@ pub async fn open_loop(
     for (i, call) in calls.into_iter().enumerate() {
         // Each call ends within its own timeout.
         let (outcome, latency) = call.await.context("call task")?;
+        if i as u64 >= warmup_calls {
+            latencies
+                .in_order
+                .push(outcome.as_ref().ok().map(|_| latency));
+        }
         match outcome {
             Ok(primary) if i as u64 >= warmup_calls => {
                 latencies.sorted.push(latency);
@@ -295,9 +303,38 @@ pub async fn open_loop(
     Ok(latencies)
 }
 
+/// Slow calls whose neighbours in send order were not slow: a call held
+/// back on its own (a missed wake-up, a frame waiting for a timer), not a
+/// stall of the whole process, which delays every call due meanwhile.
+/// Returns their positions in send order.
+pub fn lone_slow_calls(in_order: &[Option<Duration>], slow: Duration) -> Vec<usize> {
+    let is_slow = |i: usize| in_order.get(i).copied().flatten().is_some_and(|l| l > slow);
+    (0..in_order.len())
+        .filter(|&i| is_slow(i) && !is_slow(i.wrapping_sub(1)) && !is_slow(i + 1))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_slow_calls_are_slow_between_fast_neighbours() {
+        let ms = |v: u64| Some(Duration::from_millis(v));
+        let calls = [
+            ms(9),
+            ms(1),
+            ms(1),
+            ms(9),
+            ms(1),
+            ms(9),
+            ms(9),
+            ms(1),
+            None,
+            ms(9),
+        ];
+        assert_eq!(lone_slow_calls(&calls, Duration::from_millis(5)), [0, 3, 9]);
+    }
 
     #[test]
     fn quantiles_are_nearest_rank() {

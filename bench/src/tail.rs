@@ -177,6 +177,8 @@ impl TailCase {
 struct TailRun {
     kind: Kind,
     latency: Vec<Latencies>,
+    /// Per case, what [`lone_calls`] said.
+    lone: Vec<String>,
 }
 
 /// Runs the tail-latency benchmark and prints its table.
@@ -262,6 +264,7 @@ async fn measure(
     let mut run = TailRun {
         kind,
         latency: Vec::new(),
+        lone: Vec::new(),
     };
     for case in cases {
         let mut call = case.call(running.target)?;
@@ -285,9 +288,31 @@ async fn measure(
             ms(latencies.quantile(1.0)),
             latencies.errors,
         );
+        let lone = lone_calls(&latencies, args.rate);
+        eprintln!("  {:<30} {lone}", "");
+        run.lone.push(lone);
         run.latency.push(latencies);
     }
     Ok(run)
+}
+
+/// Calls slower than 4 ms and 5x the median whose neighbours in send order
+/// were fast: how many, and the spacing between them (a periodic stall of
+/// single calls shows as a steady spacing).
+fn lone_calls(latencies: &Latencies, rate: f64) -> String {
+    let slow = (latencies.quantile(0.5) * 5).max(Duration::from_millis(4));
+    let lone = load::lone_slow_calls(&latencies.in_order, slow);
+    let mut gaps: Vec<usize> = lone.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_unstable();
+    match gaps.get(gaps.len() / 2) {
+        Some(&median) => format!(
+            "{} lone calls over {:.1} ms (neighbours fast), median spacing {median} calls ({:.0} ms)",
+            lone.len(),
+            ms(slow),
+            median as f64 * 1e3 / rate
+        ),
+        None => format!("{} lone calls over {:.1} ms", lone.len(), ms(slow)),
+    }
 }
 
 const QUANTILES: [(&str, f64); 5] = [
@@ -359,6 +384,25 @@ fn render(cases: &[TailCase], kinds: &[Kind], runs: &[TailRun]) -> String {
         "\nmesh/peer is the mesh's figure divided by the peer's (below 1 is better); \
          each figure is the median over rounds of that round's quantile.\n",
     );
+    out.push_str(
+        "\nSlow calls alone (a call held back by itself, not a stall of everything), per round:\n",
+    );
+    for (i, case) in cases.iter().enumerate() {
+        for &kind in kinds {
+            let rounds: Vec<&str> = runs
+                .iter()
+                .filter(|r| r.kind == kind)
+                .filter_map(|r| r.lone.get(i).map(String::as_str))
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {}, {}: {}",
+                case.name(),
+                kind.name(),
+                rounds.join("; ")
+            );
+        }
+    }
     if let Some((kind, error)) = runs.iter().find_map(|r| {
         r.latency
             .iter()
