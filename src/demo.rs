@@ -209,6 +209,57 @@ pub struct IdentityLayout {
     pub control_planes: Vec<String>,
     /// What join tokens prove: `--service NAME` or `--gateway NAME`.
     pub tokens: Vec<(&'static str, String)>,
+    /// Whether the plan runs etcd, which then needs its TLS files
+    /// ([`IdentityLayout::etcd_tls`]) before it starts.
+    pub etcd: bool,
+}
+
+/// etcd's TLS files, as `meshctl identity issue-etcd --out DIR` names
+/// them: etcd's server certificate and the control plane's client one.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+}
+
+impl EtcdTlsFiles {
+    /// The trust anchors (etcd's `--trusted-ca-file`, the control plane's
+    /// `--etcd-ca`).
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// etcd's certificate chain.
+    pub fn server_cert(&self) -> std::path::PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    /// etcd's key.
+    pub fn server_key(&self) -> std::path::PathBuf {
+        self.dir.join("server.key")
+    }
+
+    /// The control plane's client certificate chain.
+    pub fn client_cert(&self) -> std::path::PathBuf {
+        self.dir.join("client.crt")
+    }
+
+    /// The control plane's client key.
+    pub fn client_key(&self) -> std::path::PathBuf {
+        self.dir.join("client.key")
+    }
+
+    /// The control plane's flags to reach etcd over TLS.
+    fn control_plane_args(&self) -> Vec<String> {
+        vec![
+            "--etcd-ca".into(),
+            self.ca().display().to_string(),
+            "--etcd-cert".into(),
+            self.client_cert().display().to_string(),
+            "--etcd-key".into(),
+            self.client_key().display().to_string(),
+        ]
+    }
 }
 
 impl IdentityLayout {
@@ -232,11 +283,16 @@ impl IdentityLayout {
         self.dir.join("operator").join("admin.meshconfig")
     }
 
-    /// meshctl argument lists to run before anything starts: the CA and
-    /// an admin operator.
+    /// etcd's TLS files (made before start when the plan runs etcd).
+    pub fn etcd_tls(&self) -> EtcdTlsFiles {
+        etcd_tls_files(&self.dir)
+    }
+
+    /// meshctl argument lists to run before anything starts: the CA, an
+    /// admin operator and, when the plan runs etcd, etcd's TLS files.
     pub fn before_start(&self) -> Vec<Vec<String>> {
         let ca = self.ca_dir().display().to_string();
-        vec![
+        let mut steps = vec![
             vec![
                 "identity".into(),
                 "init".into(),
@@ -252,7 +308,7 @@ impl IdentityLayout {
                 "--role".into(),
                 "admin".into(),
                 "--ca-dir".into(),
-                ca,
+                ca.clone(),
                 "--trust-domain".into(),
                 self.trust_domain.clone(),
                 "--out".into(),
@@ -260,7 +316,20 @@ impl IdentityLayout {
                 "--control-planes".into(),
                 self.control_planes.join(","),
             ],
-        ]
+        ];
+        if self.etcd {
+            steps.push(vec![
+                "identity".into(),
+                "issue-etcd".into(),
+                "--ca-dir".into(),
+                ca,
+                "--trust-domain".into(),
+                self.trust_domain.clone(),
+                "--out".into(),
+                self.etcd_tls().dir.display().to_string(),
+            ]);
+        }
+        steps
     }
 
     /// meshctl argument lists to run (with `MESHCONFIG` set to
@@ -368,7 +437,14 @@ impl Topology {
                     let client = loopback(next_port());
                     let peer = loopback(next_port());
                     let data = bootstrap_path.with_file_name("etcd-data");
-                    processes.push(etcd_process("etcd", client, peer, &data));
+                    if secure {
+                        let metrics = loopback(next_port());
+                        let tls = etcd_tls_files(&identity_dir);
+                        processes
+                            .push(etcd_tls_process("etcd", client, peer, metrics, &data, &tls));
+                    } else {
+                        processes.push(etcd_process("etcd", client, peer, &data));
+                    }
                     client
                 });
                 for i in 1..=cp.replicas.max(1) {
@@ -388,6 +464,10 @@ impl Topology {
                         cp.lease_ttl_seconds.to_string(),
                     ];
                     match etcd {
+                        Some(client) if secure => {
+                            args.extend(["--etcd".into(), format!("https://{client}")]);
+                            args.extend(etcd_tls_files(&identity_dir).control_plane_args());
+                        }
                         Some(client) => args.extend(["--etcd".into(), format!("http://{client}")]),
                         None => args.extend(["--store".into(), "memory".into()]),
                     }
@@ -576,6 +656,7 @@ impl Topology {
                     .map(|uri| uri.trim_start_matches("http://").to_owned())
                     .collect(),
                 tokens,
+                etcd: self.control_plane.as_ref().is_some_and(|cp| cp.etcd),
             }
         });
         Plan {
@@ -766,6 +847,49 @@ pub fn etcd_process(
     }
 }
 
+/// Where a secure plan keeps etcd's TLS files.
+fn etcd_tls_files(identity_dir: &Path) -> EtcdTlsFiles {
+    EtcdTlsFiles {
+        dir: identity_dir.join("etcd"),
+    }
+}
+
+/// [`etcd_process`] with TLS and client-certificate auth on its client
+/// URL: only a client whose certificate chains to `tls.ca()` gets in (the
+/// control plane's; `meshctl identity issue-etcd` makes both). `/health`
+/// moves to a plaintext metrics listener on loopback, where readiness is
+/// polled (the client port would want a certificate). The peer URL stays
+/// plaintext: a single member on loopback has no peer to talk to.
+pub fn etcd_tls_process(
+    name: &str,
+    client: SocketAddr,
+    peer: SocketAddr,
+    metrics: SocketAddr,
+    data_dir: &Path,
+    tls: &EtcdTlsFiles,
+) -> ProcessSpec {
+    let mut spec = etcd_process(name, client, peer, data_dir);
+    let https = format!("https://{client}");
+    for (i, arg) in spec.args.clone().iter().enumerate() {
+        if arg == "--listen-client-urls" || arg == "--advertise-client-urls" {
+            spec.args[i + 1] = https.clone();
+        }
+    }
+    spec.args.extend([
+        "--client-cert-auth".into(),
+        "--trusted-ca-file".into(),
+        tls.ca().display().to_string(),
+        "--cert-file".into(),
+        tls.server_cert().display().to_string(),
+        "--key-file".into(),
+        tls.server_key().display().to_string(),
+        "--listen-metrics-urls".into(),
+        format!("http://{metrics}"),
+    ]);
+    spec.admin = Some(metrics);
+    spec
+}
+
 /// A route taking every method of `grpc_service` to `destination`.
 pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
     Route {
@@ -824,6 +948,64 @@ pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secure_plan_runs_etcd_with_tls_and_client_certificates() {
+        let mut topology = Topology::shop("127.0.0.1:0".parse().expect("address"));
+        topology.control_plane = Some(ControlPlaneSpec::default());
+        let mut port = 30_000;
+        let mut next = || {
+            port += 1;
+            port
+        };
+        let plan = topology.plan(&mut next, Path::new("/tmp/mesh/bootstrap.yaml"));
+        let etcd = plan.process("etcd").expect("etcd planned");
+        let arg = |spec: &ProcessSpec, flag: &str| {
+            let at = spec.args.iter().position(|a| a == flag)?;
+            spec.args.get(at + 1).cloned()
+        };
+        assert!(etcd.args.iter().any(|a| a == "--client-cert-auth"));
+        let client = arg(etcd, "--listen-client-urls").expect("client URL");
+        assert_eq!(client, format!("https://{}", etcd.serving));
+        assert_eq!(arg(etcd, "--advertise-client-urls"), Some(client.clone()));
+        assert_eq!(
+            arg(etcd, "--trusted-ca-file").as_deref(),
+            Some("/tmp/mesh/identity/etcd/ca.crt")
+        );
+        // Readiness on the plaintext metrics listener, not the TLS port.
+        let metrics = etcd.admin.expect("a readiness address");
+        assert_ne!(metrics, etcd.serving);
+        assert_eq!(
+            arg(etcd, "--listen-metrics-urls"),
+            Some(format!("http://{metrics}"))
+        );
+        let identity = plan.identity.as_ref().expect("secure");
+        assert!(identity
+            .before_start()
+            .iter()
+            .any(|step| step[1] == "issue-etcd"));
+        for cp in plan
+            .processes
+            .iter()
+            .filter(|p| p.role == Role::ControlPlane)
+        {
+            assert_eq!(arg(cp, "--etcd"), Some(client.clone()));
+            assert_eq!(
+                arg(cp, "--etcd-cert").as_deref(),
+                Some("/tmp/mesh/identity/etcd/client.crt")
+            );
+            assert!(arg(cp, "--etcd-ca").is_some() && arg(cp, "--etcd-key").is_some());
+        }
+
+        topology.insecure = true;
+        let plan = topology.plan(&mut next, Path::new("/tmp/mesh/bootstrap.yaml"));
+        let etcd = plan.process("etcd").expect("etcd planned");
+        assert!(!etcd.args.iter().any(|a| a == "--client-cert-auth"));
+        assert_eq!(etcd.admin, Some(etcd.serving));
+        let cp = plan.process("control-plane-1").expect("a replica");
+        assert_eq!(arg(cp, "--etcd"), Some(format!("http://{}", etcd.serving)));
+        assert_eq!(arg(cp, "--etcd-ca"), None);
+    }
 
     #[test]
     fn otlp_endpoint_reaches_every_mesh_process() {
