@@ -29,6 +29,8 @@ use crate::app_descriptors;
 use crate::backoff::Backoff;
 use crate::identity::{error_chain, Identity};
 use crate::mesh_reflection::MeshReflection;
+use crate::server::InboundMode;
+use crate::settings::MeshMtlsMode;
 use crate::table::LiveTable;
 
 /// How long reading the app's reflection may take.
@@ -50,6 +52,9 @@ pub struct Subscriber {
     pub reflection: Option<Arc<MeshReflection>>,
     /// This proxy's identity (mTLS); `None`: plaintext streams.
     pub identity: Option<Arc<Identity>>,
+    /// Where the pushed mesh-wide mTLS mode goes (with `identity` only:
+    /// a proxy run with `--mtls off` is plaintext whatever is pushed).
+    pub inbound_mode: InboundMode,
 }
 
 enum SessionEnd {
@@ -240,9 +245,10 @@ impl Subscriber {
         .is_ok()
     }
 
-    /// Applies a push whole or not at all: its trust bundle (checked
-    /// before anything is applied) and its table.
+    /// Applies a push whole or not at all: its trust bundle and mTLS mode
+    /// (checked before anything is applied) and its table.
     fn apply(&self, snapshot: TableSnapshot) -> Result<(), String> {
+        let mode = MeshMtlsMode::from_pushed(&snapshot.mtls_mode)?;
         let bundle = match &self.identity {
             Some(_) if !snapshot.trust_anchors_der.is_empty() => {
                 let anchors = snapshot
@@ -279,6 +285,7 @@ impl Subscriber {
         }
         if let Some(identity) = &self.identity {
             identity.renew_unless_issued_by(&snapshot.renew_certificates_not_issued_by);
+            self.inbound_mode.set(mode);
         }
         Ok(())
     }

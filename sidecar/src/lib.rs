@@ -192,6 +192,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     // before its native sidecar, so the sidecar must leave the mesh first),
     // which DELETE /drain undoes.
     let membership = Arc::new(Membership::new(shutdown.clone()));
+    // The mesh-wide mTLS mode: strict until a push says otherwise.
+    let inbound_mode = server::InboundMode::default();
     let tasks = TaskTracker::new();
     let drain = settings.drain();
     let app = match settings.mode {
@@ -215,6 +217,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 metrics.clone(),
             );
             let stop = listeners_stop.clone();
+            let inbound_tls = identity.clone().map(|identity| server::InboundTls {
+                identity,
+                mode: inbound_mode.clone(),
+            });
             tasks.spawn(server::serve_grpc(
                 "outbound",
                 outbound,
@@ -227,7 +233,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 "inbound",
                 inbound,
                 to_app,
-                identity.clone(),
+                inbound_tls,
                 stop,
                 drain,
             ));
@@ -268,6 +274,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             let control_planes = settings.control_plane.clone();
             let table = table.clone();
             let identity = identity.clone();
+            let inbound_mode = inbound_mode.clone();
             move || Subscriber {
                 control_planes: control_planes.clone(),
                 node: node.clone(),
@@ -275,6 +282,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 table: table.clone(),
                 reflection: reflection.clone(),
                 identity: identity.clone(),
+                inbound_mode: inbound_mode.clone(),
             }
         };
         let membership = membership.clone();

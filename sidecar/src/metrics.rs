@@ -150,6 +150,7 @@ pub struct IdentityMetrics {
     renewals: Family<Labels, Counter>,
     bundle_version: Gauge,
     handshake_failures: Family<Labels, Counter>,
+    inbound_connections: Family<Labels, Counter>,
 }
 
 impl IdentityMetrics {
@@ -174,6 +175,11 @@ impl IdentityMetrics {
             "Inbound and upstream TLS handshakes that failed, by listener (or upstream) and reason",
             self.handshake_failures.clone(),
         );
+        registry.register(
+            "inbound_connections",
+            "Connections served by the mTLS listener, by listener and whether over TLS (tls=\"false\": plaintext taken in permissive mode)",
+            self.inbound_connections.clone(),
+        );
     }
 
     /// Registers these metrics alone, for tests that read them.
@@ -194,6 +200,15 @@ impl IdentityMetrics {
     pub fn record_handshake_failure(&self, listener: &'static str, reason: &'static str) {
         self.handshake_failures
             .get_or_create(&labels(&[("listener", listener), ("reason", reason)]))
+            .inc();
+    }
+
+    /// Counts a connection served by an mTLS listener: over TLS, or
+    /// plaintext (permissive mode).
+    pub fn record_inbound_connection(&self, listener: &'static str, tls: bool) {
+        let tls = if tls { "true" } else { "false" };
+        self.inbound_connections
+            .get_or_create(&labels(&[("listener", listener), ("tls", tls)]))
             .inc();
     }
 

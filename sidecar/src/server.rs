@@ -6,6 +6,12 @@
 //! in the accept loop: a client that stalls mid-handshake holds up nobody
 //! else, and a failed handshake is counted and logged, never the end of
 //! the listener.
+//!
+//! The mesh-wide mode ([`InboundMode`], pushed by the control plane) is
+//! read per connection: in strict mode every connection goes straight to
+//! the handshake; in permissive mode the task first peeks at the client's
+//! first bytes and serves the HTTP/2 preface plaintext (no peer identity),
+//! anything else through TLS as in strict mode.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,23 +24,67 @@ use mesh::identity::PeerIdentity;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::coalesced_io::CoalescedIo;
-use crate::handshake;
+use crate::handshake::{self, FirstBytes};
 use crate::identity::Identity;
 use crate::proxy::Proxy;
 use crate::proxy_error::ProxyBody;
+use crate::settings::MeshMtlsMode;
+
+/// The mesh-wide mTLS mode in force, shared by discovery (which applies
+/// pushes) and the mTLS listener (which reads it once per connection).
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct InboundMode(Arc<watch::Sender<MeshMtlsMode>>);
+
+impl Default for InboundMode {
+    /// Strict until the control plane says otherwise.
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(MeshMtlsMode::Strict)))
+    }
+}
+
+impl InboundMode {
+    /// The mode new connections are accepted under.
+    pub fn get(&self) -> MeshMtlsMode {
+        *self.0.borrow()
+    }
+
+    /// Applies `mode` to connections accepted from now on (open ones keep
+    /// what they were accepted under).
+    pub fn set(&self, mode: MeshMtlsMode) {
+        if self
+            .0
+            .send_if_modified(|current| std::mem::replace(current, mode) != mode)
+        {
+            tracing::info!(mode = mode.as_str(), "mesh-wide mTLS mode applied");
+        }
+    }
+}
+
+/// What makes a gRPC listener an mTLS one: this proxy's identity, and the
+/// mode that may widen it to plaintext too.
+#[derive(Debug, Clone)]
+pub struct InboundTls {
+    /// Certificate, trust bundle and handshake metrics.
+    pub identity: Arc<Identity>,
+    /// Strict or permissive, as pushed.
+    pub mode: InboundMode,
+}
 
 /// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
 /// `listener` until `shutdown`, then drains for at most `drain`. With
-/// `identity`, every connection is mutual TLS first, and each request
-/// carries the client's [`PeerIdentity`].
+/// `tls`, every connection is mutual TLS first, and each request carries
+/// the client's [`PeerIdentity`]; in permissive mode plaintext HTTP/2 is
+/// served too, with no identity.
 pub async fn serve_grpc(
     name: &'static str,
     listener: TcpListener,
     proxy: Proxy,
-    identity: Option<Arc<Identity>>,
+    tls: Option<InboundTls>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
@@ -68,38 +118,64 @@ pub async fn serve_grpc(
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let proxy = proxy.clone();
-        let identity = identity.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let plaintext = match &tls {
+                None => true,
+                Some(tls) => match tls.mode.get() {
+                    MeshMtlsMode::Strict => false,
+                    MeshMtlsMode::Permissive => match handshake::first_bytes(&stream).await {
+                        Ok(first) => first == FirstBytes::Http2Preface,
+                        Err(error) => {
+                            tls.identity
+                                .metrics()
+                                .record_handshake_failure(name, error.reason());
+                            tracing::info!(listener = name, %peer, %error, reason = error.reason(), "no first bytes");
+                            return;
+                        }
+                    },
+                },
+            };
             // TLS goes over the write combiner: the records of one
             // event-loop turn still leave in one system call.
             let io = CoalescedIo::new(stream);
-            let served = match identity {
+            let served = match tls {
                 None => {
                     watcher
                         .watch(builder.serve_connection(TokioIo::new(io), proxy))
                         .await
                 }
-                Some(identity) => match handshake::accept(identity.tls(), io).await {
-                    Ok((tls, client)) => {
-                        if let Some(id) = &client.0 {
-                            tracing::debug!(listener = name, %peer, mesh.peer.identity = %id, "TLS connection");
+                Some(InboundTls { identity, .. }) if plaintext => {
+                    identity.metrics().record_inbound_connection(name, false);
+                    tracing::debug!(listener = name, %peer, "plaintext connection (permissive)");
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(io), proxy))
+                        .await
+                }
+                Some(InboundTls { identity, .. }) => {
+                    match handshake::accept(identity.tls(), io).await {
+                        Ok((tls, client)) => {
+                            identity.metrics().record_inbound_connection(name, true);
+                            if let Some(id) = &client.0 {
+                                tracing::debug!(listener = name, %peer, mesh.peer.identity = %id, "TLS connection");
+                            }
+                            let service = WithPeer {
+                                proxy,
+                                peer: client,
+                            };
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(tls), service))
+                                .await
                         }
-                        let service = WithPeer {
-                            proxy,
-                            peer: client,
-                        };
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(tls), service))
-                            .await
+                        Err(error) => {
+                            identity
+                                .metrics()
+                                .record_handshake_failure(name, error.reason());
+                            tracing::info!(listener = name, %peer, %error, reason = error.reason(), "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Err(error) => {
-                        identity
-                            .metrics()
-                            .record_handshake_failure(name, error.reason());
-                        tracing::info!(listener = name, %peer, %error, reason = error.reason(), "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
             };
             if let Err(error) = served {
                 tracing::debug!(listener = name, %peer, %error, "connection ended with error");
@@ -203,8 +279,19 @@ mod tests {
         text
     }
 
-    #[tokio::test]
-    async fn a_plaintext_client_is_refused_counted_and_the_listener_keeps_serving() {
+    /// An mTLS inbound listener of `orders` (its app unreachable: what
+    /// matters is who gets a connection).
+    struct Inbound {
+        ca: TestCa,
+        orders: SpiffeId,
+        identity: Arc<Identity>,
+        mode: InboundMode,
+        addr: String,
+        stop: CancellationToken,
+        served: tokio::task::JoinHandle<()>,
+    }
+
+    async fn inbound() -> Inbound {
         let ca = TestCa::new();
         let orders = SpiffeId::service("mesh.local", "orders").unwrap();
         let identity =
@@ -227,14 +314,122 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
+        let mode = InboundMode::default();
         let served = tokio::spawn(serve_grpc(
             "inbound",
             listener,
             proxy,
-            Some(identity.clone()),
+            Some(InboundTls {
+                identity: identity.clone(),
+                mode: mode.clone(),
+            }),
             stop.clone(),
             Duration::from_secs(1),
         ));
+        Inbound {
+            ca,
+            orders,
+            identity,
+            mode,
+            addr,
+            stop,
+            served,
+        }
+    }
+
+    /// Sends the HTTP/2 preface and an empty SETTINGS frame; returns what
+    /// the server answers before closing or within 5 s (whichever first).
+    async fn plaintext_answer(addr: &str) -> Vec<u8> {
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain.write_all(handshake::HTTP2_PREFACE).await.unwrap();
+        plain.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut plain, &mut answer),
+        )
+        .await
+        .map_or(0, |read| read.unwrap_or(0));
+        answer.truncate(n);
+        answer
+    }
+
+    /// True when the answer opens with an HTTP/2 SETTINGS frame (RFC 9113
+    /// §3.4: the server's preface), i.e. the connection is served.
+    fn served_http2(answer: &[u8]) -> bool {
+        answer.len() >= 9 && answer[3] == 0x4
+    }
+
+    #[tokio::test]
+    async fn permissive_serves_plaintext_and_tls_and_strict_refuses_plaintext_again() {
+        let Inbound {
+            ca,
+            orders,
+            identity,
+            mode,
+            addr,
+            stop,
+            served,
+        } = inbound().await;
+        assert!(
+            !served_http2(&plaintext_answer(&addr).await),
+            "strict first"
+        );
+
+        mode.set(MeshMtlsMode::Permissive);
+        assert!(
+            served_http2(&plaintext_answer(&addr).await),
+            "permissive serves h2c"
+        );
+        // mTLS callers are served as before.
+        let caller = SpiffeId::service("mesh.local", "catalog").unwrap();
+        let client = MeshTls::new("mesh.local", ca.bundle(0), ClientAuth::Required).unwrap();
+        client.set_credential(ca.credential(&caller, Duration::from_secs(3600)));
+        mesh::identity::transport::connect(&client, &addr, orders.clone())
+            .await
+            .expect("mTLS in permissive mode");
+        // Neither TLS nor HTTP/2: refused like a failed handshake.
+        let mut other = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        other.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut other, &mut answer),
+        )
+        .await
+        .expect("closed")
+        .ok();
+        assert!(!answer.starts_with(b"HTTP/1.1 2"), "{answer:?}");
+
+        mode.set(MeshMtlsMode::Strict);
+        assert!(
+            !served_http2(&plaintext_answer(&addr).await),
+            "strict again refuses h2c"
+        );
+        let text = failures(identity.metrics());
+        assert!(
+            text.contains(r#"inbound_connections_total{listener="inbound",tls="false"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"listener="inbound",tls="true"} 1"#),
+            "{text}"
+        );
+        stop.cancel();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_is_refused_counted_and_the_listener_keeps_serving() {
+        let Inbound {
+            ca,
+            orders,
+            identity,
+            addr,
+            stop,
+            served,
+            ..
+        } = inbound().await;
 
         // An h2c client (what every caller was before mTLS).
         let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();

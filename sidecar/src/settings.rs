@@ -38,6 +38,43 @@ impl MtlsMode {
     }
 }
 
+/// The mesh-wide mode the control plane pushes with the table, which
+/// widens (or not) what a proxy running `--mtls strict` accepts inbound.
+/// `off` is not among them: a plaintext mesh is each process's explicit
+/// flag, never a switch one write flips for everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MeshMtlsMode {
+    /// Only mutual TLS reaches the inbound listener.
+    #[default]
+    Strict,
+    /// The inbound listener also serves plaintext HTTP/2 (told apart by
+    /// its first bytes), for moving a running mesh to mTLS; callers still
+    /// use mTLS.
+    Permissive,
+}
+
+impl MeshMtlsMode {
+    /// The mode a push names; empty (a control plane that predates modes)
+    /// is strict.
+    pub fn from_pushed(value: &str) -> Result<Self, String> {
+        match value {
+            "" | "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            other => Err(format!(
+                "mtls_mode {other:?}: this proxy knows strict and permissive"
+            )),
+        }
+    }
+
+    /// The pushed spelling, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "strict",
+            Self::Permissive => "permissive",
+        }
+    }
+}
+
 /// Where the kubelet's probes and Prometheus find a proxy, Istio's port.
 pub const DEFAULT_PROBE_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 15021);
@@ -336,6 +373,21 @@ mod tests {
             ok.identity().unwrap().to_string(),
             "spiffe://mesh.local/svc/orders"
         );
+    }
+
+    #[test]
+    fn pushed_modes_are_strict_unless_permissive_and_never_off() {
+        assert_eq!(MeshMtlsMode::from_pushed(""), Ok(MeshMtlsMode::Strict));
+        assert_eq!(
+            MeshMtlsMode::from_pushed("strict"),
+            Ok(MeshMtlsMode::Strict)
+        );
+        assert_eq!(
+            MeshMtlsMode::from_pushed("permissive"),
+            Ok(MeshMtlsMode::Permissive)
+        );
+        assert!(MeshMtlsMode::from_pushed("off").is_err());
+        assert!(MeshMtlsMode::from_pushed("Permissive").is_err());
     }
 
     #[test]
