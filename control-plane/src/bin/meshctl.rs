@@ -35,6 +35,9 @@ enum Commands {
     /// Join tokens: the credential a proxy trades for its certificate.
     #[command(subcommand)]
     Token(cli::identity::TokenCommand),
+    /// The mesh-wide mTLS mode: `get`, or `set strict|permissive`.
+    #[command(subcommand)]
+    Mtls(cli::mtls::MtlsCommand),
 }
 
 /// `meshctl identity`: the local file commands, and `rotate`, which also
@@ -72,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Check(args) => exit_on_error(cli::check::run(cp, args).await),
         Commands::Token(command) => exit_on_error(cli::identity::run_token(cp, command).await),
+        Commands::Mtls(command) => exit_on_error(cli::mtls::run(cp, command).await),
     };
     telemetry.shutdown().await;
     result

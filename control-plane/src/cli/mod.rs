@@ -12,6 +12,7 @@ pub mod describe;
 pub mod get;
 pub mod health;
 pub mod identity;
+pub mod mtls;
 pub mod output;
 pub mod rotate;
 pub mod status;

@@ -99,7 +99,11 @@ pub fn tables(status: &StatusResponse) -> String {
             r.connected_sidecars.to_string(),
         ]);
     }
-    let mut out = replicas.render();
+    let mut out = String::new();
+    if !status.mtls_mode.is_empty() {
+        out.push_str(&format!("mTLS mode: {}\n\n", status.mtls_mode));
+    }
+    out.push_str(&replicas.render());
     out.push('\n');
     if status.sidecars.is_empty() {
         out.push_str("No sidecars connected.\n");
@@ -148,6 +152,8 @@ pub fn tables(status: &StatusResponse) -> String {
 
 #[derive(Debug, Serialize)]
 struct StatusDocument<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    mtls_mode: &'a str,
     replicas: Vec<ReplicaDocument<'a>>,
     sidecars: Vec<SidecarDocument<'a>>,
 }
@@ -185,6 +191,7 @@ fn is_zero(n: &i64) -> bool {
 impl<'a> From<&'a StatusResponse> for StatusDocument<'a> {
     fn from(status: &'a StatusResponse) -> Self {
         Self {
+            mtls_mode: &status.mtls_mode,
             replicas: status.replicas.iter().map(ReplicaDocument::from).collect(),
             sidecars: status.sidecars.iter().map(SidecarDocument::from).collect(),
         }
@@ -273,6 +280,16 @@ mod tests {
              orders/orders-0     -          -                 0        cp-0      5        4       BEHIND\n\
              gateway/gw-0        -          -                 0        cp-0      5        4       NACKED   route \"x\": no such subset\n"
         );
+    }
+
+    #[test]
+    fn the_mesh_wide_mtls_mode_heads_the_status() {
+        let mut status = status();
+        status.mtls_mode = "permissive".into();
+        assert!(tables(&status).starts_with("mTLS mode: permissive\n\nREPLICA"));
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&status, OutputFormat::Json).unwrap()).unwrap();
+        assert_eq!(json["mtls_mode"], "permissive");
     }
 
     #[test]
