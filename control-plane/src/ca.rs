@@ -19,7 +19,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 
-/// Certificates are back-dated this much: peers' clocks differ a little.
+/// Certificates are back-dated this much (a tenth of a short lifetime at
+/// most): peers' clocks differ a little.
 const BACKDATE: Duration = Duration::from_secs(60);
 
 /// File names in an identity directory.
@@ -366,7 +367,9 @@ fn random_serial() -> SerialNumber {
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
+    // At most a tenth of the lifetime: renewal is timed from not_before,
+    // and a 10 s certificate back-dated a minute would be due at once.
+    params.not_before = now - BACKDATE.min(lifetime / 10);
     params.not_after = now + lifetime;
 }
 
