@@ -23,6 +23,10 @@
 //! - identity: every proxy mounts the trust bundle ConfigMap and its own
 //!   service's join-token Secret (and no other's), the control plane its
 //!   issuer Secret; nothing runs with `--mtls off` or `--insecure`;
+//! - etcd: its client URLs are `https://` with `--client-cert-auth`, its
+//!   certificate and trusted CA from Secret `etcd-tls`; the control plane
+//!   reaches it over `https://` with its client certificate from Secret
+//!   `etcd-client-tls`, which nothing else mounts;
 //! - NetworkPolicies: etcd's client port only from the control plane, the
 //!   shop pods' inbound port only from proxies, their probe port open,
 //!   nothing else (the apps and the admin port are loopback-only).
@@ -113,6 +117,11 @@ fn grace_periods_cover_the_shutdown() {
 #[test]
 fn proxies_and_control_plane_mount_their_own_credentials_and_nothing_is_insecure() {
     for_each_rendering(identity);
+}
+
+#[test]
+fn etcd_takes_tls_with_client_certificates_only() {
+    for_each_rendering(etcd_tls);
 }
 
 #[test]
@@ -370,6 +379,59 @@ fn breakages() -> Vec<Breakage> {
             let cp = container(o, "Deployment", "control-plane", "control-plane");
             set_env(cp, "MESH_CP_ETCD", "http://etcd-0.etcd:2380");
         }),
+        breaking("etcd without client-cert auth", "--client-cert-auth", |o| {
+            let etcd = container(o, "StatefulSet", "etcd", "etcd");
+            remove_env(etcd, "ETCD_CLIENT_CERT_AUTH");
+        }),
+        breaking("etcd serving plaintext", "ETCD_LISTEN_CLIENT_URLS", |o| {
+            let etcd = container(o, "StatefulSet", "etcd", "etcd");
+            set_env(etcd, "ETCD_LISTEN_CLIENT_URLS", "http://0.0.0.0:2379");
+        }),
+        breaking(
+            "etcd advertising plaintext",
+            "ETCD_ADVERTISE_CLIENT_URLS",
+            |o| {
+                let etcd = container(o, "StatefulSet", "etcd", "etcd");
+                set_env(
+                    etcd,
+                    "ETCD_ADVERTISE_CLIENT_URLS",
+                    "http://$(ETCD_NAME).etcd:2379",
+                );
+            },
+        ),
+        breaking("etcd's key not from its Secret", "ETCD_KEY_FILE", |o| {
+            let etcd = container(o, "StatefulSet", "etcd", "etcd");
+            set_env(etcd, "ETCD_KEY_FILE", "/var/lib/etcd/server.key");
+        }),
+        breaking(
+            "control plane dialing etcd in plaintext",
+            "MESH_CP_ETCD must be https",
+            |o| {
+                let cp = container(o, "Deployment", "control-plane", "control-plane");
+                let urls =
+                    "http://etcd-0.etcd:2379,http://etcd-1.etcd:2379,http://etcd-2.etcd:2379";
+                set_env(cp, "MESH_CP_ETCD", urls);
+            },
+        ),
+        breaking(
+            "control plane without its etcd certificate",
+            "MESH_CP_ETCD_CERT",
+            |o| {
+                let cp = container(o, "Deployment", "control-plane", "control-plane");
+                remove_env(cp, "MESH_CP_ETCD_CERT");
+            },
+        ),
+        breaking(
+            "etcd's client key mounted by the gateway",
+            "etcd-client-tls",
+            |o| {
+                let pod = pod_spec(o, "Deployment", "gateway");
+                pod["volumes"]
+                    .as_array_mut()
+                    .expect("volumes")
+                    .push(json!({"name": "stolen", "secret": {"secretName": "etcd-client-tls"}}));
+            },
+        ),
         breaking("Jaeger unreachable", "OTEL_EXPORTER_OTLP_ENDPOINT", |o| {
             let env = config_map(o, "mesh-env");
             env["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] = json!("http://jaeger:4316");
@@ -722,7 +784,7 @@ fn rendered(dir: &str) -> Option<&'static Manifests> {
 }
 
 fn all_checks(m: &Manifests) -> Vec<String> {
-    let checks: [fn(&Manifests) -> Vec<String>; 10] = [
+    let checks: [fn(&Manifests) -> Vec<String>; 11] = [
         native_sidecars,
         probes,
         resources_and_security,
@@ -732,6 +794,7 @@ fn all_checks(m: &Manifests) -> Vec<String> {
         routes,
         image_and_telemetry,
         identity,
+        etcd_tls,
         network_policies,
     ];
     checks.iter().flat_map(|check| check(m)).collect()
@@ -2002,6 +2065,79 @@ fn peers_only(
         }
     }
     Ok(())
+}
+
+/// etcd serves its clients over TLS and lets in only certificates the
+/// mesh's anchors sign; the control plane dials `https://` with its own.
+fn etcd_tls(m: &Manifests) -> Vec<String> {
+    let mut v = Vec::new();
+    let all_https =
+        |urls: &str| !urls.is_empty() && urls.split(',').all(|u| u.trim().starts_with("https://"));
+    for w in m.workloads() {
+        if let Some(etcd) = w.running("etcd") {
+            let id = format!("{} container {}", w.id(), etcd.name());
+            match m.literal(etcd, "ETCD_CLIENT_CERT_AUTH", "false").as_deref() {
+                Ok("true") => {}
+                other => v.push(format!(
+                    "{id}: ETCD_CLIENT_CERT_AUTH is {other:?}: without --client-cert-auth anyone who reaches etcd reads and writes the mesh's state"
+                )),
+            }
+            for var in ["ETCD_LISTEN_CLIENT_URLS", "ETCD_ADVERTISE_CLIENT_URLS"] {
+                match m.literal(etcd, var, "") {
+                    Ok(urls) if all_https(&urls) => {}
+                    other => v.push(format!(
+                        "{id}: {var} must be https:// URLs only, is {other:?}"
+                    )),
+                }
+            }
+            for (var, key) in [
+                ("ETCD_TRUSTED_CA_FILE", "ca.crt"),
+                ("ETCD_CERT_FILE", "server.crt"),
+                ("ETCD_KEY_FILE", "server.key"),
+            ] {
+                if let Err(e) = reads_from(m, &w, etcd, var, ("secret", "etcd-tls", key)) {
+                    v.push(format!("{id}: {e}"));
+                }
+            }
+        }
+        if let Some(cp) = w.running("control-plane") {
+            let id = format!("{} container {}", w.id(), cp.name());
+            let store = m.literal(cp, "MESH_CP_STORE", "etcd").unwrap_or_default();
+            if store == "etcd" {
+                match m.literal(cp, "MESH_CP_ETCD", "") {
+                    Ok(urls) if all_https(&urls) => {}
+                    other => v.push(format!(
+                        "{id}: MESH_CP_ETCD must be https:// URLs only, is {other:?}"
+                    )),
+                }
+                for (var, key) in [
+                    ("MESH_CP_ETCD_CA", "ca.crt"),
+                    ("MESH_CP_ETCD_CERT", "client.crt"),
+                    ("MESH_CP_ETCD_KEY", "client.key"),
+                ] {
+                    if let Err(e) = reads_from(m, &w, cp, var, ("secret", "etcd-client-tls", key)) {
+                        v.push(format!("{id}: {e}"));
+                    }
+                }
+            }
+        }
+        // etcd's keys belong to etcd, its client key to the control plane.
+        for vol in w.pod["volumes"].as_array().into_iter().flatten() {
+            let owner = match vol["secret"]["secretName"].as_str() {
+                Some("etcd-tls") => "etcd",
+                Some("etcd-client-tls") => "control-plane",
+                _ => continue,
+            };
+            if w.running(owner).is_none() {
+                v.push(format!(
+                    "{}: mounts Secret {}, which only {owner} may",
+                    w.id(),
+                    vol["secret"]["secretName"]
+                ));
+            }
+        }
+    }
+    v
 }
 
 fn network_policies(m: &Manifests) -> Vec<String> {
