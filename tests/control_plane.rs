@@ -101,15 +101,17 @@ fn revision_in(out: &str) -> i64 {
         .unwrap_or_else(|| panic!("no revision in meshctl output: {out}"))
 }
 
-/// A MeshAdmin client of the first replica; call inside a runtime.
-fn admin(uri: &str) -> MeshAdminClient<Channel> {
-    MeshAdminClient::new(Channel::from_shared(uri.to_owned()).unwrap().connect_lazy())
+/// A MeshAdmin client of the first replica, as the admin operator; call
+/// inside a runtime.
+fn admin(uri: &str, identity: Option<&mesh::demo::IdentityLayout>) -> MeshAdminClient<Channel> {
+    MeshAdminClient::new(support::admin_channel(uri, identity))
 }
 
 fn stored_routes(mesh: &TestMesh) -> Vec<String> {
     let uri = mesh.plan.control_planes[0].clone();
+    let identity = mesh.plan.identity.clone();
     block_on(async move {
-        let mut client = admin(&uri);
+        let mut client = admin(&uri, identity.as_ref());
         let mut routes: Vec<String> = client
             .list_routes(ListRoutesRequest {})
             .await
@@ -259,8 +261,9 @@ fn racing_writers_one_wins_and_the_other_gets_a_conflict() {
     let mesh = TestMesh::start(&inventory_pair());
     let base = apply(&mesh, &split_yaml(1, 1));
     let uri = mesh.plan.control_planes[0].clone();
+    let identity = mesh.plan.identity.clone();
     let current = block_on(async move {
-        admin(&uri)
+        admin(&uri, identity.as_ref())
             .get_route(GetRouteRequest {
                 name: "inventory".into(),
             })
@@ -340,8 +343,9 @@ fn invalid_routes_are_refused_naming_the_field_and_nothing_is_stored() {
     }
     // The server validates too, whoever calls it.
     let uri = mesh.plan.control_planes[0].clone();
+    let identity = mesh.plan.identity.clone();
     let status = block_on(async move {
-        admin(&uri)
+        admin(&uri, identity.as_ref())
             .apply_route(ApplyRouteRequest {
                 route_json: r#"{"kind":"Route","metadata":{"name":"x"},"spec":{"match":{"service":"a.B"},"destination":"inventory","split":[{"subset":"v1","weight":0}]}}"#.into(),
                 expected_revision: None,
@@ -454,13 +458,11 @@ fn drain_and_sigterm_deregister_first_keep_serving_and_exit_in_time() {
     );
     let (ready, _) = mesh::demo::admin_get(admin, "/ready").unwrap();
     assert_eq!(ready, 503, "a draining sidecar is not ready");
+    // Called as a peer of the mesh would (the inbound port is mTLS).
     let inbound = mesh.serving("inventory-2-sidecar");
+    let tls = mesh.workload_tls("orders");
     let answered = block_on(async move {
-        let channel = Channel::from_shared(format!("http://{inbound}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = support::mtls_channel(inbound, tls, "inventory").await;
         InventoryServiceClient::new(channel)
             .get_stock(GetStockRequest {
                 sku: "sku-espresso-beans".into(),

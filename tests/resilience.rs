@@ -401,12 +401,16 @@ fn deadlines_route_timeout_and_callers_shorter_grpc_timeout() {
     // The upstream saw the cancellation: the charge was never recorded, so
     // the same key with another amount is accepted (it would be refused as
     // a conflicting retry had the first charge completed).
-    let inbound = format!("http://{}", mesh.serving("payments-1-sidecar"));
+    // Straight at payments' inbound port, as a peer of the mesh (mTLS).
+    let inbound = mesh.serving("payments-1-sidecar");
+    let tls = mesh.workload_tls("orders");
     let recharged = block_on(async move {
         tokio::time::sleep(Duration::from_millis(1200)).await; // past the upstream's 1 s
         let mut request = charge("slow-1");
         request.amount_minor = 999;
-        gateway(inbound).await.charge(request).await
+        PaymentsServiceClient::new(support::mtls_channel(inbound, tls, "payments").await)
+            .charge(request)
+            .await
     });
     assert!(
         recharged.is_ok(),

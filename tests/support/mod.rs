@@ -576,3 +576,98 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A channel to control-plane replica `uri` as the mesh's admin operator
+/// (mTLS with the operator's certificate when the mesh runs with
+/// identities); lazy, so call it inside a runtime.
+pub fn admin_channel(
+    uri: &str,
+    identity: Option<&mesh::demo::IdentityLayout>,
+) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned()).expect("uri");
+    match identity {
+        None => endpoint.connect_lazy(),
+        Some(identity) => {
+            endpoint.connect_with_connector_lazy(mesh::identity::transport::Connector::new(
+                identity.operator_tls().expect("the operator's credential"),
+                mesh::identity::SpiffeId::new(
+                    &identity.trust_domain,
+                    mesh::identity::Workload::ControlPlane,
+                )
+                .expect("control-plane identity"),
+            ))
+        }
+    }
+}
+
+impl TestMesh {
+    /// TLS holding a fresh certificate for `service`, got as its sidecar
+    /// gets one: a join token (made with meshctl) and a CSR traded at the
+    /// control plane. For tests that call a sidecar's inbound port
+    /// directly, as a peer of the mesh.
+    pub fn workload_tls(&self, service: &str) -> std::sync::Arc<mesh::identity::MeshTls> {
+        use mesh::identity::{
+            csr, ClientAuth, Credential, MeshTls, SpiffeId, TrustBundle, Workload,
+        };
+        let identity = self.plan.identity.clone().expect("a mesh with identities");
+        let (ok, token, stderr) = self.meshctl(&["token", "create", "--service", service], None);
+        assert!(ok, "meshctl token create: {stderr}");
+        let pem = std::fs::read_to_string(identity.bundle()).expect("bundle");
+        let tls = std::sync::Arc::new(
+            MeshTls::new(
+                &identity.trust_domain,
+                TrustBundle::from_pem(&pem, 0).expect("bundle"),
+                ClientAuth::Required,
+            )
+            .expect("TLS"),
+        );
+        let uri = self.plan.control_planes[0].clone();
+        let control_plane =
+            SpiffeId::new(&identity.trust_domain, Workload::ControlPlane).expect("id");
+        let credential = block_on({
+            let tls = tls.clone();
+            let token = token.trim().to_owned();
+            async move {
+                let channel = mesh::identity::transport::channel(
+                    &uri,
+                    tls,
+                    control_plane,
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("TLS to the control plane");
+                let request = csr::generate().expect("CSR");
+                let response = mesh::proto::mesh::v1::identity_client::IdentityClient::new(channel)
+                    .certify(mesh::proto::mesh::v1::CertifyRequest {
+                        token,
+                        csr_der: request.csr_der,
+                    })
+                    .await
+                    .expect("Certify")
+                    .into_inner();
+                let chain = response.chain_der.into_iter().map(Into::into).collect();
+                Credential::new(chain, request.key).expect("credential")
+            }
+        });
+        tls.set_credential(credential);
+        tls
+    }
+}
+
+/// A channel to a sidecar's inbound `addr` over mTLS with `tls`, which must
+/// find `service`'s identity there.
+pub async fn mtls_channel(
+    addr: SocketAddr,
+    tls: std::sync::Arc<mesh::identity::MeshTls>,
+    service: &str,
+) -> tonic::transport::Channel {
+    let peer = mesh::identity::SpiffeId::service(tls.trust_domain(), service).expect("id");
+    mesh::identity::transport::channel(
+        &format!("http://{addr}"),
+        tls,
+        peer,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("mTLS to {addr}: {e}"))
+}
