@@ -457,7 +457,7 @@ impl Rotation<'_> {
     async fn remove_anchor(&self) -> anyhow::Result<()> {
         let fingerprint = self.new.issuer_fingerprint.clone();
         self.wait_until(
-            "for the control plane to sign with the new issuer (run --phase switch-issuer)",
+            "for the control plane and every proxy to be under the new issuer (--phase switch-issuer)",
             |status| {
                 let mut waiting = not_under_issuer(status, &fingerprint);
                 if status.issuer_fingerprint != fingerprint {
@@ -588,9 +588,9 @@ impl Rotation<'_> {
                     let left = waiting(&status);
                     if left.is_empty() {
                         println!(
-                            "  done waiting {goal} ({} proxies, {:.0?})",
-                            status.sidecars.len(),
-                            started.elapsed()
+                            "  done waiting {goal} ({:.0?}; {} proxies connected)",
+                            started.elapsed(),
+                            status.sidecars.len()
                         );
                         return Ok(());
                     }
