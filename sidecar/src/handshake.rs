@@ -1,25 +1,22 @@
 //! Mutual TLS over the write-combining stream: the inbound listener's
 //! server side and an upstream connection's client side.
 //!
-//! `mesh::identity::transport::{accept, connect}` take a bare `TcpStream`;
-//! here TLS runs over [`CoalescedIo`] instead, so the TLS records of what
-//! h2 writes in one event-loop turn still leave in one system call (TLS
-//! under the combiner would cost a `writev` per h2 flush again). The rules
-//! are the library's: its configurations, its handshake timeout, its error
-//! type and failure reasons.
+//! TLS runs over [`CoalescedIo`], so the TLS records of what h2 writes in
+//! one event-loop turn still leave in one system call (TLS under the
+//! combiner would cost a `writev` per h2 flush again). The handshakes are
+//! the library's (`mesh::identity::transport`), on this stream type.
 //!
 //! In permissive mode the inbound listener first tells TLS from plaintext
 //! HTTP/2 by the connection's first bytes ([`classify`], [`first_bytes`]):
 //! both protocols have the client speak first, and their openings differ
 //! from the first byte on.
 
-use std::io;
 use std::time::Duration;
 
 use mesh::identity::transport::{HandshakeError, PeerIdentity, HANDSHAKE_TIMEOUT};
 use mesh::identity::{MeshTls, SpiffeId};
 use tokio::net::TcpStream;
-use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
+use tokio_rustls::{client, server};
 
 use crate::coalesced_io::CoalescedIo;
 
@@ -29,12 +26,7 @@ pub async fn accept(
     tls: &MeshTls,
     io: CoalescedIo,
 ) -> Result<(server::TlsStream<CoalescedIo>, PeerIdentity), HandshakeError> {
-    let acceptor = TlsAcceptor::from(tls.server_config());
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io))
-        .await
-        .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))??;
-    let peer = tls.peer_identity(stream.get_ref().1.peer_certificates())?;
-    Ok((stream, PeerIdentity(peer)))
+    mesh::identity::transport::accept(tls, io).await
 }
 
 /// The client side of a handshake on a connected stream, failing unless
@@ -45,24 +37,14 @@ pub async fn connect(
     peer: SpiffeId,
     timeout: Duration,
 ) -> Result<client::TlsStream<CoalescedIo>, HandshakeError> {
-    let config = tls
-        .client_config(peer)
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    let connector = TlsConnector::from(config);
-    let stream = tokio::time::timeout(
-        timeout,
-        connector.connect(mesh::identity::tls::handshake_name(), io),
-    )
-    .await
-    .map_err(|_| HandshakeError::Timeout(timeout))??;
-    Ok(stream)
+    mesh::identity::transport::handshake(tls, io, peer, timeout).await
 }
 
 /// True when the handshake failed because the server proved another
 /// identity than the one expected (not a transient failure: the endpoint
 /// is someone else).
 pub fn is_identity_mismatch(error: &HandshakeError) -> bool {
-    error.reason() == "peer-identity-mismatch"
+    error.is_identity_mismatch()
 }
 
 /// The client connection preface of HTTP/2 with prior knowledge, what a

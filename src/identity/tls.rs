@@ -367,10 +367,14 @@ impl ServerCertVerifier for PeerVerifier {
         let info = CertificateInfo::parse(end_entity)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         if info.id != self.expected {
-            return Err(rustls::Error::General(format!(
-                "{}: the peer is {}, expected {}",
-                PEER_IDENTITY_MISMATCH, info.id, self.expected
-            )));
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    PeerIdentityMismatch {
+                        expected: self.expected.clone(),
+                        found: info.id,
+                    },
+                ))),
+            ));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -410,9 +414,18 @@ impl ServerCertVerifier for PeerVerifier {
     }
 }
 
-/// The words a failed handshake carries when the server proved another
-/// identity than the one expected: callers map it to their error reason.
-pub const PEER_IDENTITY_MISMATCH: &str = "peer identity mismatch";
+/// A server proved another identity than the one the caller meant to
+/// reach: not a transient failure, the endpoint is someone else. Carried
+/// inside rustls's error, so callers can tell it from other failures
+/// ([`super::transport::HandshakeError::is_identity_mismatch`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("peer identity mismatch: the peer is {found}, expected {expected}")]
+pub struct PeerIdentityMismatch {
+    /// Whom the caller meant to reach.
+    pub expected: SpiffeId,
+    /// Whom the certificate names.
+    pub found: SpiffeId,
+}
 
 /// A server name for the handshake: the verifier ignores it and SNI is off.
 pub fn handshake_name() -> ServerName<'static> {

@@ -54,29 +54,48 @@ impl HandshakeError {
         match self {
             Self::Timeout(_) => "timeout",
             Self::Identity(_) => "identity",
-            Self::Io(e) => {
-                let text = e.to_string();
-                if text.contains(super::tls::PEER_IDENTITY_MISMATCH) {
-                    "peer-identity-mismatch"
-                } else if text.contains("Certificate") || text.contains("certificate") {
-                    "certificate"
-                } else if e.kind() == io::ErrorKind::InvalidData {
-                    "protocol"
-                } else {
-                    "io"
-                }
-            }
+            Self::Io(_) if self.is_identity_mismatch() => "peer-identity-mismatch",
+            Self::Io(e) => match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(
+                    rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(
+                        rustls::AlertDescription::BadCertificate
+                        | rustls::AlertDescription::CertificateRequired
+                        | rustls::AlertDescription::UnknownCA
+                        | rustls::AlertDescription::CertificateExpired,
+                    ),
+                ) => "certificate",
+                Some(_) => "protocol",
+                None if e.kind() == io::ErrorKind::InvalidData => "protocol",
+                None => "io",
+            },
         }
+    }
+
+    /// True when the server proved another identity than the one expected.
+    pub fn is_identity_mismatch(&self) -> bool {
+        let Self::Io(e) = self else {
+            return false;
+        };
+        matches!(
+            e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
+                if other.0.downcast_ref::<super::tls::PeerIdentityMismatch>().is_some()
+        )
     }
 }
 
 /// Runs the server side of a handshake on `tcp`.
-pub async fn accept(
+pub async fn accept<IO>(
     tls: &MeshTls,
-    tcp: TcpStream,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, PeerIdentity), HandshakeError> {
+    io: IO,
+) -> Result<(tokio_rustls::server::TlsStream<IO>, PeerIdentity), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let acceptor = TlsAcceptor::from(tls.server_config());
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io))
         .await
         .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))??;
     let peer = tls.peer_identity(stream.get_ref().1.peer_certificates())?;
@@ -90,18 +109,33 @@ pub async fn connect(
     addr: &str,
     peer: SpiffeId,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HandshakeError> {
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    handshake(tls, tcp, peer, HANDSHAKE_TIMEOUT).await
+}
+
+/// The client side of a handshake on a connected stream (a socket, or one
+/// wrapped to combine writes), failing unless the server proves `peer`
+/// within `timeout`.
+pub async fn handshake<IO>(
+    tls: &MeshTls,
+    io: IO,
+    peer: SpiffeId,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<IO>, HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let config = tls
         .client_config(peer)
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let tcp = TcpStream::connect(addr).await?;
-    let _ = tcp.set_nodelay(true);
-    let stream = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        TlsConnector::from(config).connect(super::tls::handshake_name(), tcp),
+    tokio::time::timeout(
+        timeout,
+        TlsConnector::from(config).connect(super::tls::handshake_name(), io),
     )
     .await
-    .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))??;
-    Ok(stream)
+    .map_err(|_| HandshakeError::Timeout(timeout))?
+    .map_err(HandshakeError::from)
 }
 
 /// A tonic channel to `uri` (`https://host:port`; `http://` means the same
