@@ -104,6 +104,8 @@ pub struct Topology {
     /// when a test or a person asks for it. Static mode (no control plane,
     /// so no CA) always runs without.
     pub insecure: bool,
+    /// Extra flags for the gateway (e.g. `--ingress-tls-cert`).
+    pub gateway_args: Vec<String>,
 }
 
 /// How the control plane of a topology runs.
@@ -605,6 +607,7 @@ impl Topology {
             .to_vec();
             args.extend(table_source.iter().cloned());
             args.extend(identity_args(secure, &identity_dir, "gateway"));
+            args.extend(self.gateway_args.iter().cloned());
             processes.push(ProcessSpec {
                 name: "gateway".into(),
                 program: "sidecar".into(),

@@ -379,3 +379,57 @@ fn an_impostor_at_a_registered_address_gets_no_call() {
     assert!(refused >= 1.0, "no identity mismatch counted: {refused}");
     drop(runtime);
 }
+
+#[test]
+fn the_ingress_terminates_tls_with_the_operators_certificate() {
+    let Some(grpcurl) = support::grpcurl() else {
+        return;
+    };
+    // A certificate for the gateway's DNS name, from outside the mesh (as
+    // from a public CA): external clients check it, the mesh never sees it.
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.path().join("ingress.crt");
+    let key = dir.path().join("ingress.key");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mesh = TestMesh::start(&Topology {
+        services: vec![("catalog".into(), vec![InstanceSpec::new("catalog-1")])],
+        gateway: Some("127.0.0.1:0".parse().unwrap()),
+        control_plane: Some(ControlPlaneSpec {
+            replicas: 1,
+            ..ControlPlaneSpec::default()
+        }),
+        gateway_args: vec![
+            "--ingress-tls-cert".into(),
+            cert.display().to_string(),
+            "--ingress-tls-key".into(),
+            key.display().to_string(),
+        ],
+        ..Topology::default()
+    });
+    let gateway = mesh.plan.gateway().unwrap().to_string();
+    let cacert = cert.display().to_string();
+    let tls = ["-cacert", &cacert, "-servername", "localhost"];
+    let (ok, out, err) = support::run_grpcurl(&grpcurl, &[&tls[..], &[&gateway, "list"]].concat());
+    assert!(ok, "grpcurl over TLS: {err}");
+    assert!(out.contains("shop.catalog.v1.CatalogService"), "{out}");
+    let (ok, out, err) = support::run_grpcurl(
+        &grpcurl,
+        &[
+            &tls[..],
+            &[
+                "-d",
+                r#"{"sku":"sku-espresso-beans"}"#,
+                &gateway,
+                "shop.catalog.v1.CatalogService/GetProduct",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "GetProduct over TLS: {out}\n{err}");
+    assert!(out.contains("sku-espresso-beans"), "{out}");
+    // The TLS ingress does not answer plaintext.
+    let (ok, _, _) = support::run_grpcurl(&grpcurl, &["-plaintext", &gateway, "list"]);
+    assert!(!ok, "a TLS ingress answered plaintext");
+}

@@ -101,6 +101,9 @@ pub enum StartError {
     /// The trust bundle or the static certificate is unusable.
     #[error("identity: {0}")]
     Identity(#[from] identity::IdentityError),
+    /// The ingress's certificate or key is unusable.
+    #[error("--ingress-tls-cert/--ingress-tls-key: {0}")]
+    IngressTls(String),
     /// A listener could not bind.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -217,9 +220,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 metrics.clone(),
             );
             let stop = listeners_stop.clone();
-            let inbound_tls = identity.clone().map(|identity| server::InboundTls {
-                identity,
-                mode: inbound_mode.clone(),
+            let inbound_tls = identity.clone().map(|identity| {
+                server::ListenerTls::Mesh(server::InboundTls {
+                    identity,
+                    mode: inbound_mode.clone(),
+                })
             });
             tasks.spawn(server::serve_grpc(
                 "outbound",
@@ -241,11 +246,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
         Mode::Gateway => {
             let ingress = bind("ingress", settings.ingress_addr).await?;
+            let edge = match (&settings.ingress_tls_cert, &settings.ingress_tls_key) {
+                (Some(cert), Some(key)) => Some(server::ListenerTls::Edge(ingress_tls(cert, key)?)),
+                _ => None,
+            };
             tasks.spawn(server::serve_grpc(
                 "ingress",
                 ingress,
                 routed,
-                None,
+                edge,
                 listeners_stop.clone(),
                 drain,
             ));
@@ -350,6 +359,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     }
     tracing::info!("proxy stopped");
     Ok(())
+}
+
+/// The ingress's TLS from the operator's certificate and key files.
+fn ingress_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, StartError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| StartError::IngressTls(format!("{}: {e}", path.display())))
+    };
+    mesh::identity::tls::edge_server_config(&read(cert)?, &read(key)?)
+        .map_err(|e| StartError::IngressTls(e.to_string()))
 }
 
 async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {

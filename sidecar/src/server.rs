@@ -75,19 +75,35 @@ pub struct InboundTls {
     pub mode: InboundMode,
 }
 
+/// TLS on a gRPC listener.
+#[derive(Debug, Clone)]
+pub enum ListenerTls {
+    /// The mesh's mutual TLS (the inbound listener).
+    Mesh(InboundTls),
+    /// Server-authenticated TLS for external clients (the gateway's
+    /// ingress, with `--ingress-tls-cert`).
+    Edge(Arc<tokio_rustls::rustls::ServerConfig>),
+}
+
 /// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
 /// `listener` until `shutdown`, then drains for at most `drain`. With
-/// `tls`, every connection is mutual TLS first, and each request carries
-/// the client's [`PeerIdentity`]; in permissive mode plaintext HTTP/2 is
-/// served too, with no identity.
+/// mesh TLS, every connection is mutual TLS first, and each request
+/// carries the client's [`PeerIdentity`]; in permissive mode plaintext
+/// HTTP/2 is served too, with no identity. With edge TLS, clients check
+/// the listener's certificate and present none.
 pub async fn serve_grpc(
     name: &'static str,
     listener: TcpListener,
     proxy: Proxy,
-    tls: Option<InboundTls>,
+    tls: Option<ListenerTls>,
     shutdown: CancellationToken,
     drain: Duration,
 ) {
+    let (tls, edge) = match tls {
+        Some(ListenerTls::Mesh(tls)) => (Some(tls), None),
+        Some(ListenerTls::Edge(config)) => (None, Some(tokio_rustls::TlsAcceptor::from(config))),
+        None => (None, None),
+    };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -119,7 +135,33 @@ pub async fn serve_grpc(
         let builder = builder.clone();
         let proxy = proxy.clone();
         let tls = tls.clone();
+        let edge = edge.clone();
         tokio::spawn(async move {
+            if let Some(acceptor) = edge {
+                let handshake = tokio::time::timeout(
+                    mesh::identity::transport::HANDSHAKE_TIMEOUT,
+                    acceptor.accept(CoalescedIo::new(stream)),
+                );
+                let served = match handshake.await {
+                    Ok(Ok(tls)) => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tls), proxy))
+                            .await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = name, %peer, "no TLS handshake in time");
+                        return;
+                    }
+                };
+                if let Err(error) = served {
+                    tracing::debug!(listener = name, %peer, %error, "connection ended with error");
+                }
+                return;
+            }
             let plaintext = match &tls {
                 None => true,
                 Some(tls) => match tls.mode.get() {

@@ -95,6 +95,14 @@ pub struct Settings {
     /// The ingress listener of gateway mode.
     #[arg(long, env = "MESH_INGRESS_ADDR", default_value = "0.0.0.0:8080")]
     pub ingress_addr: SocketAddr,
+    /// TLS at the ingress (gateway mode): the certificate chain (PEM) that
+    /// external clients check, e.g. one for the gateway's DNS name. Without
+    /// it the ingress is plaintext; the mesh behind it is mTLS either way.
+    #[arg(long, env = "MESH_INGRESS_TLS_CERT", requires = "ingress_tls_key")]
+    pub ingress_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--ingress-tls-cert`.
+    #[arg(long, env = "MESH_INGRESS_TLS_KEY", requires = "ingress_tls_cert")]
+    pub ingress_tls_key: Option<PathBuf>,
     /// Admin HTTP: /config, /endpoints, /identity, /metrics, /drain (and
     /// /live, /ready). Loopback by default: /drain takes this instance out
     /// of the mesh, and the rest is for people on the host, not the network.
@@ -195,6 +203,11 @@ pub struct SettingsError(String);
 impl Settings {
     /// Checks what clap cannot: combinations and ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.mode == Mode::Sidecar && self.ingress_tls_cert.is_some() {
+            return Err(SettingsError(
+                "--ingress-tls-cert/--ingress-tls-key are for --mode gateway (a sidecar has no ingress)".into(),
+            ));
+        }
         if self.mode == Mode::Sidecar && self.service.as_deref().unwrap_or("").is_empty() {
             return Err(SettingsError(
                 "--service is required in sidecar mode (the mesh service of the local app)".into(),

@@ -427,6 +427,27 @@ pub struct PeerIdentityMismatch {
     pub found: SpiffeId,
 }
 
+/// TLS for a listener that external clients reach (the gateway's
+/// ingress): server-authenticated only, with a certificate of the
+/// operator's choosing (a DNS name, from any CA), TLS 1.3, ALPN h2.
+pub fn edge_server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = super::certificate::certificates_from_pem(chain_pem)?;
+    if chain.is_empty() {
+        return Err(TlsError::Key(
+            "the certificate file holds no certificate".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::Key(format!("PEM: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A server name for the handshake: the verifier ignores it and SNI is off.
 pub fn handshake_name() -> ServerName<'static> {
     ServerName::try_from("mesh.invalid").expect("a valid DNS name")
