@@ -1,5 +1,5 @@
 //! The data-path benchmark: rounds of every topology, interleaved
-//! (direct, mesh, envoy, nginx, direct, mesh, ...) because these machines
+//! (direct, mesh, mesh-mtls, envoy, envoy-mtls, nginx, direct, ...) because these machines
 //! are noisy, each topology started fresh, measured, and stopped.
 //!
 //! In each run: idle RSS of the proxies; open-loop latency of every case;
@@ -30,7 +30,14 @@ pub struct DatapathArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_values_t = [Kind::Direct, Kind::Mesh, Kind::Envoy, Kind::Nginx]
+        default_values_t = [
+            Kind::Direct,
+            Kind::Mesh,
+            Kind::MeshMtls,
+            Kind::Envoy,
+            Kind::EnvoyMtls,
+            Kind::Nginx
+        ]
     )]
     pub topologies: Vec<Kind>,
     /// Throughput: HTTP/2 connections from the client.
@@ -172,9 +179,9 @@ pub async fn run(args: DatapathArgs) -> anyhow::Result<()> {
     let mut skipped = Vec::new();
     kinds.retain(|kind| {
         let found = match kind {
-            Kind::Envoy => programs.envoy.is_some(),
+            Kind::Envoy | Kind::EnvoyMtls => programs.envoy.is_some(),
             Kind::Nginx => programs.nginx.is_some(),
-            Kind::Direct | Kind::Mesh => true,
+            Kind::Direct | Kind::Mesh | Kind::MeshMtls => true,
         };
         if !found {
             skipped.push(format!("{}: not found on PATH", kind.name()));

@@ -25,6 +25,20 @@ pub const ENVOY_INBOUND: Template = Template {
     text: include_str!("../envoy/inbound.yaml"),
 };
 
+/// [`ENVOY_OUTBOUND`] with mTLS to the server-side Envoys: TLS 1.3, ALPN
+/// h2, a client certificate, the server's SPIFFE ID checked.
+pub const ENVOY_OUTBOUND_MTLS: Template = Template {
+    path: "bench/envoy/outbound-mtls.yaml",
+    text: include_str!("../envoy/outbound-mtls.yaml"),
+};
+
+/// [`ENVOY_INBOUND`] with mTLS: TLS 1.3, ALPN h2, a client certificate
+/// from the trust domain required.
+pub const ENVOY_INBOUND_MTLS: Template = Template {
+    path: "bench/envoy/inbound-mtls.yaml",
+    text: include_str!("../envoy/inbound-mtls.yaml"),
+};
+
 /// nginx in front of the client: weighted 3:1 upstreams.
 pub const NGINX_OUTBOUND: Template = Template {
     path: "bench/nginx/outbound.conf",
@@ -66,6 +80,11 @@ mod tests {
             ("APP_PORT", "20005"),
             ("DIR", "/tmp/x"),
             ("NAME", "nginx-out"),
+            ("CERT", "/tmp/x/echo.crt"),
+            ("KEY", "/tmp/x/echo.key"),
+            ("CA", "/tmp/x/bundle.crt"),
+            ("TRUST_DOMAIN", "mesh.local"),
+            ("PEER_ID", "spiffe://mesh.local/svc/echo"),
         ]
         .map(|(k, v)| (k, v.to_owned()))
         .to_vec()
@@ -73,7 +92,14 @@ mod tests {
 
     #[test]
     fn every_template_renders_completely() {
-        for template in [ENVOY_OUTBOUND, ENVOY_INBOUND, NGINX_OUTBOUND, NGINX_INBOUND] {
+        for template in [
+            ENVOY_OUTBOUND,
+            ENVOY_INBOUND,
+            ENVOY_OUTBOUND_MTLS,
+            ENVOY_INBOUND_MTLS,
+            NGINX_OUTBOUND,
+            NGINX_INBOUND,
+        ] {
             let text = template.render(&ports()).expect(template.path);
             assert!(!text.contains("{{"), "{}", template.path);
             assert!(text.contains("20001"), "{} listens", template.path);
@@ -89,6 +115,18 @@ mod tests {
         let nginx = NGINX_OUTBOUND.render(&ports()).expect("nginx");
         assert!(nginx.contains("127.0.0.1:20003 weight=3"));
         assert!(nginx.contains("127.0.0.1:20004 weight=1"));
+    }
+
+    #[test]
+    fn the_mtls_envoys_are_tls_1_3_with_client_certificates() {
+        let outbound = ENVOY_OUTBOUND_MTLS.render(&ports()).expect("outbound");
+        assert!(outbound.contains("tls_minimum_protocol_version: TLSv1_3"));
+        assert!(outbound.contains(r#"alpn_protocols: ["h2"]"#));
+        assert!(outbound.contains(r#"matcher: { exact: "spiffe://mesh.local/svc/echo" }"#));
+        assert!(outbound.contains("load_balancing_weight: 3"));
+        let inbound = ENVOY_INBOUND_MTLS.render(&ports()).expect("inbound");
+        assert!(inbound.contains("require_client_certificate: true"));
+        assert!(inbound.contains("tls_maximum_protocol_version: TLSv1_3"));
     }
 
     #[test]

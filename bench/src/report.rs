@@ -74,10 +74,26 @@ impl Setup {
                     .into(),
             );
         }
+        if kinds.contains(&Kind::MeshMtls) {
+            lines.push(
+                "mesh-mtls: the same, secure as `meshctl up` runs it: sidecars certified with join \
+                 tokens by the control plane's CA (ECDSA P-256), mTLS between them (TLS 1.3, ALPN \
+                 h2, rustls), to the control plane and to etcd"
+                    .into(),
+            );
+        }
+        if kinds.contains(&Kind::EnvoyMtls) {
+            lines.push(
+                "envoy-mtls: the same Envoys with mTLS between them as Istio configures its \
+                 sidecars (TLS 1.3, ALPN h2, client certificate required, the server's SPIFFE \
+                 ID checked), certificates from a mesh CA (`meshctl identity issue`)"
+                    .into(),
+            );
+        }
         if let Some(envoy) = programs
             .envoy
             .as_deref()
-            .filter(|_| kinds.contains(&Kind::Envoy))
+            .filter(|_| kinds.iter().any(|k| k.is_envoy()))
         {
             lines.push(format!(
                 "envoy: {} (--concurrency 1)",
@@ -377,8 +393,10 @@ pub fn render(
     out.push_str(&table(kinds, &rows));
     out.push_str(
         "\nmesh/peer is the mesh's figure divided by the peer's: above 1 is better for calls/s, \
-         below 1 is better for everything else.\n",
+         below 1 is better for everything else. x-mtls/x is a proxy with mTLS against itself \
+         without: what mTLS costs it.\n",
     );
+    out.push_str(&mtls_cost(setup, cases, measurements));
     let first_errors: Vec<String> = measurements
         .iter()
         .flat_map(|m| {
@@ -395,18 +413,31 @@ pub fn render(
     out
 }
 
+/// The ratio columns, when both topologies ran: the mesh to each peer,
+/// with mTLS too, and each proxy with mTLS to itself without (its cost).
+const RATIOS: [(Kind, Kind); 5] = [
+    (Kind::Mesh, Kind::Envoy),
+    (Kind::Mesh, Kind::Nginx),
+    (Kind::MeshMtls, Kind::EnvoyMtls),
+    (Kind::MeshMtls, Kind::Mesh),
+    (Kind::EnvoyMtls, Kind::Envoy),
+];
+
 /// A markdown table of `rows`, with the mesh's ratio to each peer.
 pub fn table(kinds: &[Kind], rows: &[Row]) -> String {
     let column = |kind: Kind| kinds.iter().position(|&k| k == kind);
-    let mesh = column(Kind::Mesh);
-    let peers: Vec<(Kind, usize)> = [Kind::Envoy, Kind::Nginx]
-        .into_iter()
-        .filter_map(|k| Some((k, column(k)?)))
-        .filter(|_| mesh.is_some())
+    // (numerator, denominator) columns, for the pairs that ran.
+    let peers: Vec<(usize, usize)> = RATIOS
+        .iter()
+        .filter_map(|&(a, b)| Some((column(a)?, column(b)?)))
         .collect();
     let mut header: Vec<String> = vec![String::new()];
     header.extend(kinds.iter().map(|k| k.name().to_owned()));
-    header.extend(peers.iter().map(|(k, _)| format!("mesh/{}", k.name())));
+    header.extend(
+        peers
+            .iter()
+            .map(|&(a, b)| format!("{}/{}", kinds[a].name(), kinds[b].name())),
+    );
     let mut lines: Vec<Vec<String>> = vec![header];
     for row in rows {
         let mut line = vec![row.label.clone()];
@@ -414,14 +445,14 @@ pub fn table(kinds: &[Kind], rows: &[Row]) -> String {
             c.as_ref()
                 .map_or_else(|| "–".to_owned(), |c| c.text.clone())
         }));
-        for (_, peer) in &peers {
+        for &(mesh, peer) in &peers {
             if !row.ratio {
                 line.push(String::new());
                 continue;
             }
-            let ratio = mesh
-                .and_then(|m| row.cells[m].as_ref())
-                .zip(row.cells[*peer].as_ref())
+            let ratio = row.cells[mesh]
+                .as_ref()
+                .zip(row.cells[peer].as_ref())
                 // A ratio of a negative difference (noise) means nothing.
                 .filter(|(m, p)| m.value > 0.0 && p.value > 0.0)
                 .map_or_else(
@@ -488,6 +519,8 @@ pub fn configurations() -> anyhow::Result<String> {
     for template in [
         proxy_config::ENVOY_OUTBOUND,
         proxy_config::ENVOY_INBOUND,
+        proxy_config::ENVOY_OUTBOUND_MTLS,
+        proxy_config::ENVOY_INBOUND_MTLS,
         proxy_config::NGINX_OUTBOUND,
         proxy_config::NGINX_INBOUND,
     ] {
@@ -498,6 +531,102 @@ pub fn configurations() -> anyhow::Result<String> {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
+}
+
+/// What mTLS costs the mesh and Envoy, each against itself without it,
+/// per case: calls/s lost, proxy CPU added per 1,000 calls, latency
+/// added at the open-loop rate (p50); and the mesh's lead over Envoy
+/// with and without mTLS. Empty unless all four topologies ran.
+fn mtls_cost(setup: &Setup, cases: &[Case], measurements: &[Measurement]) -> String {
+    let pick = |kind: Kind, f: &dyn Fn(&Measurement) -> Option<f64>| -> Option<f64> {
+        median(
+            measurements
+                .iter()
+                .filter(|m| m.kind == kind)
+                .filter_map(f)
+                .collect(),
+        )
+    };
+    let kinds = [Kind::Mesh, Kind::MeshMtls, Kind::Envoy, Kind::EnvoyMtls];
+    if kinds
+        .iter()
+        .any(|&k| !measurements.iter().any(|m| m.kind == k))
+    {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nWhat mTLS costs each (with mTLS minus without; medians over rounds):\n\n\
+         | case | figure | mesh | envoy | mesh/envoy |\n|---|---|---:|---:|---:|\n"
+    );
+    for (i, case) in cases.iter().enumerate() {
+        let calls = |k: Kind| pick(k, &|m| m.throughput.get(i).map(Throughput::per_second));
+        let cpu = |k: Kind| pick(k, &|m| m.throughput.get(i).map(Throughput::cpu_ms_per_1000));
+        let p50 = |k: Kind| pick(k, &|m| m.latency.get(i).map(|l| ms(l.quantile(0.5))));
+        let (Some(mesh), Some(mesh_tls), Some(envoy), Some(envoy_tls)) = (
+            calls(Kind::Mesh),
+            calls(Kind::MeshMtls),
+            calls(Kind::Envoy),
+            calls(Kind::EnvoyMtls),
+        ) else {
+            continue;
+        };
+        let lost = |plain: f64, tls: f64| 100.0 * (plain - tls) / plain;
+        let (mesh_lost, envoy_lost) = (lost(mesh, mesh_tls), lost(envoy, envoy_tls));
+        let ratio = |a: f64, b: f64| {
+            if a > 0.0 && b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | max calls/s lost | {mesh_lost:.1} % | {envoy_lost:.1} % | {} |",
+            case.name,
+            ratio(mesh_lost, envoy_lost)
+        );
+        if let (Some(a), Some(b), Some(c), Some(d)) = (
+            cpu(Kind::Mesh),
+            cpu(Kind::MeshMtls),
+            cpu(Kind::Envoy),
+            cpu(Kind::EnvoyMtls),
+        ) {
+            let _ = writeln!(
+                out,
+                "| {} | proxy CPU ms per 1,000 calls added | {:+.1} ({:+.0} %) | {:+.1} ({:+.0} %) | {} |",
+                case.name,
+                b - a,
+                100.0 * (b - a) / a,
+                d - c,
+                100.0 * (d - c) / c,
+                ratio(b - a, d - c)
+            );
+        }
+        if let (Some(a), Some(b), Some(c), Some(d)) = (
+            p50(Kind::Mesh),
+            p50(Kind::MeshMtls),
+            p50(Kind::Envoy),
+            p50(Kind::EnvoyMtls),
+        ) {
+            let _ = writeln!(
+                out,
+                "| {} | p50 ms added at {} calls/s | {:+.3} | {:+.3} | {} |",
+                case.name,
+                setup.rate,
+                b - a,
+                d - c,
+                ratio(b - a, d - c)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| {} | mesh/envoy max calls/s: plaintext, mTLS | {:.2} | {:.2} | |",
+            case.name,
+            mesh / envoy,
+            mesh_tls / envoy_tls
+        );
+    }
+    out
 }
 
 /// `12345.6` as `12,346`.

@@ -193,9 +193,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     kinds.dedup();
     kinds.retain(|kind| {
         let found = match kind {
-            Kind::Envoy => programs.envoy.is_some(),
+            Kind::Envoy | Kind::EnvoyMtls => programs.envoy.is_some(),
             Kind::Nginx => programs.nginx.is_some(),
-            Kind::Direct | Kind::Mesh => true,
+            Kind::Direct | Kind::Mesh | Kind::MeshMtls => true,
         };
         if !found {
             eprintln!("skipping {}: not found on PATH", kind.name());

@@ -10,6 +10,14 @@
 //! envoy:  the same with Envoy as the three sidecars (bench/envoy)
 //! nginx:  the same with nginx as the three sidecars (bench/nginx)
 //! ```
+//!
+//! `mesh-mtls` and `envoy-mtls` are the same two with mutual TLS between
+//! the proxies (TLS 1.3, ALPN h2), certificates from one mesh CA: the
+//! sidecars certify themselves with join tokens through the control
+//! plane, as `meshctl up` runs them; the Envoys are given certificates
+//! for the same SPIFFE identities by `meshctl identity issue`, as Istio
+//! configures its sidecars. The client's own hop to its proxy stays
+//! plaintext on loopback in both.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -33,8 +41,14 @@ pub enum Kind {
     Direct,
     /// The mesh's sidecars, tables from the control plane on etcd.
     Mesh,
+    /// The mesh with identities: mTLS between sidecars (and to the
+    /// control plane and etcd), certificates from the control plane's CA.
+    MeshMtls,
     /// Envoy as the sidecars.
     Envoy,
+    /// Envoy as the sidecars with mTLS between them (TLS 1.3, ALPN h2),
+    /// certificates from the same kind of mesh CA.
+    EnvoyMtls,
     /// nginx as the sidecars.
     Nginx,
 }
@@ -45,9 +59,16 @@ impl Kind {
         match self {
             Self::Direct => "direct",
             Self::Mesh => "mesh",
+            Self::MeshMtls => "mesh-mtls",
             Self::Envoy => "envoy",
+            Self::EnvoyMtls => "envoy-mtls",
             Self::Nginx => "nginx",
         }
+    }
+
+    /// Whether it runs Envoy (found on PATH or not).
+    pub fn is_envoy(self) -> bool {
+        matches!(self, Self::Envoy | Self::EnvoyMtls)
     }
 }
 
@@ -76,8 +97,10 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let mut running = match kind {
         Kind::Direct => start_direct(programs, ports)?,
-        Kind::Mesh => start_mesh(programs, ports, mesh_route).await?,
-        Kind::Envoy => start_envoy(programs, ports).await?,
+        Kind::Mesh => start_mesh(programs, ports, mesh_route, false).await?,
+        Kind::MeshMtls => start_mesh(programs, ports, mesh_route, true).await?,
+        Kind::Envoy => start_envoy(programs, ports, false).await?,
+        Kind::EnvoyMtls => start_envoy(programs, ports, true).await?,
         Kind::Nginx => start_nginx(programs, ports).await?,
     };
     let both = kind != Kind::Direct;
@@ -206,6 +229,7 @@ async fn start_mesh(
     programs: &Programs,
     ports: &mut PortAllocator,
     mesh_route: MeshRoute,
+    mtls: bool,
 ) -> anyhow::Result<Running> {
     let mut processes = ProcessGroup::new()?;
     let topology = Topology {
@@ -226,14 +250,37 @@ async fn start_mesh(
             ..ControlPlaneSpec::default()
         }),
         extra_routes: vec![echo_route(mesh_route)?],
-        // Measured without mTLS for now (the plaintext figures the
-        // README compares); the mTLS comparison with Envoy is still to do.
-        insecure: true,
+        // `mesh`: no identities (`--insecure`), the plaintext figures;
+        // `mesh-mtls`: the secure plan `meshctl up` runs by default.
+        insecure: !mtls,
         ..Topology::default()
     };
     let bootstrap = processes.dir().join("bootstrap.yaml");
     let plan = topology.plan(&mut || ports.next_port(), &bootstrap);
+    // The CA, the admin operator and etcd's TLS files before anything
+    // starts; join tokens once the control plane answers.
+    if let Some(identity) = &plan.identity {
+        for step in identity.before_start() {
+            meshctl(programs, &step, &[]).await?;
+        }
+    }
+    let mut tokens_made = plan.identity.is_none();
     for spec in &plan.processes {
+        if !tokens_made && matches!(spec.role, Role::App | Role::Sidecar | Role::Gateway) {
+            if let Some(identity) = &plan.identity {
+                let env = [(
+                    "MESHCONFIG".to_owned(),
+                    identity.meshconfig().display().to_string(),
+                )];
+                for step in identity.once_control_plane_ready() {
+                    let mut args =
+                        vec!["--control-plane".to_owned(), plan.control_planes.join(",")];
+                    args.extend(step);
+                    meshctl(programs, &args, &env).await?;
+                }
+            }
+            tokens_made = true;
+        }
         let (program, mut args) = match spec.role {
             Role::Etcd => (programs.etcd()?.to_owned(), Vec::new()),
             // The planner names apps after their service; every app here is
@@ -275,9 +322,13 @@ async fn start_mesh(
         .control_planes
         .first()
         .context("the plan has no control plane")?;
-    let revision = mesh::demo::apply_routes(control_plane, &plan.bootstrap.routes, None)
-        .await
-        .context("applying the echo route")?;
+    let revision = mesh::demo::apply_routes(
+        control_plane,
+        &plan.bootstrap.routes,
+        plan.identity.as_ref(),
+    )
+    .await
+    .context("applying the echo route")?;
     for sidecar in &sidecars {
         let admin = sidecar.admin.context("a sidecar without an admin port")?;
         wait_for_table(&mut processes, &sidecar.name, admin, revision).await?;
@@ -380,6 +431,7 @@ async fn start_peer(
     [inbound, outbound]: [Template; 2],
     extension: &str,
     command: PeerCommand,
+    mtls: bool,
 ) -> anyhow::Result<Running> {
     let mut processes = ProcessGroup::new()?;
     let ports = PeerPorts::new(ports);
@@ -388,15 +440,23 @@ async fn start_peer(
     }
     let dir = processes.dir().to_owned();
     let dir_text = dir.display().to_string();
+    let [mut inbound_tls, mut outbound_tls] = [Vec::new(), Vec::new()];
+    if mtls {
+        [inbound_tls, outbound_tls] = peer_identities(programs, &dir).await?;
+    }
     let mut proxies = Vec::new();
     let mut started = Vec::new();
     for i in 0..2 {
         let name = format!("{prefix}-in-{}", i + 1);
-        let text = inbound.render(&ports.inbound_values(i, &dir_text, &name))?;
+        let mut values = ports.inbound_values(i, &dir_text, &name);
+        values.extend(inbound_tls.iter().cloned());
+        let text = inbound.render(&values)?;
         started.push((name, text, ports.inbound[i].1));
     }
     let name = format!("{prefix}-out");
-    let text = outbound.render(&ports.outbound_values(&dir_text, &name))?;
+    let mut values = ports.outbound_values(&dir_text, &name);
+    values.extend(outbound_tls);
+    let text = outbound.render(&values)?;
     started.push((name, text, ports.outbound.1));
     for (name, text, admin) in started {
         let config = dir.join(format!("{name}.{extension}"));
@@ -414,14 +474,116 @@ async fn start_peer(
     })
 }
 
-async fn start_envoy(programs: &Programs, ports: &mut PortAllocator) -> anyhow::Result<Running> {
+/// `meshctl` with `args` (and `env`); fails with its stderr.
+async fn meshctl(
+    programs: &Programs,
+    args: &[String],
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    let program = programs.mesh_binary("meshctl")?;
+    let output = tokio::process::Command::new(&program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("MESHCTL_CONTROL_PLANE")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("run {}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "meshctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A mesh CA in `dir/identity/ca` and certificates for the two SPIFFE
+/// identities the mesh's sidecars have here (`svc/echo` on the servers'
+/// side, `svc/client` on the client's), for the Envoys: the template
+/// values of the inbound and the outbound proxies.
+async fn peer_identities(
+    programs: &Programs,
+    dir: &std::path::Path,
+) -> anyhow::Result<[Vec<(&'static str, String)>; 2]> {
+    let trust_domain = mesh::identity::DEFAULT_TRUST_DOMAIN;
+    let ca = dir.join("identity").join("ca");
+    let certs = dir.join("identity").join("peers");
+    let text = |p: &std::path::Path| p.display().to_string();
+    meshctl(
+        programs,
+        &[
+            "identity",
+            "init",
+            "--out",
+            &text(&ca),
+            "--trust-domain",
+            trust_domain,
+        ]
+        .map(str::to_owned),
+        &[],
+    )
+    .await?;
+    let mut values = Vec::new();
+    for service in [echo::SERVICE, "client"] {
+        meshctl(
+            programs,
+            &[
+                "identity",
+                "issue",
+                "--service",
+                service,
+                "--ca-dir",
+                &text(&ca),
+                "--trust-domain",
+                trust_domain,
+                "--out",
+                &text(&certs),
+            ]
+            .map(str::to_owned),
+            &[],
+        )
+        .await?;
+        values.push(vec![
+            ("CERT", text(&certs.join(format!("{service}.crt")))),
+            ("KEY", text(&certs.join(format!("{service}.key")))),
+            ("CA", text(&ca.join("bundle.crt"))),
+            ("TRUST_DOMAIN", trust_domain.to_owned()),
+        ]);
+    }
+    let echo_id = mesh::identity::SpiffeId::new(
+        trust_domain,
+        mesh::identity::Workload::Service(echo::SERVICE.into()),
+    )
+    .context("the echo service's SPIFFE ID")?;
+    values[1].push(("PEER_ID", echo_id.to_string()));
+    let outbound = values.pop().unwrap_or_default();
+    let inbound = values.pop().unwrap_or_default();
+    Ok([inbound, outbound])
+}
+
+async fn start_envoy(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    mtls: bool,
+) -> anyhow::Result<Running> {
     let envoy = programs.envoy.as_deref().context("envoy was not found")?;
+    let templates = if mtls {
+        [
+            proxy_config::ENVOY_INBOUND_MTLS,
+            proxy_config::ENVOY_OUTBOUND_MTLS,
+        ]
+    } else {
+        [proxy_config::ENVOY_INBOUND, proxy_config::ENVOY_OUTBOUND]
+    };
     start_peer(
         programs,
         ports,
         envoy,
-        "envoy",
-        [proxy_config::ENVOY_INBOUND, proxy_config::ENVOY_OUTBOUND],
+        if mtls { "envoy-mtls" } else { "envoy" },
+        templates,
         "yaml",
         |config, _, _| {
             [
@@ -437,6 +599,7 @@ async fn start_envoy(programs: &Programs, ports: &mut PortAllocator) -> anyhow::
             .map(str::to_owned)
             .to_vec()
         },
+        mtls,
     )
     .await
 }
@@ -463,6 +626,7 @@ async fn start_nginx(programs: &Programs, ports: &mut PortAllocator) -> anyhow::
             ]
             .to_vec()
         },
+        false,
     )
     .await
 }

@@ -50,6 +50,9 @@ enum IdentityCommand {
     /// phases: add the new anchor, switch to the new issuer (every proxy
     /// renews), remove the old anchor.
     Rotate(cli::rotate::RotateArgs),
+    /// Make a service's certificate and key locally from the CA's files
+    /// (for proxies that are not the mesh's, e.g. Envoy in the benchmark).
+    Issue(cli::identity::IssueArgs),
 }
 
 #[tokio::main]
@@ -72,6 +75,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Identity(IdentityCommand::Rotate(args)) => {
             exit_on_error(cli::rotate::run(cp, args).await)
+        }
+        Commands::Identity(IdentityCommand::Issue(args)) => {
+            exit_on_error(cli::identity::run_issue(&args))
         }
         Commands::Check(args) => exit_on_error(cli::check::run(cp, args).await),
         Commands::Token(command) => exit_on_error(cli::identity::run_token(cp, command).await),
