@@ -8,19 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, TestMesh};
 
 fn secure_mesh() -> TestMesh {
-    TestMesh::start(&Topology {
-        services: vec![("catalog".into(), vec![InstanceSpec::new("catalog-1")])],
-        gateway: Some("127.0.0.1:0".parse().unwrap()),
-        control_plane: Some(ControlPlaneSpec {
-            replicas: 1,
-            ..ControlPlaneSpec::default()
-        }),
-        ..Topology::default()
-    })
+    TestMesh::start(&support::secure_catalog())
 }
 
 /// A plaintext (h2c) gRPC call to catalog's inbound port: `Ok` with who
@@ -142,37 +133,8 @@ fn permissive_serves_plaintext_beside_mtls_and_strict_refuses_it_again() {
 #[test]
 fn a_viewer_cannot_set_the_mode() {
     let mesh = secure_mesh();
-    let identity = mesh.plan.identity.clone().unwrap();
-    let out = mesh.dir().join("viewer");
-    let (ok, _, stderr) = mesh.meshctl(
-        &[
-            "identity",
-            "issue-operator",
-            "vera",
-            "--role",
-            "viewer",
-            "--ca-dir",
-            &identity.ca_dir().display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-        None,
-    );
-    assert!(ok, "{stderr}");
-    let as_viewer = |args: &[&str]| {
-        let out = std::process::Command::new(support::bin_dir().join("meshctl"))
-            .env("MESHCONFIG", out.join("vera.meshconfig"))
-            .arg("--control-plane")
-            .arg(mesh.plan.control_planes.join(","))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let viewer = mesh.issue_operator("vera", "viewer");
+    let as_viewer = |args: &[&str]| mesh.meshctl_as(Some(&viewer), args, None);
     let (ok, _, stderr) = as_viewer(&["mtls", "set", "permissive"]);
     assert!(!ok, "a viewer set the mTLS mode");
     assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");

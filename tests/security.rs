@@ -233,44 +233,11 @@ fn revoked_expired_and_forged_tokens_get_no_certificate() {
 fn a_viewer_cannot_apply_an_admin_can_and_the_audit_names_the_operator() {
     let mesh = secure_mesh();
     let identity = mesh.plan.identity.clone().unwrap();
-    let out = mesh.dir().join("viewer");
-    let (ok, _, stderr) = mesh.meshctl(
-        &[
-            "identity",
-            "issue-operator",
-            "vera",
-            "--role",
-            "viewer",
-            "--ca-dir",
-            &identity.ca_dir().display().to_string(),
-            "--out",
-            &out.display().to_string(),
-        ],
-        None,
-    );
-    assert!(ok, "{stderr}");
-    let viewer_config = out.join("vera.meshconfig");
+    let viewer_config = mesh.issue_operator("vera", "viewer");
     let route = "kind: Route\nmetadata:\n  name: payments\nspec:\n  match:\n    service: shop.payments.v1.PaymentsService\n  destination: payments\n  timeout: 3s\n";
     let run_as = |config: &std::path::Path, args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(support::bin_dir().join("meshctl"))
-            .env("MESHCONFIG", config)
-            .arg("--control-plane")
-            .arg(mesh.plan.control_planes.join(","))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (ok, _, stderr) = mesh.meshctl_as(Some(config), args, stdin);
+        (ok, stderr)
     };
     let (ok, stderr) = run_as(&viewer_config, &["apply", "-f", "-"], Some(route));
     assert!(!ok, "a viewer applied a route");

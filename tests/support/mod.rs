@@ -217,10 +217,22 @@ impl TestMesh {
     /// Runs `meshctl` against this mesh's control plane; `(success, stdout,
     /// stderr)`.
     pub fn meshctl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let config = self.plan.identity.as_ref().map(|i| i.meshconfig());
+        self.meshctl_as(config.as_deref(), args, stdin)
+    }
+
+    /// Runs `meshctl` with the operator config `config` (`None`: plaintext,
+    /// for a mesh without identities); `(success, stdout, stderr)`.
+    pub fn meshctl_as(
+        &self,
+        config: Option<&Path>,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> (bool, String, String) {
         use std::io::Write;
         let mut command = Command::new(bin("meshctl"));
-        match &self.plan.identity {
-            Some(identity) => command.env("MESHCONFIG", identity.meshconfig()),
+        match config {
+            Some(config) => command.env("MESHCONFIG", config),
             None => command.env("MESHCTL_INSECURE", "true"),
         };
         let mut child = command
@@ -575,6 +587,49 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// One replica, catalog-1 and a gateway, with identities: the smallest
+/// mesh that shows every hop of a call.
+pub fn secure_catalog() -> Topology {
+    Topology {
+        services: vec![(
+            "catalog".into(),
+            vec![mesh::demo::InstanceSpec::new("catalog-1")],
+        )],
+        gateway: Some("127.0.0.1:0".parse().expect("address")),
+        control_plane: Some(mesh::demo::ControlPlaneSpec {
+            replicas: 1,
+            ..mesh::demo::ControlPlaneSpec::default()
+        }),
+        ..Topology::default()
+    }
+}
+
+impl TestMesh {
+    /// Makes an operator `name` with `role` (`admin` or `viewer`) from the
+    /// mesh's CA, as a person would with meshctl; returns its meshctl
+    /// config, for [`TestMesh::meshctl_as`].
+    pub fn issue_operator(&self, name: &str, role: &str) -> PathBuf {
+        let identity = self.plan.identity.clone().expect("a mesh with identities");
+        let out = self.dir().join("operators");
+        let (ok, _, stderr) = self.meshctl(
+            &[
+                "identity",
+                "issue-operator",
+                name,
+                "--role",
+                role,
+                "--ca-dir",
+                &identity.ca_dir().display().to_string(),
+                "--out",
+                &out.display().to_string(),
+            ],
+            None,
+        );
+        assert!(ok, "meshctl identity issue-operator: {stderr}");
+        out.join(format!("{name}.meshconfig"))
+    }
 }
 
 /// A channel to control-plane replica `uri` as the mesh's admin operator
