@@ -554,9 +554,9 @@ fn mtls_cost(setup: &Setup, cases: &[Case], measurements: &[Measurement]) -> Str
     {
         return String::new();
     }
-    let mut out = format!(
+    let mut out = String::from(
         "\nWhat mTLS costs each (with mTLS minus without; medians over rounds):\n\n\
-         | case | figure | mesh | envoy | mesh/envoy |\n|---|---|---:|---:|---:|\n"
+         | case | figure | mesh | envoy | mesh/envoy |\n|---|---|---:|---:|---:|\n",
     );
     for (i, case) in cases.iter().enumerate() {
         let calls = |k: Kind| pick(k, &|m| m.throughput.get(i).map(Throughput::per_second));

@@ -429,8 +429,7 @@ async fn start_peer(
     program: &std::path::Path,
     prefix: &str,
     [inbound, outbound]: [Template; 2],
-    extension: &str,
-    command: PeerCommand,
+    (extension, command): (&str, PeerCommand),
     mtls: bool,
 ) -> anyhow::Result<Running> {
     let mut processes = ProcessGroup::new()?;
@@ -584,8 +583,7 @@ async fn start_envoy(
         envoy,
         if mtls { "envoy-mtls" } else { "envoy" },
         templates,
-        "yaml",
-        |config, _, _| {
+        ("yaml", |config, _, _| {
             [
                 "--config-path",
                 &config.display().to_string(),
@@ -598,7 +596,7 @@ async fn start_envoy(
             ]
             .map(str::to_owned)
             .to_vec()
-        },
+        }),
         mtls,
     )
     .await
@@ -612,8 +610,7 @@ async fn start_nginx(programs: &Programs, ports: &mut PortAllocator) -> anyhow::
         nginx,
         "nginx",
         [proxy_config::NGINX_INBOUND, proxy_config::NGINX_OUTBOUND],
-        "conf",
-        |config, dir, name| {
+        ("conf", |config, dir, name| {
             [
                 "-p".to_owned(),
                 dir.display().to_string(),
@@ -625,7 +622,7 @@ async fn start_nginx(programs: &Programs, ports: &mut PortAllocator) -> anyhow::
                 dir.join(format!("{name}-error.log")).display().to_string(),
             ]
             .to_vec()
-        },
+        }),
         false,
     )
     .await
