@@ -361,10 +361,10 @@ mod tests {
             "inbound",
             listener,
             proxy,
-            Some(InboundTls {
+            Some(ListenerTls::Mesh(InboundTls {
                 identity: identity.clone(),
                 mode: mode.clone(),
-            }),
+            })),
             stop.clone(),
             Duration::from_secs(1),
         ));
