@@ -10,6 +10,20 @@ use std::time::Duration;
 
 use support::{block_on, TestMesh};
 
+/// The mode catalog-1's sidecar says it runs, on its admin `/identity`.
+fn identity_mode(mesh: &TestMesh) -> String {
+    let admin = mesh
+        .plan
+        .process("catalog-1-sidecar")
+        .unwrap()
+        .admin
+        .unwrap();
+    let (status, body) = mesh::demo::admin_get(admin, "/identity").expect("GET /identity");
+    assert_eq!(status, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    view["mtls"].as_str().unwrap_or_default().to_owned()
+}
+
 fn secure_mesh() -> TestMesh {
     TestMesh::start(&support::secure_catalog())
 }
@@ -108,6 +122,11 @@ fn permissive_serves_plaintext_beside_mtls_and_strict_refuses_it_again() {
     assert!(stdout.contains("mTLS mode: permissive"), "{stdout}");
     let (ok, stdout, _) = mesh.meshctl(&["mtls", "get"], None);
     assert!(ok && stdout.contains("permissive"), "{stdout}");
+    assert_eq!(
+        identity_mode(&mesh),
+        "permissive",
+        "the sidecar's /identity"
+    );
 
     // Strict again: refused again, mTLS unaffected.
     let revision = set_mode(&mesh, "strict");
@@ -117,6 +136,7 @@ fn permissive_serves_plaintext_beside_mtls_and_strict_refuses_it_again() {
         refused.is_err(),
         "strict again served plaintext: {refused:?}"
     );
+    assert_eq!(identity_mode(&mesh), "strict", "the sidecar's /identity");
     through_the_gateway(&mesh, 3);
     let log = mesh.log("control-plane-1");
     assert!(

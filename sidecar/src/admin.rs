@@ -116,6 +116,8 @@ struct AdminInner {
     app_health: Option<HealthClient<Channel>>,
     /// This proxy's identity; `None` with mTLS off.
     identity: Option<Arc<Identity>>,
+    /// The mesh-wide mode as pushed (strict or permissive), for `/identity`.
+    mode: crate::server::InboundMode,
 }
 
 impl Admin {
@@ -127,6 +129,7 @@ impl Admin {
         app: Option<std::net::SocketAddr>,
         drain: Drain,
         identity: Option<Arc<Identity>>,
+        mode: crate::server::InboundMode,
     ) -> Self {
         let app_health = app.map(|addr| {
             // Lazy: the app may start after its sidecar.
@@ -143,6 +146,7 @@ impl Admin {
                 drain,
                 app_health,
                 identity,
+                mode,
             }),
             listener: Listener::Admin,
         }
@@ -225,7 +229,13 @@ impl Admin {
             }
             Action::Identity => {
                 let view = match &self.inner.identity {
-                    Some(identity) => identity.view(),
+                    Some(identity) => {
+                        let mut view = identity.view();
+                        // Permissive widens only the inbound port; the
+                        // certificate and checks are the same.
+                        view.mtls = self.inner.mode.get().as_str();
+                        view
+                    }
                     None => IdentityView {
                         mtls: "off",
                         identity: None,

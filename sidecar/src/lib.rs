@@ -327,6 +327,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         app,
         admin::Drain { membership, delay },
         identity,
+        inbound_mode,
     );
     // Admin and probes outlive the data listeners' drain so probes and
     // scrapes keep answering while calls finish.
