@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{admin_get, ControlPlaneSpec, InstanceSpec, Topology};
+use mesh::demo::admin_get;
 use mesh::identity::certificate::certificates_from_pem;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
@@ -19,18 +19,7 @@ use support::{block_on, have_tool, TestMesh};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn secure_mesh() -> TestMesh {
-    TestMesh::start(&Topology {
-        services: vec![
-            ("catalog".into(), vec![InstanceSpec::new("catalog-1")]),
-            ("payments".into(), vec![InstanceSpec::new("payments-1")]),
-        ],
-        gateway: Some("127.0.0.1:0".parse().unwrap()),
-        control_plane: Some(ControlPlaneSpec {
-            replicas: 1,
-            ..ControlPlaneSpec::default()
-        }),
-        ..Topology::default()
-    })
+    TestMesh::start(&support::secure_services(&["catalog", "payments"]))
 }
 
 fn etcd_client_addr(mesh: &TestMesh) -> SocketAddr {

@@ -17,18 +17,7 @@ use support::{block_on, TestMesh};
 const DOMAIN: &str = mesh::identity::DEFAULT_TRUST_DOMAIN;
 
 fn secure_mesh() -> TestMesh {
-    TestMesh::start(&Topology {
-        services: vec![
-            ("catalog".into(), vec![InstanceSpec::new("catalog-1")]),
-            ("payments".into(), vec![InstanceSpec::new("payments-1")]),
-        ],
-        gateway: Some("127.0.0.1:0".parse().unwrap()),
-        control_plane: Some(ControlPlaneSpec {
-            replicas: 1,
-            ..ControlPlaneSpec::default()
-        }),
-        ..Topology::default()
-    })
+    TestMesh::start(&support::secure_services(&["catalog", "payments"]))
 }
 
 /// The test's TLS as a process that has the bundle and nothing else.

@@ -589,14 +589,19 @@ pub fn run_grpcurl(grpcurl: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// One replica, catalog-1 and a gateway, with identities: the smallest
-/// mesh that shows every hop of a call.
-pub fn secure_catalog() -> Topology {
+/// One replica, one instance of each of `services` (`<service>-1`) and a
+/// gateway, with identities: the smallest secure mesh a test needs.
+pub fn secure_services(services: &[&str]) -> Topology {
     Topology {
-        services: vec![(
-            "catalog".into(),
-            vec![mesh::demo::InstanceSpec::new("catalog-1")],
-        )],
+        services: services
+            .iter()
+            .map(|s| {
+                (
+                    (*s).to_owned(),
+                    vec![mesh::demo::InstanceSpec::new(format!("{s}-1"))],
+                )
+            })
+            .collect(),
         gateway: Some("127.0.0.1:0".parse().expect("address")),
         control_plane: Some(mesh::demo::ControlPlaneSpec {
             replicas: 1,
@@ -604,6 +609,11 @@ pub fn secure_catalog() -> Topology {
         }),
         ..Topology::default()
     }
+}
+
+/// [`secure_services`] with catalog alone: every hop of a call.
+pub fn secure_catalog() -> Topology {
+    secure_services(&["catalog"])
 }
 
 impl TestMesh {
