@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,35 +36,6 @@ fn shop(certificate_lifetime: &str) -> TestMesh {
         }),
         ..Topology::default()
     })
-}
-
-/// Every process this test started (children of this process), by pid,
-/// with its command line: the same set before and after means nothing
-/// was restarted.
-fn children() -> BTreeMap<u32, String> {
-    let me = std::process::id();
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Field 4 (after the parenthesised name) is the parent's pid.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if parent == Some(me) {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if !cmdline.contains("meshctl") {
-                found.insert(pid, cmdline);
-            }
-        }
-    }
-    found
 }
 
 /// The admin API as the mesh's admin operator (whose certificate the
@@ -155,7 +125,7 @@ fn fingerprint(pem: &str) -> String {
 
 #[test]
 fn the_anchor_rotates_under_load_with_no_failed_call_and_no_restart() {
-    let mesh = shop("24h");
+    let mut mesh = shop("24h");
     wait_for_every_proxy(&mesh);
     let identity = mesh.plan.identity.clone().unwrap();
     let ca_dir = identity.ca_dir();
@@ -168,7 +138,7 @@ fn the_anchor_rotates_under_load_with_no_failed_call_and_no_restart() {
     assert!(ok, "meshctl identity init: {stderr}");
     let new_anchor = std::fs::read_to_string(new_dir.join("anchor.crt")).unwrap();
     let new_issuer = fingerprint(&std::fs::read_to_string(new_dir.join("issuer.crt")).unwrap());
-    let before = children();
+    let before = mesh.pids();
     assert!(
         before.len() >= 7,
         "etcd, 2 replicas, 2 apps, 2 sidecars, gateway: {before:?}"
@@ -262,7 +232,7 @@ fn the_anchor_rotates_under_load_with_no_failed_call_and_no_restart() {
     );
 
     // Nothing was restarted.
-    assert_eq!(children(), before, "a process was restarted");
+    assert_eq!(mesh.pids(), before, "a process was restarted");
 
     // The store holds the new anchor only; every proxy runs that bundle
     // and holds a certificate from the new issuer.

@@ -164,6 +164,18 @@ impl TestMesh {
             .expect("a Threads line")
     }
 
+    /// The pid of every process of this mesh still running, by name: two
+    /// readings that agree mean nothing was restarted in between.
+    pub fn pids(&mut self) -> std::collections::BTreeMap<String, u32> {
+        self.processes
+            .iter_mut()
+            .filter_map(|(name, child)| {
+                let child = child.as_mut()?;
+                matches!(child.try_wait(), Ok(None)).then(|| (name.clone(), child.id()))
+            })
+            .collect()
+    }
+
     /// True while the process has not been killed.
     pub fn is_running(&self, name: &str) -> bool {
         self.processes
