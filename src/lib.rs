@@ -17,12 +17,15 @@
 //! - [`telemetry`]: logs and OpenTelemetry traces for every binary (one
 //!   `init`, `OTEL_*` configuration, OTLP export with a bounded queue and a
 //!   drop counter), and the gRPC layers that carry trace context.
+//! - [`listen`]: every accept loop: connection caps, preface, idle and
+//!   age timeouts, HTTP/2 parameters, graceful drain.
 //! - [`logging`]: logs without traces, for tools and tests.
 //! - [`shutdown`]: the process-wide shutdown signal (SIGTERM and SIGINT).
 
 pub mod app;
 pub mod demo;
 pub mod identity;
+pub mod listen;
 pub mod logging;
 pub mod model;
 pub mod proto;
