@@ -23,6 +23,9 @@ enum StoreKind {
     about = "A replica of the mesh's control plane"
 )]
 struct Args {
+    /// HTTP/2 limits of the gRPC listener.
+    #[command(flatten)]
+    limits: mesh::listen::LimitArgs,
     /// gRPC listener: Discovery for sidecars, MeshAdmin for meshctl.
     #[arg(long, env = "MESH_CP_LISTEN", default_value = "0.0.0.0:15010")]
     listen: SocketAddr,
@@ -167,6 +170,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         warmup: Duration::from_secs(args.warmup_seconds),
         id: mesh::app::instance_id(args.replica_id.as_deref(), "cp"),
         identity: identity(&args)?,
+        limits: args.limits.apply(mesh::listen::Limits::mesh()),
     };
     match args.store {
         StoreKind::Etcd => {

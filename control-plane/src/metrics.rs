@@ -53,6 +53,7 @@ pub struct Metrics {
     refused_registrations: Counter,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     issuer_expiry: Gauge,
+    listeners: mesh::listen::ListenerStats,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,8 @@ impl Default for Metrics {
         let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
         let issuer_expiry = Gauge::default();
         let mut registry = Registry::default();
+        let listeners = mesh::listen::ListenerStats::default();
+        listeners.register(registry.sub_registry_with_prefix("mesh_cp"));
         registry.register(
             "mesh_cp_audit_events",
             "Admin writes (and refused admin calls: action=refused), by action",
@@ -144,11 +147,17 @@ impl Default for Metrics {
             refused_registrations,
             tls_handshake_failures,
             issuer_expiry,
+            listeners,
         }
     }
 }
 
 impl Metrics {
+    /// What the admin listener did to connections (caps, timeouts).
+    pub fn listeners(&self) -> &mesh::listen::ListenerStats {
+        &self.listeners
+    }
+
     /// A table went out to a sidecar.
     pub fn pushed(&self) {
         self.pushes.inc();

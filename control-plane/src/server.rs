@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdminServer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +48,9 @@ pub struct ReplicaSettings {
     /// The certificate authority and trust bundle; `None` runs without
     /// TLS and without any identity check (`--insecure`, on request only).
     pub identity: Option<ReplicaIdentity>,
+    /// Limits of the gRPC listener (HTTP/2 parameters; the admin port has
+    /// the admin limits).
+    pub limits: mesh::listen::Limits,
 }
 
 /// What a replica needs to be the mesh's CA and to speak mTLS.
@@ -96,17 +98,22 @@ pub async fn run<S: Store>(
             addr: settings.listen,
             source,
         })?;
-    let admin = tokio::net::TcpListener::bind(settings.admin)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.admin,
-            source,
-        })?;
     let listen = grpc.local_addr().unwrap_or(settings.listen);
+    let metrics = Arc::new(Metrics::default());
+    let admin = mesh::listen::Listener::bind(
+        "admin",
+        settings.admin,
+        mesh::listen::Limits::admin(),
+        metrics.listeners().clone(),
+    )
+    .await
+    .map_err(|source| ServeError::Bind {
+        addr: settings.admin,
+        source,
+    })?;
 
     let (publish, published) = watch::channel(Arc::new(Published::default()));
     let sessions = Arc::new(Sessions::default());
-    let metrics = Arc::new(Metrics::default());
     let background = CancellationToken::new();
     let watcher = tokio::spawn(watcher::run(
         store.clone(),
@@ -168,8 +175,12 @@ pub async fn run<S: Store>(
     // Streams end when `shutdown` fires: each session sees the stop and
     // revokes its sidecar's lease, and sidecars move to another replica.
     let sessions_stop = shutdown.clone();
-    let mut router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+    // Streams, header size and the cap on reset streams stated, not
+    // tonic's defaults (unlimited streams, no reset cap).
+    let mut router = settings
+        .limits
+        .http2
+        .tonic(tonic::transport::Server::builder())
         .add_service(DiscoveryServer::new(DiscoveryService::new(
             store.clone(),
             published.clone(),
@@ -386,62 +397,58 @@ fn seconds_left(time: std::time::SystemTime) -> i64 {
 /// `/live` always; `/ready` once the store has been read; `/metrics` in
 /// Prometheus text format.
 async fn serve_admin(
-    listener: tokio::net::TcpListener,
+    admin: mesh::listen::Listener,
     published: watch::Receiver<Arc<Published>>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-            () = stop.cancelled() => return,
-        };
-        let published = published.clone();
-        let sessions = sessions.clone();
-        let metrics = metrics.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let revision = published.borrow().revision;
-                let ready = revision > 0;
-                let (status, body) = match (req.uri().path(), ready) {
-                    ("/live", _) => (200, Bytes::from_static(b"live\n")),
-                    ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
-                    ("/ready", false) => {
-                        (503, Bytes::from_static(b"not ready: store not read yet\n"))
+    admin
+        .serve(stop, Duration::from_secs(1), move |accepted| {
+            let published = published.clone();
+            let sessions = sessions.clone();
+            let metrics = metrics.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let revision = published.borrow().revision;
+                    let ready = revision > 0;
+                    let (status, body) = match (req.uri().path(), ready) {
+                        ("/live", _) => (200, Bytes::from_static(b"live\n")),
+                        ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
+                        ("/ready", false) => {
+                            (503, Bytes::from_static(b"not ready: store not read yet\n"))
+                        }
+                        ("/metrics", _) => (
+                            200,
+                            Bytes::from(metrics.encode(sessions.list().len(), revision)),
+                        ),
+                        _ => (
+                            404,
+                            Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
+                        ),
+                    };
+                    let is_metrics = req.uri().path() == "/metrics";
+                    async move {
+                        let mut response = hyper::Response::new(Full::new(body));
+                        *response.status_mut() =
+                            hyper::StatusCode::from_u16(status).unwrap_or_default();
+                        if is_metrics {
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                        }
+                        Ok::<_, Infallible>(response)
                     }
-                    ("/metrics", _) => (
-                        200,
-                        Bytes::from(metrics.encode(sessions.list().len(), revision)),
-                    ),
-                    _ => (
-                        404,
-                        Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
-                    ),
-                };
-                let is_metrics = req.uri().path() == "/metrics";
-                async move {
-                    let mut response = hyper::Response::new(Full::new(body));
-                    *response.status_mut() =
-                        hyper::StatusCode::from_u16(status).unwrap_or_default();
-                    if is_metrics {
-                        response.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        );
-                    }
-                    Ok::<_, Infallible>(response)
-                }
-            });
-        tokio::spawn(async move {
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+                });
+            async move {
+                let _ = accepted
+                    .connection
+                    .serve_http(accepted.stream, service)
+                    .await;
+            }
+        })
+        .await;
 }

@@ -68,9 +68,9 @@ mod wrr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh::listen::Listener;
 use mesh::model::Bootstrap;
 use mesh::proto::mesh::v1::Node;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -201,8 +201,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let drain = settings.drain();
     let app = match settings.mode {
         Mode::Sidecar => {
-            let outbound = bind("outbound", settings.outbound_addr).await?;
-            let inbound = bind("inbound", settings.inbound_addr).await?;
+            let outbound = bind("outbound", settings.outbound_addr, &settings, &metrics).await?;
+            let inbound = bind("inbound", settings.inbound_addr, &settings, &metrics).await?;
             let app = Upstream::new(&settings.app_addr.to_string(), settings.connect_timeout())
                 .expect("a socket address is a valid authority");
             let to_app = Proxy::new(
@@ -227,7 +227,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 })
             });
             tasks.spawn(server::serve_grpc(
-                "outbound",
                 outbound,
                 routed,
                 None,
@@ -235,7 +234,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 drain,
             ));
             tasks.spawn(server::serve_grpc(
-                "inbound",
                 inbound,
                 to_app,
                 inbound_tls,
@@ -245,13 +243,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             Some(settings.app_addr)
         }
         Mode::Gateway => {
-            let ingress = bind("ingress", settings.ingress_addr).await?;
+            let ingress = bind("ingress", settings.ingress_addr, &settings, &metrics).await?;
             let edge = match (&settings.ingress_tls_cert, &settings.ingress_tls_key) {
                 (Some(cert), Some(key)) => Some(server::ListenerTls::Edge(ingress_tls(cert, key)?)),
                 _ => None,
             };
             tasks.spawn(server::serve_grpc(
-                "ingress",
                 ingress,
                 routed,
                 edge,
@@ -301,14 +298,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 .await;
         });
     }
-    let admin_listener = bind("admin", settings.admin_addr).await?;
+    let admin_listener = bind("admin", settings.admin_addr, &settings, &metrics).await?;
     let probe_listener = match settings.probe_addr() {
-        (addr, true) => Some(bind("probe", addr).await?),
-        (addr, false) => match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tracing::info!(listener = "probe", %addr, "listening");
-                Some(listener)
-            }
+        (addr, true) => Some(bind("probe", addr, &settings, &metrics).await?),
+        (addr, false) => match bind("probe", addr, &settings, &metrics).await {
+            Ok(listener) => Some(listener),
             Err(error) => {
                 // Several proxies on one host (meshctl up) share the
                 // default; one pod has one proxy, which gets it.
@@ -375,8 +369,19 @@ fn ingress_tls(
         .map_err(|e| StartError::IngressTls(e.to_string()))
 }
 
-async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
-    let listener = TcpListener::bind(addr)
+/// Binds the listener called `what`, with its limits: the admin ones for
+/// admin and probes, the edge ones for the ingress, the mesh ones else.
+async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Listener, StartError> {
+    let limits = match what {
+        "admin" | "probe" => mesh::listen::Limits::admin(),
+        _ => settings.listener_limits(what),
+    };
+    let listener = Listener::bind(what, addr, limits, metrics.listeners().clone())
         .await
         .map_err(|source| StartError::Bind { what, addr, source })?;
     tracing::info!(listener = what, addr = %listener.local_addr().unwrap_or(addr), "listening");

@@ -140,6 +140,7 @@ pub struct Metrics {
     spans_dropped: Counter,
     spans_dropped_seen: AtomicU64,
     identity: IdentityMetrics,
+    listeners: mesh::listen::ListenerStats,
 }
 
 /// Identity and TLS metrics, shared with the tasks that renew certificates
@@ -320,7 +321,10 @@ impl Default for Metrics {
         );
         let identity = IdentityMetrics::default();
         identity.register(&mut registry);
+        let listeners = mesh::listen::ListenerStats::default();
+        listeners.register(&mut registry);
         Self {
+            listeners,
             registry,
             requests,
             responses,
@@ -405,6 +409,11 @@ impl Metrics {
     /// The identity and TLS metrics.
     pub fn identity(&self) -> &IdentityMetrics {
         &self.identity
+    }
+
+    /// What the listeners did to connections (caps, timeouts).
+    pub fn listeners(&self) -> &mesh::listen::ListenerStats {
+        &self.listeners
     }
 
     /// The Prometheus text exposition of every metric, with the state

@@ -1,6 +1,7 @@
-//! Accept loops: HTTP/2 (h2c, or over mutual TLS) for the gRPC listeners,
-//! HTTP/1 and 2 for admin. Each stops accepting on shutdown, then gives
-//! open connections a grace period to finish their calls.
+//! What the sidecar serves on its listeners: HTTP/2 (h2c, or over mutual
+//! TLS) for the gRPC listeners, HTTP/1 and 2 for admin. Accepting, limits,
+//! timeouts and draining are [`mesh::listen`]'s; this module adds the
+//! handshakes and puts the peer's identity on each request.
 //!
 //! A TLS listener runs each handshake in the connection's own task, never
 //! in the accept loop: a client that stalls mid-handshake holds up nobody
@@ -21,9 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh::identity::PeerIdentity;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use mesh::listen::{Accepted, Listener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -86,14 +85,13 @@ pub enum ListenerTls {
 }
 
 /// Serves gRPC (HTTP/2 with prior knowledge, as gRPC clients speak it) on
-/// `listener` until `shutdown`, then drains for at most `drain`. With
-/// mesh TLS, every connection is mutual TLS first, and each request
-/// carries the client's [`PeerIdentity`]; in permissive mode plaintext
-/// HTTP/2 is served too, with no identity. With edge TLS, clients check
-/// the listener's certificate and present none.
+/// `listener`, under its limits, until `shutdown`, then drains for at most
+/// `drain`. With mesh TLS, every connection is mutual TLS first, and each
+/// request carries the client's [`PeerIdentity`]; in permissive mode
+/// plaintext HTTP/2 is served too, with no identity. With edge TLS,
+/// clients check the listener's certificate and present none.
 pub async fn serve_grpc(
-    name: &'static str,
-    listener: TcpListener,
+    listener: Listener,
     proxy: Proxy,
     tls: Option<ListenerTls>,
     shutdown: CancellationToken,
@@ -104,128 +102,98 @@ pub async fn serve_grpc(
         Some(ListenerTls::Edge(config)) => (None, Some(tokio_rustls::TlsAcceptor::from(config))),
         None => (None, None),
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(4 << 20)
-        .max_concurrent_streams(1024)
-        // Bounded headers: a request with more gets a protocol error, not
-        // unbounded memory.
-        .max_header_list_size(64 << 10)
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off a
-                    // moment rather than spin on the error.
-                    tracing::warn!(listener = name, %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let proxy = proxy.clone();
-        let tls = tls.clone();
-        let edge = edge.clone();
-        tokio::spawn(async move {
-            if let Some(acceptor) = edge {
-                let handshake = tokio::time::timeout(
-                    mesh::identity::transport::HANDSHAKE_TIMEOUT,
-                    acceptor.accept(CoalescedIo::new(stream)),
-                );
-                let served = match handshake.await {
-                    Ok(Ok(tls)) => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(tls), proxy))
-                            .await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(listener = name, %peer, "no TLS handshake in time");
-                        return;
-                    }
-                };
-                if let Err(error) = served {
-                    tracing::debug!(listener = name, %peer, %error, "connection ended with error");
-                }
+    listener
+        .serve(shutdown, drain, move |accepted| {
+            serve_connection(accepted, proxy.clone(), tls.clone(), edge.clone())
+        })
+        .await;
+}
+
+/// One gRPC connection: its TLS handshake (in its own task, so a client
+/// that stalls mid-handshake holds up nobody else), then HTTP/2.
+async fn serve_connection(
+    accepted: Accepted,
+    proxy: Proxy,
+    tls: Option<InboundTls>,
+    edge: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        connection,
+    } = accepted;
+    let name = connection.listener();
+    if let Some(acceptor) = edge {
+        let handshake = tokio::time::timeout(
+            mesh::identity::transport::HANDSHAKE_TIMEOUT,
+            acceptor.accept(CoalescedIo::new(stream)),
+        );
+        let served = match handshake.await {
+            Ok(Ok(tls)) => connection.serve_h2(tls, proxy).await,
+            Ok(Err(error)) => {
+                tracing::debug!(listener = name, %peer, %error, "TLS handshake failed");
                 return;
             }
-            let plaintext = match &tls {
-                None => true,
-                Some(tls) => match tls.mode.get() {
-                    MeshMtlsMode::Strict => false,
-                    MeshMtlsMode::Permissive => match handshake::first_bytes(&stream).await {
-                        Ok(first) => first == FirstBytes::Http2Preface,
-                        Err(error) => {
-                            tls.identity
-                                .metrics()
-                                .record_handshake_failure(name, error.reason());
-                            tracing::info!(listener = name, %peer, %error, reason = error.reason(), "no first bytes");
-                            return;
-                        }
-                    },
-                },
-            };
-            // TLS goes over the write combiner: the records of one
-            // event-loop turn still leave in one system call.
-            let io = CoalescedIo::new(stream);
-            let served = match tls {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(io), proxy))
-                        .await
-                }
-                Some(InboundTls { identity, .. }) if plaintext => {
-                    identity.metrics().record_inbound_connection(name, false);
-                    tracing::debug!(listener = name, %peer, "plaintext connection (permissive)");
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(io), proxy))
-                        .await
-                }
-                Some(InboundTls { identity, .. }) => {
-                    match handshake::accept(identity.tls(), io).await {
-                        Ok((tls, client)) => {
-                            identity.metrics().record_inbound_connection(name, true);
-                            if let Some(id) = &client.0 {
-                                tracing::debug!(listener = name, %peer, mesh.peer.identity = %id, "TLS connection");
-                            }
-                            let service = WithPeer {
-                                proxy,
-                                peer: client,
-                            };
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(tls), service))
-                                .await
-                        }
-                        Err(error) => {
-                            identity
-                                .metrics()
-                                .record_handshake_failure(name, error.reason());
-                            tracing::info!(listener = name, %peer, %error, reason = error.reason(), "TLS handshake failed");
-                            return;
-                        }
-                    }
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(listener = name, %peer, %error, "connection ended with error");
+            Err(_) => {
+                tracing::debug!(listener = name, %peer, "no TLS handshake in time");
+                return;
             }
-        });
+        };
+        if let Err(error) = served {
+            tracing::debug!(listener = name, %peer, %error, "connection ended with error");
+        }
+        return;
     }
-    drop(listener);
-    drain_connections(name, graceful, drain).await;
+    let plaintext = match &tls {
+        None => true,
+        Some(tls) => match tls.mode.get() {
+            MeshMtlsMode::Strict => false,
+            MeshMtlsMode::Permissive => match handshake::first_bytes(&stream).await {
+                Ok(first) => first == FirstBytes::Http2Preface,
+                Err(error) => {
+                    tls.identity
+                        .metrics()
+                        .record_handshake_failure(name, error.reason());
+                    tracing::info!(listener = name, %peer, %error, reason = error.reason(), "no first bytes");
+                    return;
+                }
+            },
+        },
+    };
+    // TLS goes over the write combiner: the records of one event-loop turn
+    // still leave in one system call.
+    let io = CoalescedIo::new(stream);
+    let served = match tls {
+        None => connection.serve_h2(io, proxy).await,
+        Some(InboundTls { identity, .. }) if plaintext => {
+            identity.metrics().record_inbound_connection(name, false);
+            tracing::debug!(listener = name, %peer, "plaintext connection (permissive)");
+            connection.serve_h2(io, proxy).await
+        }
+        Some(InboundTls { identity, .. }) => match handshake::accept(identity.tls(), io).await {
+            Ok((tls, client)) => {
+                identity.metrics().record_inbound_connection(name, true);
+                if let Some(id) = &client.0 {
+                    tracing::debug!(listener = name, %peer, mesh.peer.identity = %id, "TLS connection");
+                }
+                let service = WithPeer {
+                    proxy,
+                    peer: client,
+                };
+                connection.serve_h2(tls, service).await
+            }
+            Err(error) => {
+                identity
+                    .metrics()
+                    .record_handshake_failure(name, error.reason());
+                tracing::info!(listener = name, %peer, %error, reason = error.reason(), "TLS handshake failed");
+                return;
+            }
+        },
+    };
+    if let Err(error) = served {
+        tracing::debug!(listener = name, %peer, %error, "connection ended with error");
+    }
 }
 
 /// The proxy, with the client's proven identity put on every request.
@@ -247,8 +215,8 @@ impl hyper::service::Service<Request<Incoming>> for WithPeer {
 }
 
 /// Serves the admin HTTP API (HTTP/1.1 or 2, so curl and Kubernetes probes
-/// both work) until `shutdown`.
-pub async fn serve_http<S>(listener: TcpListener, service: S, shutdown: CancellationToken)
+/// both work) on `listener`, under its limits, until `shutdown`.
+pub async fn serve_http<S>(listener: Listener, service: S, shutdown: CancellationToken)
 where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -260,47 +228,17 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!(listener = "admin", %error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let connection = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(stream), service.clone())
-                .into_owned(),
-        );
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-    }
-    drop(listener);
-    drain_connections("admin", graceful, Duration::from_secs(1)).await;
-}
-
-async fn drain_connections(name: &'static str, graceful: GracefulShutdown, drain: Duration) {
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(listener = name, open, ?drain, "draining connections");
-    }
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = name,
-            "drain period over; closing remaining connections"
-        );
-    }
+    listener
+        .serve(shutdown, Duration::from_secs(1), move |accepted| {
+            let service = service.clone();
+            async move {
+                let _ = accepted
+                    .connection
+                    .serve_http(accepted.stream, service)
+                    .await;
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
@@ -353,12 +291,18 @@ mod tests {
             None,
             metrics,
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = Listener::bind(
+            "inbound",
+            "127.0.0.1:0".parse().unwrap(),
+            mesh::listen::Limits::mesh(),
+            mesh::listen::ListenerStats::default(),
+        )
+        .await
+        .unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
         let mode = InboundMode::default();
         let served = tokio::spawn(serve_grpc(
-            "inbound",
             listener,
             proxy,
             Some(ListenerTls::Mesh(InboundTls {

@@ -193,6 +193,10 @@ pub struct Settings {
     /// for a sidecar whose app needs more than one core of proxying.
     #[arg(long, env = "MESH_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub worker_threads: u16,
+    /// Limits of the gRPC listeners (outbound and inbound start from the
+    /// mesh defaults, the gateway's ingress from the stricter edge ones).
+    #[command(flatten)]
+    pub limits: mesh::listen::LimitArgs,
 }
 
 /// Settings that are not acceptable together.
@@ -201,6 +205,17 @@ pub struct Settings {
 pub struct SettingsError(String);
 
 impl Settings {
+    /// The limits of the gRPC listener called `listener`: the edge defaults
+    /// for the ingress, the mesh ones otherwise, with the flags applied.
+    pub fn listener_limits(&self, listener: &str) -> mesh::listen::Limits {
+        let base = if listener == "ingress" {
+            mesh::listen::Limits::edge()
+        } else {
+            mesh::listen::Limits::mesh()
+        };
+        self.limits.apply(base)
+    }
+
     /// Checks what clap cannot: combinations and ranges.
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.mode == Mode::Sidecar && self.ingress_tls_cert.is_some() {

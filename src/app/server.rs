@@ -99,7 +99,11 @@ pub async fn serve(
     // trailers follow a larger DATA frame in a second write waits for the
     // peer's delayed ACK (Nagle), up to 40 ms on Linux.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    // Streams, header size and the reset-stream caps stated, not tonic's
+    // defaults (unlimited streams, no cap on locally reset streams).
+    let http2 = crate::listen::Limits::mesh().http2;
+    let server = http2
+        .tonic(tonic::transport::Server::builder())
         .layer(ServerSpanLayer)
         .layer(served_by)
         .add_routes(routes)

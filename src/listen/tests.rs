@@ -205,14 +205,12 @@ async fn a_silent_response_stream_ends_with_unavailable_in_trailers() {
         .chain(futures_util::stream::pending());
         Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
     });
-    let task = tokio::spawn(
-        listener.serve(stop.clone(), Duration::from_secs(1), move |a| {
-            let service = service.clone();
-            async move {
+    let task =
+        tokio::spawn(
+            listener.serve(stop.clone(), Duration::from_secs(1), move |a| async move {
                 let _ = a.connection.serve_h2(a.stream, service).await;
-            }
-        }),
-    );
+            }),
+        );
     let mut client = h2_client(addr).await;
     let request = Request::builder()
         .uri("http://test/a.B/Watch")
