@@ -15,6 +15,12 @@ use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// Calls a connection must have made before its share of premature
+/// resets is judged (Envoy's `premature_reset_total_stream_count`).
+const PREMATURE_RESET_MIN_CALLS: u64 = 500;
+/// A call the client cancels younger than this is a premature reset.
+const PREMATURE_RESET_MAX_AGE: Duration = Duration::from_secs(1);
+
 /// Shared between a connection's IO, its service and its supervisor.
 #[derive(Debug)]
 pub(super) struct Activity {
@@ -23,6 +29,10 @@ pub(super) struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `born` of the last call start or end.
     last_change_ms: AtomicU64,
+    calls: AtomicU64,
+    premature_resets: AtomicU64,
+    /// Woken when the client has reset too many calls (HTTP/2 rapid reset).
+    abusive: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -32,7 +42,26 @@ impl Activity {
             spoke: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_change_ms: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            premature_resets: AtomicU64::new(0),
+            abusive: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves once the client has cancelled more than half of at least
+    /// [`PREMATURE_RESET_MIN_CALLS`] calls within a second of opening
+    /// them: the pattern of HTTP/2 rapid reset (CVE-2023-44487), which no
+    /// stream limit catches because every stream is gone at once.
+    pub(super) async fn rapid_resets(&self) {
+        self.abusive.notified().await;
+    }
+
+    fn call_cancelled_early(&self) {
+        let premature = self.premature_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let calls = self.calls.load(Ordering::Relaxed);
+        if calls >= PREMATURE_RESET_MIN_CALLS && premature * 2 > calls {
+            self.abusive.notify_one();
+        }
     }
 
     pub(super) fn born(&self) -> Instant {
@@ -61,19 +90,33 @@ impl Activity {
 
     fn call_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.calls.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            started: Instant::now(),
+            completed: false,
+        }
     }
 }
 
-/// One call in flight; its end when dropped.
+/// One call in flight; its end when dropped. A call dropped before its
+/// response completed was cancelled by the client (RST_STREAM).
 #[derive(Debug)]
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    started: Instant,
+    completed: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        activity.touch();
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.completed && self.started.elapsed() < PREMATURE_RESET_MAX_AGE {
+            activity.call_cancelled_early();
+        }
     }
 }
 
@@ -160,6 +203,7 @@ impl<S, ReqBody, B> hyper::service::Service<Request<ReqBody>> for Tracked<S>
 where
     S: hyper::service::Service<Request<ReqBody>, Response = Response<B>>,
     S::Future: Send + 'static,
+    B: Body,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -171,9 +215,14 @@ where
         let call = self.inner.call(req);
         Box::pin(async move {
             let response = call.await?;
+            let mut in_flight = Some(in_flight);
+            if response.body().is_end_stream() {
+                // Trailers-only: answered in full with the headers.
+                complete(&mut in_flight);
+            }
             Ok(response.map(|inner| TrackedBody {
                 inner,
-                in_flight: Some(in_flight),
+                in_flight,
                 idle: stream_idle.map(|after| StreamIdle {
                     after,
                     last_frame: Instant::now(),
@@ -244,6 +293,13 @@ fn stream_idle_trailers(after: Duration) -> HeaderMap {
     trailers
 }
 
+/// The call answered in full: not a client's cancellation.
+fn complete(in_flight: &mut Option<InFlight>) {
+    if let Some(mut call) = in_flight.take() {
+        call.completed = true;
+    }
+}
+
 impl<B: Body> Body for TrackedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -252,20 +308,25 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         if *this.ended {
             return Poll::Ready(None);
         }
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(frame)) => {
                 if let Some(idle) = this.idle.as_mut() {
                     idle.last_frame = Instant::now();
+                }
+                // hyper asks for nothing more after an end-of-stream frame
+                // (trailers, or data the body says is its last).
+                if matches!(&frame, Ok(f) if f.is_trailers()) || this.inner.is_end_stream() {
+                    complete(this.in_flight);
                 }
                 Poll::Ready(Some(frame))
             }
             Poll::Ready(None) => {
                 *this.ended = true;
-                this.in_flight.take();
+                complete(this.in_flight);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -275,7 +336,7 @@ impl<B: Body> Body for TrackedBody<B> {
                 ready!(idle.poll_expired(cx));
                 let after = idle.after;
                 *this.ended = true;
-                this.in_flight.take();
+                complete(this.in_flight);
                 tracing::debug!(?after, "stream idle timeout");
                 Poll::Ready(Some(Ok(Frame::trailers(stream_idle_trailers(after)))))
             }

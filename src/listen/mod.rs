@@ -299,6 +299,11 @@ impl Connection {
             tokio::select! {
                 result = connection.as_mut() => return result,
                 () = self.cut.cancelled() => return Ok(()),
+                () = activity.rapid_resets() => {
+                    self.stats.record(self.name, ConnectionEvent::RapidReset);
+                    tracing::info!(listener = self.name, "closing a connection that resets most of its calls at once (HTTP/2 rapid reset)");
+                    return Ok(());
+                }
                 () = self.shutdown.cancelled(), if closing_until.is_none() => {
                     connection.as_mut().graceful_shutdown();
                     // The listener's drain bounds this; `cut` ends it.

@@ -26,6 +26,9 @@ pub enum ConnectionEvent {
     GraceExpired,
     /// `accept` itself failed (out of file descriptors and the like).
     AcceptError,
+    /// Cut: the client cancelled most of its calls as soon as it opened
+    /// them (HTTP/2 rapid reset).
+    RapidReset,
 }
 
 impl ConnectionEvent {
@@ -39,6 +42,7 @@ impl ConnectionEvent {
             Self::MaxAge => "max-age",
             Self::GraceExpired => "grace-expired",
             Self::AcceptError => "accept-error",
+            Self::RapidReset => "rapid-reset",
         }
     }
 }
@@ -67,7 +71,7 @@ impl ListenerStats {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "listener_connections",
-            "Connections by listener and what happened to them (accepted, refused-at-limit, preface-timeout, idle-timeout, max-age, grace-expired, accept-error)",
+            "Connections by listener and what happened to them (accepted, refused-at-limit, preface-timeout, idle-timeout, max-age, grace-expired, accept-error, rapid-reset)",
             self.events.clone(),
         );
         registry.register(
