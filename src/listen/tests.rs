@@ -242,3 +242,98 @@ async fn shutdown_lets_calls_finish_and_closes_connections() {
     eventually("the client sees GOAWAY", || client.is_closed()).await;
     assert!(TcpStream::connect(running.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn a_client_that_cancels_most_calls_at_once_is_cut() {
+    // Every call waits (as a proxied call waits for its upstream), so a
+    // cancel always comes while the call is in flight.
+    let stats = ListenerStats::default();
+    let listener = Listener::bind(
+        "test",
+        "127.0.0.1:0".parse().unwrap(),
+        Limits::mesh(),
+        stats.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let dispatched = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = dispatched.clone();
+    let slow = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let task = tokio::spawn(
+        listener.serve(stop.clone(), Duration::from_secs(1), move |a| {
+            let slow = slow.clone();
+            async move {
+                let _ = a.connection.serve_h2(a.stream, slow).await;
+            }
+        }),
+    );
+    let mut client = h2_client(addr).await;
+    let mut cancelled = 0;
+    while !client.is_closed() && cancelled < 5_000 {
+        let request = Request::builder()
+            .uri("http://test/a.B/C")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let Ok(ready) = tokio::time::timeout(Duration::from_secs(5), client.ready()).await else {
+            break;
+        };
+        if ready.is_err() {
+            break;
+        }
+        let call = client.send_request(request);
+        // Cancel (drop) once the server dispatched the call.
+        let dispatched_now = || dispatched.load(std::sync::atomic::Ordering::SeqCst) > cancelled;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::pin!(call);
+            while !dispatched_now() {
+                tokio::select! {
+                    _ = &mut call => return,
+                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                }
+            }
+        })
+        .await;
+        cancelled += 1;
+    }
+    eventually("the connection is cut", || {
+        stats.count("test", ConnectionEvent::RapidReset) == 1
+    })
+    .await;
+    assert!(cancelled < 5_000, "cut after {cancelled} cancelled calls");
+    // A polite client is still served.
+    let mut polite = h2_client(addr).await;
+    let request = Request::builder()
+        .uri("http://test/a.B/C")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), polite.send_request(request))
+        .await
+        .expect("served")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_old_connection_is_asked_to_go_away() {
+    let running = start(limits(|l| {
+        l.connection.max_connection_age = Some(Duration::from_millis(300));
+        l.connection.preface_timeout = Duration::from_millis(100);
+    }))
+    .await;
+    let mut client = h2_client(running.addr).await;
+    assert_eq!(call(&mut client).await, "ok");
+    eventually("the old connection is closed", || client.is_closed()).await;
+    assert_eq!(running.stats.count("test", ConnectionEvent::MaxAge), 1);
+    running.stop.cancel();
+    running.task.await.unwrap();
+}
