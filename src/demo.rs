@@ -664,7 +664,11 @@ impl Topology {
         });
         Plan {
             processes,
-            bootstrap: Bootstrap { endpoints, routes },
+            bootstrap: Bootstrap {
+                endpoints,
+                routes,
+                ..Bootstrap::default()
+            },
             control_planes,
             identity,
         }

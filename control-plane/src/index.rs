@@ -287,7 +287,11 @@ impl Index {
                 "strict"
             }),
         };
-        let table = Bootstrap { endpoints, routes };
+        let table = Bootstrap {
+            endpoints,
+            routes,
+            ..Bootstrap::default()
+        };
         Published {
             revision: self.revision,
             table_revision: self.revision,

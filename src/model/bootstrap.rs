@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Endpoint, Route, ValidationError};
+use super::{AuthorizationPolicy, DefaultAuthorization, Endpoint, Route, ValidationError};
 
 /// Everything a sidecar needs to route without a control plane.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,16 @@ pub struct Bootstrap {
     /// Routes from gRPC paths to mesh services.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Who may call what; each service's inbound sidecars enforce theirs.
+    #[serde(
+        default,
+        rename = "authorizationPolicies",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// The answer for services no ALLOW policy names.
+    #[serde(default, rename = "defaultAuthorization")]
+    pub default_authorization: DefaultAuthorization,
 }
 
 /// Why a bootstrap file was refused. Each variant names the file.
@@ -103,6 +113,20 @@ impl Bootstrap {
                         "{:?} is listed twice for service {:?}",
                         ep.instance, ep.service
                     ),
+                ));
+            }
+        }
+        for (i, policy) in self.authorization_policies.iter().enumerate() {
+            policy
+                .validate()
+                .map_err(|e| e.within(&format!("authorizationPolicies[{i}]")))?;
+            if self.authorization_policies[..i]
+                .iter()
+                .any(|o| o.metadata.name == policy.metadata.name)
+            {
+                return Err(ValidationError::new(
+                    format!("authorizationPolicies[{i}].metadata.name"),
+                    format!("{:?} is listed twice", policy.metadata.name),
                 ));
             }
         }

@@ -2,12 +2,18 @@
 //! discovers (endpoints), and their validation. Pure data, no I/O, so every
 //! component agrees on what is valid.
 
+mod authz;
 mod bootstrap;
 mod endpoint;
 mod policy;
 pub(crate) mod route;
 mod validation;
 
+pub use authz::{
+    authorize, glob, AuthorizationAction, AuthorizationMode, AuthorizationPolicy,
+    AuthorizationRule, AuthorizationSpec, Caller, CallerMatch, Decision, DefaultAuthorization,
+    GatewayCaller, AUTHORIZATION_POLICY_KIND,
+};
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};
 pub use policy::{
