@@ -9,8 +9,13 @@
 
 use std::sync::Arc;
 
-use mesh::model::Route;
+use mesh::model::{AuthorizationPolicy, Route};
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdmin;
+use mesh::proto::mesh::v1::{
+    ApplyPolicyRequest, ApplyPolicyResponse, DefaultAuthorizationResponse, DeletePolicyRequest,
+    DeletePolicyResponse, GetDefaultAuthorizationRequest, GetPolicyRequest, ListPoliciesRequest,
+    ListPoliciesResponse, SetDefaultAuthorizationRequest, StoredPolicy,
+};
 use mesh::proto::mesh::v1::{
     ApplyRouteRequest, ApplyRouteResponse, ConnectedSidecar, DeleteRouteRequest,
     DeleteRouteResponse, GetRouteRequest, ListEndpointsRequest, ListEndpointsResponse,
@@ -31,6 +36,7 @@ use tonic::{Request, Response, Status};
 
 use crate::access::{self, Access, Role};
 use crate::ca::{self, Authority};
+use crate::documents::{self, precondition, store_status};
 use crate::index::Published;
 use crate::keys::{self, Key};
 use crate::metrics::Metrics;
@@ -103,6 +109,24 @@ impl<S: Store> AdminService<S> {
     /// The stored mTLS mode and its revision (strict at 0 when never set;
     /// strict too, at its revision, when the stored value is not a mode,
     /// as the index publishes it).
+    async fn stored_default_authorization(&self) -> Result<DefaultAuthorizationResponse, Status> {
+        let stored = self
+            .store
+            .get(keys::DEFAULT_AUTHORIZATION)
+            .await
+            .map_err(documents::store_status)?;
+        Ok(match stored {
+            None => DefaultAuthorizationResponse {
+                default: keys::DEFAULT_AUTHORIZATIONS[0].to_owned(),
+                revision: 0,
+            },
+            Some(kv) => DefaultAuthorizationResponse {
+                default: String::from_utf8_lossy(&kv.value).trim().to_owned(),
+                revision: kv.mod_revision,
+            },
+        })
+    }
+
     async fn stored_mtls_mode(&self) -> Result<MtlsModeResponse, Status> {
         let stored = self
             .store
@@ -156,48 +180,6 @@ fn token_info(record: TokenRecord) -> TokenInfo {
     }
 }
 
-fn store_status(error: StoreError) -> Status {
-    match error {
-        StoreError::Conflict {
-            key,
-            expected,
-            actual,
-        } => Status::aborted(format!(
-            "conflict on {key}: expected {}, found {}; read it again and re-apply",
-            describe_precondition(expected),
-            actual.map_or("no value".to_owned(), |r| format!("revision {r}"))
-        )),
-        StoreError::NotFound { key } => Status::not_found(format!("{key} not found")),
-        other => Status::unavailable(format!("store: {other}")),
-    }
-}
-
-fn describe_precondition(p: Precondition) -> String {
-    match p {
-        Precondition::Any => "anything".into(),
-        Precondition::Absent => "no value".into(),
-        Precondition::Revision(r) => format!("revision {r}"),
-    }
-}
-
-fn precondition(expected: Option<i64>) -> Result<Precondition, Status> {
-    match expected {
-        None => Ok(Precondition::Any),
-        Some(0) => Ok(Precondition::Absent),
-        Some(r) if r > 0 => Ok(Precondition::Revision(r)),
-        Some(r) => Err(Status::invalid_argument(format!(
-            "expected_revision: must not be negative, got {r}"
-        ))),
-    }
-}
-
-fn route_name(name: &str) -> Result<&str, Status> {
-    if name.is_empty() || name.contains('/') {
-        return Err(Status::invalid_argument("name: a route name is required"));
-    }
-    Ok(name)
-}
-
 #[tonic::async_trait]
 impl<S: Store> MeshAdmin for AdminService<S> {
     async fn apply_route(
@@ -206,11 +188,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
     ) -> Result<Response<ApplyRouteResponse>, Status> {
         let operator = self.operator(&request, Role::Admin)?;
         let request = request.into_inner();
-        let route: Route = serde_json::from_str(&request.route_json)
-            .map_err(|e| Status::invalid_argument(format!("route: {e}")))?;
-        route
-            .validate()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let route: Route = documents::parse(&request.route_json)?;
         let name = route.metadata.name.clone();
         let path = route.path();
         if let Some(other) = self
@@ -226,44 +204,24 @@ impl<S: Store> MeshAdmin for AdminService<S> {
                 other.metadata.name
             )));
         }
-        let precondition = precondition(request.expected_revision)?;
-        let key = keys::route(&name);
-        let value = serde_json::to_vec(&route).map_err(|e| Status::internal(e.to_string()))?;
-        let existing = self.store.get(&key).await.map_err(store_status)?;
-        if let Some(existing) = &existing {
-            let unchanged =
-                serde_json::from_slice::<Route>(&existing.value).is_ok_and(|r| r == route);
-            let precondition_holds = match precondition {
-                Precondition::Any => true,
-                Precondition::Absent => false,
-                Precondition::Revision(r) => r == existing.mod_revision,
-            };
-            if unchanged && precondition_holds {
-                return Ok(Response::new(ApplyRouteResponse {
-                    route: Some(StoredRoute {
-                        route_json: String::from_utf8_lossy(&existing.value).into_owned(),
-                        revision: existing.mod_revision,
-                    }),
-                    created: false,
-                    changed: false,
-                }));
-            }
+        let applied = documents::apply(&self.store, &route, request.expected_revision).await?;
+        if applied.changed {
+            tracing::info!(route = %name, revision = applied.stored.revision, "route applied");
+            self.audit(
+                &operator,
+                "apply-route",
+                &name,
+                applied.previous,
+                applied.stored.revision,
+            );
         }
-        let revision = self
-            .store
-            .put(&key, value.clone(), precondition, None)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(route = %name, revision, "route applied");
-        let old = existing.as_ref().map_or(0, |e| e.mod_revision);
-        self.audit(&operator, "apply-route", &name, old, revision);
         Ok(Response::new(ApplyRouteResponse {
             route: Some(StoredRoute {
-                route_json: String::from_utf8_lossy(&value).into_owned(),
-                revision,
+                route_json: applied.stored.json,
+                revision: applied.stored.revision,
             }),
-            created: existing.is_none(),
-            changed: true,
+            created: applied.created,
+            changed: applied.changed,
         }))
     }
 
@@ -272,16 +230,10 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         request: Request<GetRouteRequest>,
     ) -> Result<Response<StoredRoute>, Status> {
         self.operator(&request, Role::Viewer)?;
-        let name = route_name(&request.get_ref().name)?;
-        let found = self
-            .store
-            .get(&keys::route(name))
-            .await
-            .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("route {name:?} not found")))?;
+        let found = documents::get::<_, Route>(&self.store, &request.get_ref().name).await?;
         Ok(Response::new(StoredRoute {
-            route_json: String::from_utf8_lossy(&found.value).into_owned(),
-            revision: found.mod_revision,
+            route_json: found.json,
+            revision: found.revision,
         }))
     }
 
@@ -290,25 +242,17 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         request: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
         self.operator(&request, Role::Viewer)?;
-        let snapshot = self
-            .store
-            .get_prefix(keys::ROUTES)
-            .await
-            .map_err(store_status)?;
-        let mut response = ListRoutesResponse::default();
-        for kv in snapshot.items {
-            let valid = serde_json::from_slice::<Route>(&kv.value)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.validate().map_err(|e| e.to_string()));
-            match valid {
-                Ok(()) => response.routes.push(StoredRoute {
-                    route_json: String::from_utf8_lossy(&kv.value).into_owned(),
-                    revision: kv.mod_revision,
-                }),
-                Err(why) => response.invalid.push(format!("{}: {why}", kv.key)),
-            }
-        }
-        Ok(Response::new(response))
+        let (valid, invalid) = documents::list::<_, Route>(&self.store).await?;
+        Ok(Response::new(ListRoutesResponse {
+            routes: valid
+                .into_iter()
+                .map(|d| StoredRoute {
+                    route_json: d.json,
+                    revision: d.revision,
+                })
+                .collect(),
+            invalid,
+        }))
     }
 
     async fn delete_route(
@@ -317,27 +261,153 @@ impl<S: Store> MeshAdmin for AdminService<S> {
     ) -> Result<Response<DeleteRouteResponse>, Status> {
         let operator = self.operator(&request, Role::Admin)?;
         let request = request.into_inner();
-        let name = route_name(&request.name)?;
-        let precondition = precondition(request.expected_revision)?;
-        let old = self
-            .store
-            .get(&keys::route(name))
-            .await
-            .map_err(store_status)?
-            .map_or(0, |kv| kv.mod_revision);
+        let (old, revision) =
+            documents::delete::<_, Route>(&self.store, &request.name, request.expected_revision)
+                .await?;
+        tracing::info!(route = %request.name, "route deleted");
+        self.audit(&operator, "delete-route", &request.name, old, revision);
+        Ok(Response::new(DeleteRouteResponse {}))
+    }
+
+    async fn apply_authorization_policy(
+        &self,
+        request: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let policy: AuthorizationPolicy = documents::parse(&request.policy_json)?;
+        let applied = documents::apply(&self.store, &policy, request.expected_revision).await?;
+        if applied.changed {
+            let name = &policy.metadata.name;
+            tracing::info!(policy = %name, revision = applied.stored.revision, "authorization policy applied");
+            self.audit(
+                &operator,
+                "apply-authorization-policy",
+                name,
+                applied.previous,
+                applied.stored.revision,
+            );
+        }
+        Ok(Response::new(ApplyPolicyResponse {
+            policy: Some(StoredPolicy {
+                policy_json: applied.stored.json,
+                revision: applied.stored.revision,
+            }),
+            created: applied.created,
+            changed: applied.changed,
+        }))
+    }
+
+    async fn get_authorization_policy(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<StoredPolicy>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        let found =
+            documents::get::<_, AuthorizationPolicy>(&self.store, &request.get_ref().name).await?;
+        Ok(Response::new(StoredPolicy {
+            policy_json: found.json,
+            revision: found.revision,
+        }))
+    }
+
+    async fn list_authorization_policies(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        let (valid, invalid) = documents::list::<_, AuthorizationPolicy>(&self.store).await?;
+        Ok(Response::new(ListPoliciesResponse {
+            policies: valid
+                .into_iter()
+                .map(|d| StoredPolicy {
+                    policy_json: d.json,
+                    revision: d.revision,
+                })
+                .collect(),
+            invalid,
+        }))
+    }
+
+    async fn delete_authorization_policy(
+        &self,
+        request: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let (old, revision) = documents::delete::<_, AuthorizationPolicy>(
+            &self.store,
+            &request.name,
+            request.expected_revision,
+        )
+        .await?;
+        tracing::info!(policy = %request.name, "authorization policy deleted");
+        self.audit(
+            &operator,
+            "delete-authorization-policy",
+            &request.name,
+            old,
+            revision,
+        );
+        Ok(Response::new(DeletePolicyResponse {}))
+    }
+
+    async fn get_default_authorization(
+        &self,
+        request: Request<GetDefaultAuthorizationRequest>,
+    ) -> Result<Response<DefaultAuthorizationResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        Ok(Response::new(self.stored_default_authorization().await?))
+    }
+
+    async fn set_default_authorization(
+        &self,
+        request: Request<SetDefaultAuthorizationRequest>,
+    ) -> Result<Response<DefaultAuthorizationResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let wanted =
+            keys::default_authorization(&request.default).map_err(Status::invalid_argument)?;
+        let precondition = documents::precondition(request.expected_revision)?;
+        let current = self.stored_default_authorization().await?;
+        let holds = match precondition {
+            Precondition::Any => true,
+            Precondition::Absent => current.revision == 0,
+            Precondition::Revision(r) => r == current.revision,
+        };
+        if current.revision != 0 && current.default == wanted && holds {
+            return Ok(Response::new(current));
+        }
         let revision = self
             .store
-            .delete(&keys::route(name), precondition)
+            .put(
+                keys::DEFAULT_AUTHORIZATION,
+                wanted.as_bytes().to_vec(),
+                precondition,
+                None,
+            )
             .await
-            .map_err(|e| match e {
-                StoreError::NotFound { .. } => {
-                    Status::not_found(format!("route {name:?} not found"))
-                }
-                other => store_status(other),
-            })?;
-        tracing::info!(route = %name, "route deleted");
-        self.audit(&operator, "delete-route", name, old, revision);
-        Ok(Response::new(DeleteRouteResponse {}))
+            .map_err(documents::store_status)?;
+        tracing::info!(
+            default = wanted,
+            revision,
+            "mesh-wide default authorization stored"
+        );
+        self.audit(
+            &operator,
+            "set-default-authorization",
+            &format!(
+                "{} {} -> {wanted}",
+                keys::DEFAULT_AUTHORIZATION,
+                current.default
+            ),
+            current.revision,
+            revision,
+        );
+        Ok(Response::new(DefaultAuthorizationResponse {
+            default: wanted.to_owned(),
+            revision,
+        }))
     }
 
     async fn list_endpoints(

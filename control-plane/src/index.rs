@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use mesh::identity::TrustBundle;
-use mesh::model::{Bootstrap, Route};
+use mesh::model::{AuthorizationPolicy, Bootstrap, DefaultAuthorization, Route};
 use mesh::proto::mesh::v1::TableSnapshot;
 
 use crate::keys::{self, Key};
@@ -30,6 +30,9 @@ pub struct Index {
     renew_issuer: String,
     /// The stored mTLS mode, as stored (checked when published).
     mtls_mode: Option<(Revision, String)>,
+    policies: BTreeMap<String, Result<AuthorizationPolicy, String>>,
+    /// The stored default authorization, as stored (checked when published).
+    default_authorization: Option<(Revision, String)>,
     unknown: BTreeSet<String>,
 }
 
@@ -188,6 +191,14 @@ impl Index {
                 let value = String::from_utf8_lossy(&kv.value).into_owned();
                 self.mtls_mode = Some((kv.mod_revision, value));
             }
+            Key::AuthorizationPolicy(name) => {
+                let parsed = parse_policy(&name, &kv.value);
+                self.policies.insert(name, parsed);
+            }
+            Key::DefaultAuthorization => {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                self.default_authorization = Some((kv.mod_revision, value));
+            }
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.insert(key);
@@ -209,6 +220,10 @@ impl Index {
             Key::TrustBundle => self.trust_bundle = None,
             Key::RenewIssuer => self.renew_issuer.clear(),
             Key::MtlsMode => self.mtls_mode = None,
+            Key::AuthorizationPolicy(name) => {
+                self.policies.remove(&name);
+            }
+            Key::DefaultAuthorization => self.default_authorization = None,
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
@@ -287,10 +302,31 @@ impl Index {
                 "strict"
             }),
         };
+        let mut authorization_policies = Vec::new();
+        for (name, parsed) in &self.policies {
+            match parsed {
+                Ok(policy) => authorization_policies.push(policy.clone()),
+                Err(why) => problems.push(format!("authorization policy {name:?} skipped: {why}")),
+            }
+        }
+        // A value that names no default is reported and the stricter
+        // reading (deny) is pushed: a typo must not open the mesh.
+        let default_authorization = match &self.default_authorization {
+            None => DefaultAuthorization::AllAuthenticated,
+            Some((revision, value)) => match keys::default_authorization(value) {
+                Ok("deny") => DefaultAuthorization::Deny,
+                Ok(_) => DefaultAuthorization::AllAuthenticated,
+                Err(why) => {
+                    problems.push(format!("{why} (revision {revision}): deny is pushed"));
+                    DefaultAuthorization::Deny
+                }
+            },
+        };
         let table = Bootstrap {
             endpoints,
             routes,
-            ..Bootstrap::default()
+            authorization_policies,
+            default_authorization,
         };
         Published {
             revision: self.revision,
@@ -320,6 +356,19 @@ fn parse_route(name: &str, value: &[u8]) -> Result<Route, String> {
         ));
     }
     Ok(route)
+}
+
+fn parse_policy(name: &str, value: &[u8]) -> Result<AuthorizationPolicy, String> {
+    let policy: AuthorizationPolicy =
+        serde_json::from_slice(value).map_err(|e| format!("not an authorization policy: {e}"))?;
+    policy.validate().map_err(|e| e.to_string())?;
+    if policy.metadata.name != name {
+        return Err(format!(
+            "metadata.name {:?} does not match its key",
+            policy.metadata.name
+        ));
+    }
+    Ok(policy)
 }
 
 fn parse_registration(service: &str, instance: &str, value: &[u8]) -> Result<Registration, String> {

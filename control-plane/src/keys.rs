@@ -16,6 +16,9 @@
 //!   proves, its expiry, and a SHA-256 of its secret, never the secret.
 //! - `/mesh/config/mtls`: the mesh-wide mTLS mode, `strict` or
 //!   `permissive` (absent: strict), pushed to every proxy with the table.
+//! - `/mesh/authz/<name>`: a validated authorization policy (JSON).
+//! - `/mesh/config/default-authorization`: `all-authenticated` or `deny`
+//!   (absent: all-authenticated), for services no ALLOW policy names.
 
 /// Everything the mesh stores is under this prefix.
 pub const ROOT: &str = "/mesh/";
@@ -36,6 +39,10 @@ pub const RENEW_ISSUER: &str = "/mesh/trust/renew-issuer";
 pub const TOKENS: &str = "/mesh/tokens/";
 /// The mesh-wide mTLS mode.
 pub const MTLS_MODE: &str = "/mesh/config/mtls";
+/// Authorization policies prefix.
+pub const AUTHORIZATION_POLICIES: &str = "/mesh/authz/";
+/// The mesh-wide default authorization.
+pub const DEFAULT_AUTHORIZATION: &str = "/mesh/config/default-authorization";
 
 /// The mesh-wide mTLS modes a store may hold: `off` is not one of them (a
 /// plaintext mesh is each process's explicit flag, never a pushed switch
@@ -53,6 +60,22 @@ pub fn mtls_mode(value: &str) -> Result<&'static str, String> {
             format!(
                 "mTLS mode {value:?}: must be strict or permissive (off is a process flag, --mtls off)"
             )
+        })
+}
+
+/// The mesh-wide default authorizations a store may hold (the first is
+/// the default when none is stored).
+pub const DEFAULT_AUTHORIZATIONS: [&str; 2] = ["all-authenticated", "deny"];
+
+/// The default a stored (or requested) value names; an error names the
+/// values allowed.
+pub fn default_authorization(value: &str) -> Result<&'static str, String> {
+    let wanted = value.trim().to_ascii_lowercase();
+    DEFAULT_AUTHORIZATIONS
+        .into_iter()
+        .find(|d| *d == wanted)
+        .ok_or_else(|| {
+            format!("default authorization {value:?}: must be all-authenticated or deny")
         })
 }
 
@@ -100,6 +123,10 @@ pub enum Key {
     RenewIssuer,
     /// The mesh-wide mTLS mode.
     MtlsMode,
+    /// An authorization policy, by name.
+    AuthorizationPolicy(String),
+    /// The mesh-wide default authorization.
+    DefaultAuthorization,
     /// Something else under the prefix (reported, ignored).
     Unknown(String),
 }
@@ -131,6 +158,15 @@ pub fn parse(key: &str) -> Key {
     }
     if key == MTLS_MODE {
         return Key::MtlsMode;
+    }
+    if key == DEFAULT_AUTHORIZATION {
+        return Key::DefaultAuthorization;
+    }
+    if let Some(name) = key
+        .strip_prefix(AUTHORIZATION_POLICIES)
+        .filter(|n| !n.is_empty())
+    {
+        return Key::AuthorizationPolicy(name.to_owned());
     }
     if let Some(id) = key.strip_prefix(TOKENS).filter(|n| !n.is_empty()) {
         return Key::Token(id.to_owned());

@@ -35,6 +35,7 @@ pub mod ca;
 
 pub mod cli;
 pub mod discovery;
+mod documents;
 pub mod identity;
 pub mod index;
 pub mod keys;

@@ -225,3 +225,63 @@ fn the_mtls_mode_is_pushed_and_a_change_is_a_new_table() {
     assert_eq!(deleted.mtls_mode, "strict");
     assert!(deleted.problems.is_empty(), "{:?}", deleted.problems);
 }
+
+#[test]
+fn authorization_policies_and_the_default_are_pushed_in_the_table() {
+    let policy = r#"{"kind":"AuthorizationPolicy","metadata":{"name":"payments"},
+        "spec":{"service":"payments","rules":[{"from":[{"service":"orders"}]}]}}"#;
+    let mut index = Index::default();
+    let first = index.publish();
+    index.apply(&WatchBatch {
+        revision: 3,
+        events: vec![
+            WatchEvent::Put(kv(
+                &format!("{}payments", keys::AUTHORIZATION_POLICIES),
+                policy,
+                2,
+            )),
+            WatchEvent::Put(kv(
+                &format!("{}misnamed", keys::AUTHORIZATION_POLICIES),
+                policy,
+                2,
+            )),
+            WatchEvent::Put(kv(keys::DEFAULT_AUTHORIZATION, "deny", 3)),
+        ],
+    });
+    let mut published = index.publish();
+    assert!(published.take_over_from(&first));
+    assert_eq!(
+        published.table_revision, 3,
+        "sidecars are pushed the change"
+    );
+    let names: Vec<_> = published
+        .table
+        .authorization_policies
+        .iter()
+        .map(|p| p.metadata.name.as_str())
+        .collect();
+    assert_eq!(names, ["payments"]);
+    assert_eq!(
+        published.table.default_authorization,
+        DefaultAuthorization::Deny
+    );
+    assert!(published.table_json.contains("authorizationPolicies"));
+    assert!(
+        published.problems.iter().any(|p| p.contains("misnamed")),
+        "{:?}",
+        published.problems
+    );
+
+    // A default that names nothing is reported, and deny is pushed.
+    index.apply(&WatchBatch {
+        revision: 4,
+        events: vec![WatchEvent::Put(kv(
+            keys::DEFAULT_AUTHORIZATION,
+            "allow-all",
+            4,
+        ))],
+    });
+    let typo = index.publish();
+    assert_eq!(typo.table.default_authorization, DefaultAuthorization::Deny);
+    assert!(typo.problems.iter().any(|p| p.contains("revision 4")));
+}
