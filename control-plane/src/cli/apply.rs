@@ -1,5 +1,5 @@
-//! `meshctl apply -f FILE`: create or update routes from YAML (or JSON)
-//! documents. All or nothing locally: every document is parsed and validated
+//! `meshctl apply -f FILE`: create or update routes and authorization
+//! policies from YAML (or JSON) documents, told apart by their `kind`. All or nothing locally: every document is parsed and validated
 //! before the first write, so a typo in document 3 does not leave documents 1
 //! and 2 applied. Each write is a compare-and-swap on the revision just read,
 //! so a concurrent writer is reported, never overwritten.
@@ -9,8 +9,10 @@ use std::fmt;
 use std::io::Read;
 
 use anyhow::{bail, Context};
-use mesh::model::Route;
-use mesh::proto::mesh::v1::{ApplyRouteRequest, ApplyRouteResponse, GetRouteRequest};
+use mesh::model::{AuthorizationPolicy, Route, AUTHORIZATION_POLICY_KIND};
+use mesh::proto::mesh::v1::{
+    ApplyPolicyRequest, ApplyRouteRequest, ApplyRouteResponse, GetPolicyRequest, GetRouteRequest,
+};
 use serde::Deserialize;
 
 use super::output::print;
@@ -41,6 +43,26 @@ pub struct SourcedRoute {
     pub route: Route,
 }
 
+/// A valid authorization policy and where it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcedPolicy {
+    /// The file as named on the command line (`<stdin>` for `-`).
+    pub file: String,
+    /// 1-based position of the document in its file.
+    pub document: usize,
+    /// The policy.
+    pub policy: AuthorizationPolicy,
+}
+
+/// Every valid document of one or more files, by kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    /// `kind: Route`.
+    pub routes: Vec<SourcedRoute>,
+    /// `kind: AuthorizationPolicy`.
+    pub policies: Vec<SourcedPolicy>,
+}
+
 /// Why one document cannot be applied, with enough to find it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentError {
@@ -50,6 +72,8 @@ pub struct DocumentError {
     pub document: usize,
     /// `metadata.name`, when the document has one.
     pub route: Option<String>,
+    /// What the document is (`route`, `authorization policy`).
+    pub kind: &'static str,
     /// What is wrong: a field path and reason, or the YAML parser's message.
     pub message: String,
 }
@@ -58,15 +82,21 @@ impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: document {}", self.file, self.document)?;
         if let Some(name) = &self.route {
-            write!(f, " (route {name:?})")?;
+            write!(f, " ({} {name:?})", self.kind)?;
         }
         write!(f, ": {}", self.message)
     }
 }
 
-/// Parses and validates every document of one file. Empty documents are
-/// skipped; the rest are either routes or errors.
+/// The routes of one file (and the errors of every document in it).
 pub fn parse_routes(file: &str, text: &str) -> (Vec<SourcedRoute>, Vec<DocumentError>) {
+    let (manifests, errors) = parse_manifests(file, text);
+    (manifests.routes, errors)
+}
+
+/// Parses and validates every document of one file. Empty documents are
+/// skipped; the rest are routes, policies (by `kind`) or errors.
+pub fn parse_manifests(file: &str, text: &str) -> (Manifests, Vec<DocumentError>) {
     // First as plain YAML values: finds the route names for error messages,
     // and where a syntax error is. Parsing stops there, because libyaml
     // cannot resynchronise after one (it would report it again forever).
@@ -82,18 +112,39 @@ pub fn parse_routes(file: &str, text: &str) -> (Vec<SourcedRoute>, Vec<DocumentE
         }
     }
 
-    // Then as routes, straight from the text, so serde's errors carry the
-    // field path and line (`spec: unknown field `splits`, ... at line 7`).
+    // Then as their kind, straight from the text, so serde's errors carry
+    // the field path and line (`spec: unknown field `splits`, ... at line 7`).
     let mut routes = Vec::new();
+    let mut policies = Vec::new();
     let mut errors = Vec::new();
     let documents = serde_yaml_ng::Deserializer::from_str(text).take(values.len());
     for (i, (document, value)) in documents.zip(&values).enumerate() {
+        let kind = value.get("kind").and_then(serde_yaml_ng::Value::as_str);
         let error = |message: String| DocumentError {
             file: file.to_owned(),
             document: i + 1,
             route: route_name(value),
+            kind: if kind == Some(AUTHORIZATION_POLICY_KIND) {
+                "authorization policy"
+            } else {
+                "route"
+            },
             message,
         };
+        if kind == Some(AUTHORIZATION_POLICY_KIND) {
+            match AuthorizationPolicy::deserialize(document) {
+                Ok(policy) => match policy.validate() {
+                    Ok(()) => policies.push(SourcedPolicy {
+                        file: file.to_owned(),
+                        document: i + 1,
+                        policy,
+                    }),
+                    Err(invalid) => errors.push(error(invalid.to_string())),
+                },
+                Err(invalid) => errors.push(error(invalid.to_string())),
+            }
+            continue;
+        }
         match Option::<Route>::deserialize(document) {
             Ok(None) => {}
             Ok(Some(route)) => match route.validate() {
@@ -112,10 +163,11 @@ pub fn parse_routes(file: &str, text: &str) -> (Vec<SourcedRoute>, Vec<DocumentE
             file: file.to_owned(),
             document: values.len() + 1,
             route: None,
+            kind: "route",
             message: syntax_error.to_string(),
         });
     }
-    (routes, errors)
+    (Manifests { routes, policies }, errors)
 }
 
 fn route_name(document: &serde_yaml_ng::Value) -> Option<String> {
@@ -129,22 +181,34 @@ fn route_name(document: &serde_yaml_ng::Value) -> Option<String> {
 /// Two documents naming the same route in one apply: which one should win
 /// is a guess, so neither does.
 pub fn duplicate_names(routes: &[SourcedRoute]) -> Vec<DocumentError> {
-    let mut first: HashMap<&str, &SourcedRoute> = HashMap::new();
+    duplicates(
+        "route",
+        routes
+            .iter()
+            .map(|r| (r.route.metadata.name.as_str(), r.file.as_str(), r.document)),
+    )
+}
+
+/// The same for documents of any kind: (name, file, document) of each.
+fn duplicates<'a>(
+    noun: &'static str,
+    documents: impl Iterator<Item = (&'a str, &'a str, usize)>,
+) -> Vec<DocumentError> {
+    let mut first: HashMap<&str, (&str, usize)> = HashMap::new();
     let mut errors = Vec::new();
-    for r in routes {
-        let name = r.route.metadata.name.as_str();
+    for (name, file, document) in documents {
         match first.get(name) {
-            Some(earlier) => errors.push(DocumentError {
-                file: r.file.clone(),
-                document: r.document,
+            Some((earlier_file, earlier_document)) => errors.push(DocumentError {
+                file: file.to_owned(),
+                document,
                 route: Some(name.to_owned()),
+                kind: noun,
                 message: format!(
-                    "metadata.name: route {name:?} is also defined in {} document {}",
-                    earlier.file, earlier.document
+                    "metadata.name: {noun} {name:?} is also defined in {earlier_file} document {earlier_document}"
                 ),
             }),
             None => {
-                first.insert(name, r);
+                first.insert(name, (file, document));
             }
         }
     }
@@ -164,9 +228,13 @@ pub enum Outcome {
 
 impl Outcome {
     fn of(response: &ApplyRouteResponse) -> Self {
-        if response.created {
+        Self::from_flags(response.created, response.changed)
+    }
+
+    fn from_flags(created: bool, changed: bool) -> Self {
+        if created {
             Self::Created
-        } else if response.changed {
+        } else if changed {
             Self::Configured
         } else {
             Self::Unchanged
@@ -186,16 +254,30 @@ impl fmt::Display for Outcome {
 
 /// Runs `meshctl apply`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::Result<()> {
-    let routes = read_routes(&args.files)?;
-    if args.expected_revision.is_some() && routes.len() != 1 {
-        bail!(
-            "--expected-revision needs exactly one route, the files hold {}",
-            routes.len()
-        );
+    let manifests = read_manifests(&args.files)?;
+    let total = manifests.routes.len() + manifests.policies.len();
+    if args.expected_revision.is_some() && total != 1 {
+        bail!("--expected-revision needs exactly one document, the files hold {total}");
     }
     let mut client = control_plane.connect().await?;
     let mut failed = 0;
-    for r in &routes {
+    // Policies first: a route that opens a path goes live after the
+    // policies that guard it.
+    for p in &manifests.policies {
+        let name = &p.policy.metadata.name;
+        match apply_policy(&mut client, &p.policy, args.expected_revision).await {
+            Ok((outcome, revision)) => {
+                print(&format!(
+                    "authorizationpolicy/{name} {outcome} (revision {revision})\n"
+                ))?;
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("authorization policy {name:?}: {error:#}");
+            }
+        }
+    }
+    for r in &manifests.routes {
         let name = &r.route.metadata.name;
         match apply_one(&mut client, &r.route, args.expected_revision).await {
             Ok((outcome, revision)) => {
@@ -208,18 +290,18 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::R
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} routes not applied", routes.len());
+        bail!("{failed} of {total} documents not applied");
     }
     Ok(())
 }
 
 /// Reads, parses and validates every file; any bad document fails the lot
 /// (each one printed to stderr first).
-fn read_routes(files: &[String]) -> anyhow::Result<Vec<SourcedRoute>> {
+fn read_manifests(files: &[String]) -> anyhow::Result<Manifests> {
     if files.iter().filter(|f| *f == "-").count() > 1 {
         bail!("-f - (stdin) given more than once");
     }
-    let mut routes = Vec::new();
+    let mut manifests = Manifests::default();
     let mut errors = Vec::new();
     for file in files {
         let (name, text) = if file == "-" {
@@ -233,11 +315,19 @@ fn read_routes(files: &[String]) -> anyhow::Result<Vec<SourcedRoute>> {
                 std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
             (file.clone(), text)
         };
-        let (good, bad) = parse_routes(&name, &text);
-        routes.extend(good);
+        let (good, bad) = parse_manifests(&name, &text);
+        manifests.routes.extend(good.routes);
+        manifests.policies.extend(good.policies);
         errors.extend(bad);
     }
-    errors.extend(duplicate_names(&routes));
+    errors.extend(duplicate_names(&manifests.routes));
+    errors.extend(duplicates(
+        "authorization policy",
+        manifests
+            .policies
+            .iter()
+            .map(|p| (p.policy.metadata.name.as_str(), p.file.as_str(), p.document)),
+    ));
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");
@@ -245,10 +335,48 @@ fn read_routes(files: &[String]) -> anyhow::Result<Vec<SourcedRoute>> {
         let s = if errors.len() == 1 { "" } else { "s" };
         bail!("nothing applied: {} invalid document{s}", errors.len());
     }
-    if routes.is_empty() {
-        bail!("no routes in {}", files.join(", "));
+    if manifests.routes.is_empty() && manifests.policies.is_empty() {
+        bail!("no routes or policies in {}", files.join(", "));
     }
-    Ok(routes)
+    Ok(manifests)
+}
+
+/// Writes one authorization policy, compare-and-swap like [`apply_one`].
+async fn apply_policy(
+    client: &mut AdminClient,
+    policy: &AuthorizationPolicy,
+    expected_revision: Option<i64>,
+) -> anyhow::Result<(Outcome, i64)> {
+    let name = &policy.metadata.name;
+    let expected = match expected_revision {
+        Some(revision) => revision,
+        None => {
+            let request = GetPolicyRequest { name: name.clone() };
+            match client.get_authorization_policy(request).await {
+                Ok(stored) => stored.into_inner().revision,
+                Err(status) if status.code() == tonic::Code::NotFound => 0,
+                Err(status) => {
+                    return Err(GrpcError(status)).context("cannot read its current revision")
+                }
+            }
+        }
+    };
+    let request = ApplyPolicyRequest {
+        policy_json: serde_json::to_string(policy).context("cannot encode the policy as JSON")?,
+        expected_revision: Some(expected),
+    };
+    let response = match client.apply_authorization_policy(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::Aborted => {
+            bail!("conflict: {}", status.message())
+        }
+        Err(status) => return Err(GrpcError(status).into()),
+    };
+    let revision = response.policy.as_ref().map_or(0, |p| p.revision);
+    Ok((
+        Outcome::from_flags(response.created, response.changed),
+        revision,
+    ))
 }
 
 /// Writes one route: compare-and-swap on `expected_revision`, or on the
@@ -436,6 +564,40 @@ spec:
         assert_eq!(
             Outcome::of(&response(false, false)).to_string(),
             "unchanged"
+        );
+    }
+
+    #[test]
+    fn policies_and_routes_are_told_apart_by_kind_and_checked_alike() {
+        let text = format!(
+            "{TWO_ROUTES}---
+kind: AuthorizationPolicy
+metadata: {{ name: payments }}
+spec:
+  service: payments
+  rules:
+    - from: [{{ service: orders }}]
+      to: [shop.payments.v1.PaymentsService/Charge]
+---
+kind: AuthorizationPolicy
+metadata: {{ name: broken }}
+spec:
+  service: payments
+  rules:
+    - to: [Charge]
+"
+        );
+        let (manifests, errors) = parse_manifests("f.yaml", &text);
+        assert_eq!(manifests.routes.len(), 2);
+        assert_eq!(manifests.policies.len(), 1);
+        assert_eq!(manifests.policies[0].policy.metadata.name, "payments");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].to_string().starts_with(
+                "f.yaml: document 5 (authorization policy \"broken\"): spec.rules[0].to[0]"
+            ),
+            "{}",
+            errors[0]
         );
     }
 }

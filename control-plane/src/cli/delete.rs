@@ -1,4 +1,4 @@
-//! `meshctl delete route NAME`.
+//! `meshctl delete route|authorizationpolicy NAME`.
 
 use anyhow::{bail, Context};
 use mesh::proto::mesh::v1::DeleteRouteRequest;
@@ -17,8 +17,11 @@ pub struct DeleteArgs {
 
 /// Runs `meshctl delete`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: DeleteArgs) -> anyhow::Result<()> {
-    let RouteKind::Route = args.kind;
     let mut client = control_plane.connect().await?;
+    if args.kind == RouteKind::Authorizationpolicy {
+        super::policies::delete(&mut client, &args.name).await?;
+        return print(&format!("authorizationpolicy/{} deleted\n", args.name));
+    }
     let request = DeleteRouteRequest {
         name: args.name.clone(),
         expected_revision: None,

@@ -25,8 +25,18 @@ pub struct DescribeArgs {
 
 /// Runs `meshctl describe`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: DescribeArgs) -> anyhow::Result<()> {
-    let RouteKind::Route = args.kind;
     let mut client = control_plane.connect().await?;
+    if args.kind == RouteKind::Authorizationpolicy {
+        let policies = super::policies::fetch(&mut client, Some(&args.name)).await?;
+        let mut text = super::policies::table(&policies).render();
+        text.push('\n');
+        text.push_str(&super::policies::render(
+            &policies,
+            super::output::OutputFormat::Yaml,
+            true,
+        )?);
+        return super::output::print(&text);
+    }
     let route = fetch_route(&mut client, &args.name).await?;
     let destination = route.route.spec.destination.clone();
     let endpoints = client

@@ -17,6 +17,9 @@ pub enum Resource {
     /// Registered endpoints (all, or those of the named mesh service).
     #[value(alias = "endpoint", alias = "ep")]
     Endpoints,
+    /// Authorization policies (all, or the one named).
+    #[value(alias = "authorizationpolicy", alias = "authz")]
+    Authorizationpolicies,
 }
 
 /// Options of `meshctl get`.
@@ -64,6 +67,18 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: GetArgs) -> anyhow::Res
                 return Ok(());
             }
             print(&render_routes(&routes, args.output, args.name.is_some())?)
+        }
+        Resource::Authorizationpolicies => {
+            let policies = super::policies::fetch(&mut client, args.name.as_deref()).await?;
+            if policies.is_empty() && args.output == OutputFormat::Table {
+                eprintln!("No authorization policies found.");
+                return Ok(());
+            }
+            print(&super::policies::render(
+                &policies,
+                args.output,
+                args.name.is_some(),
+            )?)
         }
         Resource::Endpoints => {
             let request = ListEndpointsRequest {

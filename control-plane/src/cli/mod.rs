@@ -14,6 +14,7 @@ pub mod health;
 pub mod identity;
 pub mod mtls;
 pub mod output;
+pub mod policies;
 pub mod rotate;
 pub mod status;
 
@@ -70,4 +71,7 @@ pub enum RouteKind {
     /// Routes.
     #[value(alias = "routes")]
     Route,
+    /// Authorization policies.
+    #[value(alias = "authorizationpolicies", alias = "authz")]
+    Authorizationpolicy,
 }

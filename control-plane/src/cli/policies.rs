@@ -1,0 +1,132 @@
+//! `meshctl get authorizationpolicies [NAME]` and the policies' part of
+//! `meshctl delete`: authorization policies as stored, in the same formats
+//! as routes (yaml feeds back into `meshctl apply -f`).
+
+use anyhow::Context;
+use mesh::model::{AuthorizationAction, AuthorizationMode, AuthorizationPolicy};
+use mesh::proto::mesh::v1::{
+    DeletePolicyRequest, GetPolicyRequest, ListPoliciesRequest, StoredPolicy,
+};
+
+use super::output::{self, OutputFormat, Table};
+use super::{AdminClient, GrpcError};
+
+/// A policy and the store's revision of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionedPolicy {
+    /// The policy document.
+    pub policy: AuthorizationPolicy,
+    /// Its revision.
+    pub revision: i64,
+}
+
+impl TryFrom<&StoredPolicy> for RevisionedPolicy {
+    type Error = anyhow::Error;
+
+    fn try_from(stored: &StoredPolicy) -> anyhow::Result<Self> {
+        let policy = serde_json::from_str(&stored.policy_json).with_context(|| {
+            format!(
+                "cannot decode the authorization policy at revision {} sent by the control plane",
+                stored.revision
+            )
+        })?;
+        Ok(Self {
+            policy,
+            revision: stored.revision,
+        })
+    }
+}
+
+/// The policy `name`, or every policy (sorted by name).
+pub async fn fetch(
+    client: &mut AdminClient,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<RevisionedPolicy>> {
+    if let Some(name) = name {
+        let request = GetPolicyRequest {
+            name: name.to_owned(),
+        };
+        return match client.get_authorization_policy(request).await {
+            Ok(response) => Ok(vec![RevisionedPolicy::try_from(&response.into_inner())?]),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                anyhow::bail!("authorization policy {name:?} not found")
+            }
+            Err(status) => Err(GrpcError(status))
+                .with_context(|| format!("cannot read authorization policy {name:?}")),
+        };
+    }
+    let list = client
+        .list_authorization_policies(ListPoliciesRequest {})
+        .await
+        .map_err(GrpcError)
+        .context("cannot list authorization policies")?
+        .into_inner();
+    for invalid in &list.invalid {
+        eprintln!("warning: invalid authorization policy in the store, skipped: {invalid}");
+    }
+    let mut policies = Vec::new();
+    for stored in &list.policies {
+        match RevisionedPolicy::try_from(stored) {
+            Ok(policy) => policies.push(policy),
+            Err(error) => eprintln!("warning: {error:#}"),
+        }
+    }
+    policies.sort_by(|a, b| a.policy.metadata.name.cmp(&b.policy.metadata.name));
+    Ok(policies)
+}
+
+/// Deletes policy `name`.
+pub async fn delete(client: &mut AdminClient, name: &str) -> anyhow::Result<()> {
+    let request = DeletePolicyRequest {
+        name: name.to_owned(),
+        expected_revision: None,
+    };
+    match client.delete_authorization_policy(request).await {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            anyhow::bail!("authorization policy {name:?} not found")
+        }
+        Err(status) => Err(GrpcError(status))
+            .with_context(|| format!("cannot delete authorization policy {name:?}")),
+    }
+}
+
+/// Policies in the chosen format; JSON is one object for one asked by name.
+pub fn render(
+    policies: &[RevisionedPolicy],
+    format: OutputFormat,
+    single: bool,
+) -> anyhow::Result<String> {
+    let documents: Vec<&AuthorizationPolicy> = policies.iter().map(|p| &p.policy).collect();
+    match format {
+        OutputFormat::Table => Ok(table(policies).render()),
+        OutputFormat::Yaml => output::yaml_stream(&documents),
+        OutputFormat::Json if single && documents.len() == 1 => output::json(documents[0]),
+        OutputFormat::Json => output::json(&documents),
+    }
+}
+
+/// NAME, SERVICE, ACTION, MODE, RULES, REVISION.
+pub fn table(policies: &[RevisionedPolicy]) -> Table {
+    let mut table = Table::new(["NAME", "SERVICE", "ACTION", "MODE", "RULES", "REVISION"]);
+    for RevisionedPolicy { policy, revision } in policies {
+        let spec = &policy.spec;
+        table.row([
+            policy.metadata.name.clone(),
+            spec.service.clone(),
+            match spec.action {
+                AuthorizationAction::Allow => "ALLOW",
+                AuthorizationAction::Deny => "DENY",
+            }
+            .to_owned(),
+            match spec.mode {
+                AuthorizationMode::Enforce => "enforce",
+                AuthorizationMode::Audit => "audit",
+            }
+            .to_owned(),
+            spec.rules.len().to_string(),
+            revision.to_string(),
+        ]);
+    }
+    table
+}
