@@ -145,6 +145,10 @@ pub struct Caller<'a> {
     /// The verified claims a gateway forwarded (only ever from a caller
     /// whose identity is a gateway's).
     pub claims: Option<&'a BTreeMap<String, String>>,
+    /// The mesh runs in permissive mode: a plaintext caller passes the
+    /// `all-authenticated` default (what permissive is for: moving a
+    /// running mesh to mTLS), though never a policy's rule.
+    pub permissive: bool,
 }
 
 /// The answer for one call, and what decided it.
@@ -422,6 +426,10 @@ pub fn authorize(
         (DefaultAuthorization::AllAuthenticated, Some(_)) => (
             true,
             "mesh default all-authenticated: the caller has a mesh identity",
+        ),
+        (DefaultAuthorization::AllAuthenticated, None) if caller.permissive => (
+            true,
+            "mesh default all-authenticated, permissive mode: plaintext callers pass",
         ),
         (DefaultAuthorization::AllAuthenticated, None) => (
             false,

@@ -56,6 +56,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&orders),
                 claims: None,
+                permissive: false,
             },
             CHARGE,
             true,
@@ -66,6 +67,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&orders),
                 claims: None,
+                permissive: false,
             },
             REFUND,
             true,
@@ -76,6 +78,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&orders),
                 claims: None,
+                permissive: false,
             },
             LIST,
             false,
@@ -86,6 +89,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&catalog),
                 claims: None,
+                permissive: false,
             },
             CHARGE,
             false,
@@ -96,6 +100,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: None,
                 claims: None,
+                permissive: false,
             },
             CHARGE,
             false,
@@ -106,6 +111,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&gw),
                 claims: Some(&admin),
+                permissive: false,
             },
             LIST,
             true,
@@ -116,6 +122,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&gw),
                 claims: Some(&customer),
+                permissive: false,
             },
             LIST,
             false,
@@ -126,6 +133,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&catalog),
                 claims: Some(&admin),
+                permissive: false,
             },
             LIST,
             false,
@@ -136,6 +144,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             Caller {
                 identity: Some(&batch),
                 claims: None,
+                permissive: false,
             },
             REFUND,
             false,
@@ -162,10 +171,12 @@ fn without_allow_policies_the_mesh_default_decides() {
     let anyone = Caller {
         identity: Some(&orders),
         claims: None,
+        permissive: false,
     };
     let nobody = Caller {
         identity: None,
         claims: None,
+        permissive: false,
     };
     let method = "shop.catalog.v1.CatalogService/ListProducts";
     let all = DefaultAuthorization::AllAuthenticated;
@@ -192,6 +203,7 @@ fn audit_mode_allows_and_says_what_it_would_have_refused() {
     let caller = Caller {
         identity: Some(&catalog),
         claims: None,
+        permissive: false,
     };
     let decision = authorize(
         &policies,
@@ -210,6 +222,7 @@ fn audit_mode_allows_and_says_what_it_would_have_refused() {
     let caller = Caller {
         identity: Some(&batch),
         claims: None,
+        permissive: false,
     };
     let decision = authorize(
         &policies,
