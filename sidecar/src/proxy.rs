@@ -3,25 +3,59 @@
 //! back. Bodies and trailers stream through untouched; protobuf is never
 //! decoded.
 //!
-//! A routed call goes through its route's policies in this order: fault
-//! injection, deadline, concurrency cap, then attempts. Each attempt picks
-//! an endpoint (another one than before when it can, never an ejected one),
-//! waits for a connection (under the pending-connect cap), sends, and looks
-//! at the answer: a trailers-only failure with a retryable code, or a
-//! connection failure before the request was sent, is retried after a
-//! jittered backoff if the body could be replayed, the route's retry budget
-//! allows, and the deadline has time left. Once response headers go to the
-//! client the call is never retried.
+//! A routed call goes through its route's policies in this order: the
+//! call's plan (`call::plan`: deadline, fault injection), the concurrency
+//! cap, then attempts. Each attempt picks an endpoint (another one than
+//! before when it can, never an ejected one), waits for a connection
+//! (under the pending-connect cap) and for a stream slot on it (bounded;
+//! see `upstream`), sends, and looks at the answer; `call::judge` then
+//! decides: return it, fail, or retry after a jittered backoff (if the
+//! body can be replayed, the route's retry budget allows, and the deadline
+//! has time left). A connect that fails sends nothing and moves to another
+//! endpoint without counting as an attempt.
+//!
+//! # When a call is committed
+//!
+//! A call is *committed* (never retried any more) as soon as anything of
+//! the response goes to the client: its headers, and so everything after.
+//! Before that, an attempt's outcome is still the proxy's to judge:
+//!
+//! - a connection failure, or a stream HTTP/2 gave back unsent: nothing
+//!   reached the upstream, retried whatever `retryOn` says;
+//! - a reset or per-try timeout after the request went out: retried when
+//!   the route retries UNAVAILABLE (what the caller would see);
+//! - a trailers-only answer with a status in `retryOn`;
+//! - on routes that retry, for a *unary* call (the request ended after
+//!   exactly one message, kept for replay), response headers without a
+//!   status are held until the first frame, within the attempt's budget:
+//!   trailers first with a status in `retryOn` make the attempt a failure
+//!   like a trailers-only answer; a DATA frame (or the budget running out)
+//!   commits the call, and the held frame goes out right behind the
+//!   headers. With `retries.bufferResponse`, the hold lasts until the
+//!   trailers while the response stays within that size, so a retryable
+//!   status after DATA is retried too; a larger response is committed;
+//! - for a call that may stream, the headers are never held: only a first
+//!   frame that is already there is looked at (trailers there mean nothing
+//!   was streamed, so the call is not committed yet).
+//!
+//! The last attempt, a body too large to keep (`bufferBytes`, or past the
+//! process-wide replay budget), and routes without retries commit with the
+//! first response headers, as before. After commit, an upstream failure
+//! ends the client's stream with UNAVAILABLE trailers
+//! (`x-mesh-error: upstream-reset`), never with a reset.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response};
+use http_body::Frame;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use mesh::identity::PeerIdentity;
@@ -32,6 +66,11 @@ use tower::ServiceExt;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::call;
+use crate::call::error::{ProxyBody, ProxyError};
+use crate::call::hold::Held;
+use crate::call::judge::{self, RetryRules, Verdict};
+use crate::call::plan::CallPlan;
 use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
@@ -39,11 +78,10 @@ use crate::metrics::{Direction, GrpcPath, Metrics, RouteCounters};
 use crate::outcome::{CallGuard, Outcome, OutlierScope};
 use crate::outlier::Admission;
 use crate::policy::RoutePolicy;
-use crate::proxy_error::{ProxyBody, ProxyError};
-use crate::replay_body::{Replay, RequestBody};
+use crate::replay_body::{OnBudgetExhausted, Replay, ReplayBudget, RequestBody};
 use crate::response_body::{grpc_status, status_message, Observer, ResponseBody};
 use crate::table::{CompiledRoute, LiveTable};
-use crate::upstream::Upstream;
+use crate::upstream::{StreamSlot, Upstream};
 
 /// Where a listener's calls go.
 #[derive(Debug, Clone)]
@@ -67,36 +105,165 @@ pub struct Proxy {
     inner: Arc<ProxyInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ProxyInner {
     direction: Direction,
     destination: Destination,
     /// The gateway's own mesh-wide reflection (control-plane mode).
     reflection: Option<Arc<MeshReflection>>,
     metrics: Arc<Metrics>,
+    /// Bytes kept for replay by every call of the process.
+    replay_budget: Arc<ReplayBudget>,
 }
 
-/// How one attempt went.
 /// Endpoints a call may move on to after connects that failed (nothing
 /// sent): enough to step over a dead or impostor endpoint or two, bounded
 /// so a call to a service whose endpoints all fail ends quickly.
 const MAX_CONNECT_FAILOVERS: usize = 2;
 
+/// How one attempt went.
 enum Attempt {
     /// Response headers came (success, or a gRPC error status).
     Answered(Response<Incoming>, CallGuard),
-    /// No response; `retryable` if the request was never sent (so a retry
-    /// cannot duplicate it).
-    Failed {
-        error: ProxyError,
-        retryable: bool,
-        guard: Option<CallGuard>,
-    },
+    /// No response; the error says whether the request was sent.
+    Failed { error: ProxyError, guard: CallGuard },
+}
+
+/// How far to read a response ahead before committing to it.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    /// A unary call: hold the headers until the first frame, or until
+    /// the trailers if the body stays within this many bytes
+    /// (`retries.bufferResponse`; 0 = the first frame only).
+    Unary(usize),
+    /// A call that may stream: only look at a first frame already there.
+    Peek,
+}
+
+/// An upstream's answer, not yet sent on.
+struct Answer {
+    parts: http::response::Parts,
+    body: Incoming,
+    held: VecDeque<Frame<Bytes>>,
+    guard: CallGuard,
+    slot: StreamSlot,
+}
+
+/// What an attempt's answer calls for.
+enum Examined {
+    /// Send it on (nothing to retry on).
+    Commit(Answer),
+    /// Let the judge decide; the answer to send if it says return.
+    Judge(judge::Outcome, Option<Answer>),
+}
+
+impl Answer {
+    /// The `grpc-message` of its status (headers or held trailers).
+    fn message(&self) -> String {
+        if self.parts.headers.contains_key("grpc-status") {
+            return status_message(&self.parts.headers);
+        }
+        self.held
+            .back()
+            .and_then(Frame::trailers_ref)
+            .map(status_message)
+            .unwrap_or_default()
+    }
+
+    /// The response to send the client.
+    fn respond(
+        self,
+        permit: Option<Permit>,
+        deadline: Option<Instant>,
+        observer: Observer,
+    ) -> Response<ProxyBody> {
+        let Self {
+            parts,
+            body,
+            held,
+            guard,
+            slot,
+        } = self;
+        respond(
+            Response::from_parts(parts, body),
+            guard,
+            permit,
+            deadline,
+            Some(observer),
+            Some(slot),
+        )
+        .map(|body| match body {
+            Either::Left(body) => Either::Left(body.with_held(held)),
+            other => other,
+        })
+    }
+}
+
+/// Looks at what an attempt brought: a failure, a trailers-only status,
+/// or headers (read ahead by `hold` until `until`, when a retry could follow).
+async fn examine(
+    upstream: &Upstream,
+    sent: Attempt,
+    hold: Option<Hold>,
+    until: Option<Instant>,
+    slot: StreamSlot,
+) -> Examined {
+    let (response, mut guard) = match sent {
+        Attempt::Failed { error, mut guard } => {
+            guard.report(Outcome::Reset(error.message()));
+            return Examined::Judge(judge::Outcome::Failed(error), None);
+        }
+        Attempt::Answered(response, guard) => (response, guard),
+    };
+    let (parts, mut body) = response.into_parts();
+    // A trailers-only answer: nothing has reached the client yet.
+    if let Some(code) = grpc_status(&parts.headers) {
+        guard.report(Outcome::Status(code));
+        let answer = Answer {
+            parts,
+            body,
+            held: VecDeque::new(),
+            guard,
+            slot,
+        };
+        return Examined::Judge(judge::Outcome::Status(code), Some(answer));
+    }
+    let held = match hold {
+        None => Held::Streaming {
+            frames: VecDeque::new(),
+        },
+        Some(Hold::Peek) => call::hold::peek(&mut body),
+        Some(Hold::Unary(max_bytes)) => {
+            Box::pin(call::hold::hold(&mut body, max_bytes, until)).await
+        }
+    };
+    let (held, status) = match held {
+        Held::Broken(detail) => {
+            let error = ProxyError::upstream_reset(upstream.addr(), detail);
+            guard.report(Outcome::Reset(error.message()));
+            return Examined::Judge(judge::Outcome::Failed(error), None);
+        }
+        Held::Streaming { frames } => (frames, None),
+        Held::Complete { frames, status } => (frames, status),
+    };
+    let answer = Answer {
+        parts,
+        body,
+        held,
+        guard,
+        slot,
+    };
+    match status {
+        Some(code) => Examined::Judge(judge::Outcome::Status(code), Some(answer)),
+        None => Examined::Commit(answer),
+    }
 }
 
 impl Proxy {
     /// A proxy for one listener. With `reflection`, reflection calls are
-    /// answered by the proxy itself instead of routed.
+    /// answered by the proxy itself instead of routed. Its replay budget
+    /// is its own, of [`ReplayBudget::DEFAULT_BYTES`], until
+    /// [`Proxy::with_replay_budget`] gives it the process's.
     pub fn new(
         direction: Direction,
         destination: Destination,
@@ -109,7 +276,19 @@ impl Proxy {
                 destination,
                 reflection,
                 metrics,
+                replay_budget: ReplayBudget::new(ReplayBudget::DEFAULT_BYTES),
             }),
+        }
+    }
+
+    /// The same proxy charging its replay buffers to `budget`: one budget
+    /// for the process, shared by every listener that retries, so the
+    /// bytes kept for retries stay bounded whatever the clients send.
+    pub fn with_replay_budget(self, budget: Arc<ReplayBudget>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.replay_budget = budget;
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -150,20 +329,27 @@ impl Proxy {
         match result {
             Ok(response) => response,
             Err(error) => {
+                // The full message (addresses and all) goes to the logs and
+                // the span; clients at the edge get a redacted one.
                 tracing::debug!(parent: &span, direction = direction.as_str(), %error, "proxy error");
                 let metrics = &self.inner.metrics;
-                metrics.record_proxy_error(direction, error.reason);
+                let code = error.code() as i32;
+                metrics.record_proxy_error(direction, error.reason());
                 let service = service.unwrap_or_else(|| Arc::from(""));
                 metrics.record_response(
                     direction,
                     &service,
                     &call.path,
-                    error.code as i32,
+                    code,
                     call.started.elapsed(),
                 );
-                span.set_attribute("mesh.error", error.reason);
-                status::record(&span, side, error.code as i64, &error.message);
-                error.into_response()
+                span.set_attribute("mesh.error", error.reason());
+                status::record(&span, side, i64::from(code), &error.message());
+                if direction == Direction::Ingress {
+                    error.response(true)
+                } else {
+                    error.into_response()
+                }
             }
         }
     }
@@ -209,9 +395,14 @@ impl Proxy {
                     None => Box::pin(connect(upstream, None))
                         .await
                         .inspect_err(|error| {
-                            status::record_failure(&attempt, &error.message);
+                            status::record_failure(&attempt, &error.message());
                         })?,
                 };
+                let wait = req
+                    .headers()
+                    .get(deadline::GRPC_TIMEOUT)
+                    .and_then(deadline::parse);
+                let slot = Box::pin(upstream.stream_slot(wait)).await?;
                 let (parts, body) = req.into_parts();
                 let mut request = rebuild(parts, RequestBody::Direct(body), upstream, None);
                 propagate(&attempt, request.headers_mut());
@@ -221,10 +412,17 @@ impl Proxy {
                 match sent {
                     Attempt::Answered(response, guard) => {
                         let observer = self.observer(call, own, attempt);
-                        Ok(respond(response, guard, None, None, Some(observer)))
+                        Ok(respond(
+                            response,
+                            guard,
+                            None,
+                            None,
+                            Some(observer),
+                            Some(slot),
+                        ))
                     }
                     Attempt::Failed { error, .. } => {
-                        status::record_failure(&attempt, &error.message);
+                        status::record_failure(&attempt, &error.message());
                         Err(error)
                     }
                 }
@@ -256,37 +454,24 @@ impl Proxy {
         pick: impl Fn(&[Arc<Upstream>], bool) -> Result<crate::table::Pick, ProxyError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let policy = &route.policy;
-        // The caller's deadline and the route's: the smaller wins.
         let caller = req
             .headers()
             .get(deadline::GRPC_TIMEOUT)
             .and_then(deadline::parse);
-        let (budget, callers) = match (caller, policy.timeout) {
-            (Some(c), Some(r)) if c <= r => (Some(c), true),
-            (Some(_), Some(r)) => (Some(r), false),
-            (Some(c), None) => (Some(c), true),
-            (None, r) => (r, false),
-        };
-        let deadline = budget.map(|b| Instant::now() + b);
-        let expired =
-            || ProxyError::deadline_exceeded(&policy.name, budget.unwrap_or_default(), callers);
-
-        if let Some(fault) = &policy.fault {
-            if fault.delay_ratio > 0.0 && rand::random::<f64>() < fault.delay_ratio {
-                match deadline {
-                    Some(d) if Instant::now() + fault.delay >= d => {
-                        Box::pin(tokio::time::sleep_until(d)).await;
-                        return Err(expired());
-                    }
-                    _ => Box::pin(tokio::time::sleep(fault.delay)).await,
-                }
+        let plan = CallPlan::new(caller, policy, Instant::now(), rand::random::<f64>);
+        match plan.fault_delay(Instant::now()) {
+            Some(Ok(delay)) => Box::pin(tokio::time::sleep(delay)).await,
+            Some(Err(deadline)) => {
+                Box::pin(tokio::time::sleep_until(deadline)).await;
+                return Err(plan.expired());
             }
-            if fault.abort_ratio > 0.0 && rand::random::<f64>() < fault.abort_ratio {
-                return Err(ProxyError::fault_abort(&policy.name, fault.abort_code));
-            }
+            None => {}
+        }
+        if let Some(code) = plan.fault.abort {
+            return Err(ProxyError::fault_abort(&policy.name, code));
         }
 
-        let permit: Option<Permit> = match &policy.max_requests {
+        let mut permit: Option<Permit> = match &policy.max_requests {
             Some(limit) => Some(
                 limit
                     .try_acquire()
@@ -300,7 +485,18 @@ impl Proxy {
         let (mut direct, replay) = match &policy.retry {
             Some(retry) => {
                 retry.deposit();
-                (None, Some(Replay::new(body, retry.buffer_bytes)))
+                let metrics = self.inner.metrics.clone();
+                let direction = self.inner.direction;
+                let count: OnBudgetExhausted = Box::new(move || {
+                    metrics.record_proxy_error(direction, "replay-budget-exhausted");
+                });
+                let replay = Replay::new(
+                    body,
+                    retry.buffer_bytes,
+                    self.inner.replay_budget.clone(),
+                    Some(count),
+                );
+                (None, Some(replay))
             }
             None => (Some(body), None),
         };
@@ -308,21 +504,14 @@ impl Proxy {
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let mut attempt = 0;
         let mut failovers = 0;
+        // Bounded: each turn returns, or makes an attempt (at most
+        // `attempts`), or fails over after a connect (at most
+        // MAX_CONNECT_FAILOVERS).
         loop {
             attempt += 1;
             let last = attempt >= attempts;
-            let remaining = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(expired()),
-                },
-                None => None,
-            };
-            let per_try = policy.retry.as_ref().and_then(|r| r.per_try_timeout);
-            let try_budget = match (remaining, per_try) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let started = Instant::now();
+            let try_budget = plan.try_budget(started)?;
             let picked = pick(&tried, policy.outlier.is_some())?;
             let upstream = picked.upstream.clone();
             tried.push(upstream.clone());
@@ -344,20 +533,19 @@ impl Proxy {
             let pending = policy
                 .max_pending_connects
                 .as_ref()
-                .map(|limit| (&*policy.name, limit));
+                .map(|limit| (&policy.name, limit));
             let sender = match upstream.ready_now() {
                 Some(sender) => sender,
                 None => match Box::pin(connect(&upstream, pending)).await {
                     Ok(sender) => sender,
                     Err(error) => {
-                        let capped = error.reason == "pending-connect-limit";
-                        if !capped {
+                        if error.endpoint_failure() {
                             CallGuard::new(upstream.clone(), outlier.clone(), None)
-                                .report(Outcome::Reset(error.message.clone()));
+                                .report(Outcome::Reset(error.message()));
                         }
-                        span.set_attribute("mesh.error", error.reason);
-                        status::record_failure(&span, &error.message);
-                        let elsewhere = !capped
+                        span.set_attribute("mesh.error", error.reason());
+                        status::record_failure(&span, &error.message());
+                        let elsewhere = error.endpoint_failure()
                             && failovers < MAX_CONNECT_FAILOVERS
                             && pick(&tried, policy.outlier.is_some()).is_ok_and(|next| {
                                 !tried.iter().any(|t| Arc::ptr_eq(t, &next.upstream))
@@ -373,88 +561,84 @@ impl Proxy {
                 },
             };
 
-            let body = match &replay {
-                Some(replay) => RequestBody::Replay(replay.body()),
-                None => RequestBody::Direct(direct.take().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request body already sent")
-                })?),
-            };
-            let request = if last {
-                let parts = parts.take().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
-                })?;
-                rebuild(parts, body, &upstream, try_budget)
-            } else {
-                let parts = parts.as_ref().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
-                })?;
-                rebuild(copy_parts(parts), body, &upstream, try_budget)
-            };
-            let mut request = request;
-            propagate(&span, request.headers_mut());
-
-            let outcome = send(&upstream, sender, request, try_budget, outlier.clone())
-                .instrument(span.clone())
-                .await;
-            let can_retry = !last && replay.as_ref().is_some_and(Replay::can_replay);
-            let retry_on = |code: i32| {
-                policy
-                    .retry
-                    .as_ref()
-                    .is_some_and(|r| r.retry_on.contains(&code))
-            };
-            let reason = match outcome {
-                Attempt::Answered(response, mut guard) => match grpc_status(response.headers()) {
-                    // A trailers-only error: nothing has reached the client yet.
-                    Some(code) if code != 0 => {
-                        guard.report(Outcome::Status(code));
-                        if !(can_retry && retry_on(code) && self.take_retry(policy)) {
-                            let observer = self.observer(call, &policy.service, span);
-                            return Ok(respond(response, guard, permit, None, Some(observer)));
+            let (outcome, answer) = match Box::pin(upstream.stream_slot(try_budget)).await {
+                Err(error) => (judge::Outcome::Failed(error), None),
+                Ok(slot) => {
+                    let body = match &replay {
+                        Some(replay) => RequestBody::Replay(replay.body()),
+                        None => RequestBody::Direct(direct.take().ok_or_else(|| {
+                            ProxyError::upstream_reset(upstream.addr(), "request body already sent")
+                        })?),
+                    };
+                    let parts = if last {
+                        parts.take()
+                    } else {
+                        parts.as_ref().map(copy_parts)
+                    };
+                    let parts = parts.ok_or_else(|| {
+                        ProxyError::upstream_reset(upstream.addr(), "request already sent")
+                    })?;
+                    let mut request = rebuild(parts, body, &upstream, try_budget);
+                    propagate(&span, request.headers_mut());
+                    let sent = send(&upstream, sender, request, try_budget, outlier.clone())
+                        .instrument(span.clone())
+                        .await;
+                    // Read ahead of the headers only when a retry could follow.
+                    let hold = match (&policy.retry, &replay) {
+                        (Some(retry), Some(replay)) if !last && replay.can_replay() => {
+                            Some(if replay.is_unary() {
+                                Hold::Unary(retry.buffer_response.unwrap_or(0))
+                            } else {
+                                Hold::Peek
+                            })
                         }
-                        let message = status_message(response.headers());
-                        status::record(&span, Side::Client, i64::from(code), &message);
-                        format!("grpc-status {code} from {}", upstream.addr())
+                        _ => None,
+                    };
+                    let until = try_budget.map(|b| started + b);
+                    match examine(&upstream, sent, hold, until, slot).await {
+                        Examined::Commit(answer) => {
+                            let observer = self.observer(call, &policy.service, span);
+                            return Ok(answer.respond(permit.take(), plan.deadline(), observer));
+                        }
+                        Examined::Judge(outcome, answer) => (outcome, answer),
                     }
-                    _ => {
-                        let observer = self.observer(call, &policy.service, span);
-                        return Ok(respond(response, guard, permit, deadline, Some(observer)));
-                    }
-                },
-                Attempt::Failed {
-                    error,
-                    retryable,
-                    guard,
-                } => {
-                    if let Some(mut guard) = guard {
-                        guard.report(Outcome::Reset(error.message.clone()));
-                    }
-                    span.set_attribute("mesh.error", error.reason);
-                    status::record_failure(&span, &error.message);
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(expired());
-                    }
-                    // Never sent: always safe to retry. Sent and then lost
-                    // (reset, per-try timeout): the caller would see
-                    // UNAVAILABLE, so retry if the route retries that.
-                    let retryable = retryable || retry_on(tonic::Code::Unavailable as i32);
-                    if !(can_retry && retryable && self.take_retry(policy)) {
-                        return Err(error);
-                    }
-                    error.to_string()
                 }
             };
-            let Some(retry) = policy.retry.as_ref() else {
-                return Err(ProxyError::upstream_reset(upstream.addr(), reason));
-            };
-            let mut wait = retry
-                .backoff_ceiling(attempt)
-                .mul_f64(rand::random::<f64>());
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            match &outcome {
+                judge::Outcome::Status(code) => {
+                    let message = answer.as_ref().map(Answer::message).unwrap_or_default();
+                    status::record(&span, Side::Client, i64::from(*code), &message);
+                }
+                judge::Outcome::Failed(error) => {
+                    span.set_attribute("mesh.error", error.reason());
+                    status::record_failure(&span, &error.message());
+                }
             }
-            tracing::debug!(route = %policy.name, attempt, ?wait, %reason, "retrying");
-            Box::pin(tokio::time::sleep(wait)).await;
+            let inputs = judge::Inputs {
+                retry: policy.retry.as_ref().map(RetryRules::from),
+                plan: &plan,
+                attempt,
+                can_replay: replay.as_ref().is_some_and(Replay::can_replay),
+                now: Instant::now(),
+                jitter: rand::random::<f64>(),
+            };
+            let why = format!("{outcome:?}");
+            match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
+                Verdict::Return => {
+                    let Some(answer) = answer else {
+                        // A failure is never "returned"; answer it as one.
+                        return Err(ProxyError::upstream_reset(upstream.addr(), why));
+                    };
+                    let observer = self.observer(call, &policy.service, span);
+                    return Ok(answer.respond(permit.take(), plan.deadline(), observer));
+                }
+                Verdict::Fail(error) => return Err(error),
+                Verdict::Retry { wait } => {
+                    tracing::debug!(route = %policy.name, attempt, ?wait, reason = %why, "retrying");
+                    drop(answer);
+                    Box::pin(tokio::time::sleep(wait)).await;
+                }
+            }
         }
     }
 
@@ -497,8 +681,7 @@ async fn send(
             Err(_) => {
                 return Attempt::Failed {
                     error: ProxyError::attempt_timeout(upstream.addr(), t),
-                    retryable: true,
-                    guard: Some(guard),
+                    guard,
                 }
             }
         },
@@ -507,12 +690,13 @@ async fn send(
     match result {
         Ok(response) => Attempt::Answered(response, guard),
         Err(mut e) => {
-            let unsent = e.take_message().is_some();
-            Attempt::Failed {
-                error: ProxyError::upstream_reset(upstream.addr(), e.into_error()),
-                retryable: unsent,
-                guard: Some(guard),
-            }
+            // hyper gives the request back when it never went out.
+            let error = if e.take_message().is_some() {
+                ProxyError::upstream_refused(upstream.addr(), e.into_error())
+            } else {
+                ProxyError::upstream_reset(upstream.addr(), e.into_error())
+            };
+            Attempt::Failed { error, guard }
         }
     }
 }
@@ -520,7 +704,7 @@ async fn send(
 /// Waits for a connection to `upstream`, under the pending-connect cap.
 async fn connect(
     upstream: &Upstream,
-    pending: Option<(&str, &Arc<ConcurrencyLimit>)>,
+    pending: Option<(&Arc<str>, &Arc<ConcurrencyLimit>)>,
 ) -> Result<hyper::client::conn::http2::SendRequest<RequestBody>, ProxyError> {
     let _place = match pending {
         Some((route, limit)) => Some(
@@ -546,6 +730,7 @@ fn respond(
     permit: Option<Permit>,
     deadline: Option<Instant>,
     observer: Option<Observer>,
+    slot: Option<StreamSlot>,
 ) -> Response<ProxyBody> {
     let trailers_only = grpc_status(response.headers());
     let observer = match (trailers_only, observer) {
@@ -565,6 +750,7 @@ fn respond(
             permit,
             deadline,
             observer,
+            slot,
         ))
     })
 }

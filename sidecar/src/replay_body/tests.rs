@@ -85,7 +85,7 @@ async fn forwarder(to: SocketAddr, hints: mpsc::UnboundedSender<Option<u64>>) ->
                 let hints = hints.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let replay = Replay::new(body, 64 * 1024);
+                    let replay = Replay::new(body, 64 * 1024, ReplayBudget::new(1 << 20), None);
                     for _attempt in 0..2 {
                         let body = replay.body();
                         let _ = hints.send(body.size_hint().exact());

@@ -1,0 +1,1 @@
+//! In-process proxy tests (filled below).
