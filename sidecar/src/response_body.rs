@@ -260,3 +260,60 @@ where
         self.held.is_empty() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    fn body(
+        frames: Vec<Result<Frame<Bytes>, io::Error>>,
+    ) -> impl Body<Data = Bytes, Error = io::Error> + Unpin {
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn an_upstream_failure_after_headers_ends_the_stream_with_unavailable_trailers() {
+        let upstream = body(vec![
+            Ok(Frame::data(Bytes::from_static(b"abc"))),
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "connection lost",
+            )),
+        ]);
+        let response = ResponseBody::new(upstream, None, None, None, None, None);
+        // No error reaches the server (which would reset the client's stream).
+        let collected = response.collect().await.expect("ends with trailers");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "14");
+        assert_eq!(
+            trailers[crate::proxy_error::ERROR_REASON_HEADER],
+            "upstream-reset"
+        );
+        let message = trailers["grpc-message"].to_str().unwrap();
+        assert!(message.contains("connection lost"), "{message}");
+        assert_eq!(collected.to_bytes(), "abc");
+    }
+
+    #[tokio::test]
+    async fn held_frames_go_first_and_their_trailers_end_the_call() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let held = VecDeque::from([
+            Frame::data(Bytes::from_static(b"held ")),
+            Frame::data(Bytes::from_static(b"ahead ")),
+        ]);
+        let rest = body(vec![
+            Ok(Frame::data(Bytes::from_static(b"then the rest"))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let response = ResponseBody::new(rest, None, None, None, None, None).with_held(held);
+        assert!(!response.is_end_stream());
+        let collected = response.collect().await.expect("whole");
+        assert_eq!(collected.trailers().expect("trailers")["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), "held ahead then the rest");
+    }
+}

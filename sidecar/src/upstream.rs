@@ -235,6 +235,12 @@ impl Upstream {
         self
     }
 
+    /// Calls waiting for a stream slot now.
+    #[cfg(test)]
+    pub fn waiting_for_streams(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     /// A stream slot on the connection: at once if one is free, else
     /// after waiting at most `wait` (`None`: until one frees) behind at
     /// most `max_waiting` other calls. Fails `upstream-queue-full`.
