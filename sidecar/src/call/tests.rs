@@ -706,3 +706,74 @@ async fn errors_at_the_ingress_hide_internal_addresses_and_the_mesh_sees_them() 
         proxy.stop().await;
     }
 }
+
+/// 64 KiB of zeros: the slow reader's response is made of these.
+static CHUNK: [u8; 64 << 10] = [0; 64 << 10];
+
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_other_calls_on_the_shared_connection() {
+    // The upstream answers `/test.Echo/Big` with an endless stream and
+    // `/test.Echo/Say` with a short answer; `produced` counts what the
+    // endless streams handed to HTTP/2 so far.
+    let produced = Arc::new(AtomicUsize::new(0));
+    let upstream = TestUpstream::start(Arc::new({
+        let produced = produced.clone();
+        move |_, body| {
+            if body == message(b"big") {
+                let produced = produced.clone();
+                let endless = futures_util::stream::repeat_with(move || {
+                    produced.fetch_add(CHUNK.len(), Ordering::Relaxed);
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(&CHUNK)))
+                });
+                grpc_response(StreamBody::new(endless).boxed())
+            } else {
+                grpc_response(frames(vec![
+                    Frame::data(body),
+                    Frame::trailers(status_trailers("0")),
+                ]))
+            }
+        }
+    }))
+    .await;
+    let proxy = TestProxy::routed(Direction::Outbound, bootstrap(&[upstream.addr], "")).await;
+
+    // Eight callers on their own connections open the big stream and
+    // never read it. With the old windows (1 MiB per stream, 4 MiB per
+    // connection) four of them used up the upstream connection's window.
+    const STALLED: usize = 8;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let mut client = proxy.client().await;
+        let response = tokio::time::timeout(
+            PATIENCE,
+            client.send_request(request("/test.Echo/Big", message(b"big"), None)),
+        )
+        .await
+        .expect("headers in time")
+        .expect("headers");
+        stalled.push((client, response));
+    }
+    // Wait until they are stalled: nothing more is produced between checks.
+    tokio::time::timeout(PATIENCE, async {
+        let mut last = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = produced.load(Ordering::Relaxed);
+            if now == last && now > 0 {
+                return;
+            }
+            last = now;
+        }
+    })
+    .await
+    .expect("the big streams stall");
+
+    // Another caller of the same endpoint (the same upstream connection)
+    // is still served.
+    let mut good = proxy.client().await;
+    let reply = call(&mut good, message(b"still served"), Some("2S")).await;
+    assert_eq!(reply.status(), Some("0"), "{reply:?}");
+    assert_eq!(reply.data, message(b"still served"));
+    drop(stalled);
+    proxy.stop().await;
+}
