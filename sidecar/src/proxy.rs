@@ -44,18 +44,15 @@
 //! ends the client's stream with UNAVAILABLE trailers
 //! (`x-mesh-error: upstream-reset`), never with a reset.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Scheme, Uri};
 use http::{Request, Response};
-use http_body::Frame;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use mesh::identity::PeerIdentity;
@@ -66,22 +63,20 @@ use tower::ServiceExt;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::call;
 use crate::call::error::{ProxyBody, ProxyError};
-use crate::call::hold::Held;
-use crate::call::judge::{self, RetryRules, Verdict};
-use crate::call::plan::CallPlan;
 use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, GrpcPath, Metrics, RouteCounters};
-use crate::outcome::{CallGuard, Outcome, OutlierScope};
-use crate::outlier::Admission;
+use crate::outcome::{CallGuard, OutlierScope};
 use crate::policy::RoutePolicy;
-use crate::replay_body::{OnBudgetExhausted, Replay, ReplayBudget, RequestBody};
+use crate::replay_body::{ReplayBudget, RequestBody};
 use crate::response_body::{grpc_status, status_message, Observer, ResponseBody};
-use crate::table::{CompiledRoute, LiveTable};
+use crate::table::LiveTable;
 use crate::upstream::{StreamSlot, Upstream};
+
+mod answer;
+mod routed;
 
 /// Where a listener's calls go.
 #[derive(Debug, Clone)]
@@ -116,147 +111,12 @@ struct ProxyInner {
     replay_budget: Arc<ReplayBudget>,
 }
 
-/// Endpoints a call may move on to after connects that failed (nothing
-/// sent): enough to step over a dead or impostor endpoint or two, bounded
-/// so a call to a service whose endpoints all fail ends quickly.
-const MAX_CONNECT_FAILOVERS: usize = 2;
-
 /// How one attempt went.
 enum Attempt {
     /// Response headers came (success, or a gRPC error status).
     Answered(Response<Incoming>, CallGuard),
     /// No response; the error says whether the request was sent.
     Failed { error: ProxyError, guard: CallGuard },
-}
-
-/// How far to read a response ahead before committing to it.
-#[derive(Debug, Clone, Copy)]
-enum Hold {
-    /// A unary call: hold the headers until the first frame, or until
-    /// the trailers if the body stays within this many bytes
-    /// (`retries.bufferResponse`; 0 = the first frame only).
-    Unary(usize),
-    /// A call that may stream: only look at a first frame already there.
-    Peek,
-}
-
-/// An upstream's answer, not yet sent on.
-struct Answer {
-    parts: http::response::Parts,
-    body: Incoming,
-    held: VecDeque<Frame<Bytes>>,
-    guard: CallGuard,
-    slot: StreamSlot,
-}
-
-/// What an attempt's answer calls for.
-enum Examined {
-    /// Send it on (nothing to retry on).
-    Commit(Answer),
-    /// Let the judge decide; the answer to send if it says return.
-    Judge(judge::Outcome, Option<Answer>),
-}
-
-impl Answer {
-    /// The `grpc-message` of its status (headers or held trailers).
-    fn message(&self) -> String {
-        if self.parts.headers.contains_key("grpc-status") {
-            return status_message(&self.parts.headers);
-        }
-        self.held
-            .back()
-            .and_then(Frame::trailers_ref)
-            .map(status_message)
-            .unwrap_or_default()
-    }
-
-    /// The response to send the client.
-    fn respond(
-        self,
-        permit: Option<Permit>,
-        deadline: Option<Instant>,
-        observer: Observer,
-    ) -> Response<ProxyBody> {
-        let Self {
-            parts,
-            body,
-            held,
-            guard,
-            slot,
-        } = self;
-        respond(
-            Response::from_parts(parts, body),
-            guard,
-            permit,
-            deadline,
-            Some(observer),
-            Some(slot),
-        )
-        .map(|body| match body {
-            Either::Left(body) => Either::Left(body.with_held(held)),
-            other => other,
-        })
-    }
-}
-
-/// Looks at what an attempt brought: a failure, a trailers-only status,
-/// or headers (read ahead by `hold` until `until`, when a retry could follow).
-async fn examine(
-    upstream: &Upstream,
-    sent: Attempt,
-    hold: Option<Hold>,
-    until: Option<Instant>,
-    slot: StreamSlot,
-) -> Examined {
-    let (response, mut guard) = match sent {
-        Attempt::Failed { error, mut guard } => {
-            guard.report(Outcome::Reset(error.message()));
-            return Examined::Judge(judge::Outcome::Failed(error), None);
-        }
-        Attempt::Answered(response, guard) => (response, guard),
-    };
-    let (parts, mut body) = response.into_parts();
-    // A trailers-only answer: nothing has reached the client yet.
-    if let Some(code) = grpc_status(&parts.headers) {
-        guard.report(Outcome::Status(code));
-        let answer = Answer {
-            parts,
-            body,
-            held: VecDeque::new(),
-            guard,
-            slot,
-        };
-        return Examined::Judge(judge::Outcome::Status(code), Some(answer));
-    }
-    let held = match hold {
-        None => Held::Streaming {
-            frames: VecDeque::new(),
-        },
-        Some(Hold::Peek) => call::hold::peek(&mut body),
-        Some(Hold::Unary(max_bytes)) => {
-            Box::pin(call::hold::hold(&mut body, max_bytes, until)).await
-        }
-    };
-    let (held, status) = match held {
-        Held::Broken(detail) => {
-            let error = ProxyError::upstream_reset(upstream.addr(), detail);
-            guard.report(Outcome::Reset(error.message()));
-            return Examined::Judge(judge::Outcome::Failed(error), None);
-        }
-        Held::Streaming { frames } => (frames, None),
-        Held::Complete { frames, status } => (frames, status),
-    };
-    let answer = Answer {
-        parts,
-        body,
-        held,
-        guard,
-        slot,
-    };
-    match status {
-        Some(code) => Examined::Judge(judge::Outcome::Status(code), Some(answer)),
-        None => Examined::Commit(answer),
-    }
 }
 
 impl Proxy {
@@ -442,202 +302,6 @@ impl Proxy {
                     balancer.pick(avoid, breakers, Instant::now())
                 })
                 .await
-            }
-        }
-    }
-
-    async fn forward_routed(
-        &self,
-        req: Request<Incoming>,
-        call: &Call,
-        route: &CompiledRoute,
-        pick: impl Fn(&[Arc<Upstream>], bool) -> Result<crate::table::Pick, ProxyError>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let policy = &route.policy;
-        let caller = req
-            .headers()
-            .get(deadline::GRPC_TIMEOUT)
-            .and_then(deadline::parse);
-        let plan = CallPlan::new(caller, policy, Instant::now(), rand::random::<f64>);
-        match plan.fault_delay(Instant::now()) {
-            Some(Ok(delay)) => Box::pin(tokio::time::sleep(delay)).await,
-            Some(Err(deadline)) => {
-                Box::pin(tokio::time::sleep_until(deadline)).await;
-                return Err(plan.expired());
-            }
-            None => {}
-        }
-        if let Some(code) = plan.fault.abort {
-            return Err(ProxyError::fault_abort(&policy.name, code));
-        }
-
-        let mut permit: Option<Permit> = match &policy.max_requests {
-            Some(limit) => Some(
-                limit
-                    .try_acquire()
-                    .ok_or_else(|| ProxyError::concurrency_limit(&policy.name, limit.max()))?,
-            ),
-            None => None,
-        };
-
-        let (parts, body) = req.into_parts();
-        let attempts = policy.retry.as_ref().map_or(1, |r| r.attempts);
-        let (mut direct, replay) = match &policy.retry {
-            Some(retry) => {
-                retry.deposit();
-                let metrics = self.inner.metrics.clone();
-                let direction = self.inner.direction;
-                let count: OnBudgetExhausted = Box::new(move || {
-                    metrics.record_proxy_error(direction, "replay-budget-exhausted");
-                });
-                let replay = Replay::new(
-                    body,
-                    retry.buffer_bytes,
-                    self.inner.replay_budget.clone(),
-                    Some(count),
-                );
-                (None, Some(replay))
-            }
-            None => (Some(body), None),
-        };
-        let mut parts = Some(parts);
-        let mut tried: Vec<Arc<Upstream>> = Vec::new();
-        let mut attempt = 0;
-        let mut failovers = 0;
-        // Bounded: each turn returns, or makes an attempt (at most
-        // `attempts`), or fails over after a connect (at most
-        // MAX_CONNECT_FAILOVERS).
-        loop {
-            attempt += 1;
-            let last = attempt >= attempts;
-            let started = Instant::now();
-            let try_budget = plan.try_budget(started)?;
-            let picked = pick(&tried, policy.outlier.is_some())?;
-            let upstream = picked.upstream.clone();
-            tried.push(upstream.clone());
-            let outlier = policy.outlier.as_ref().map(|p| OutlierScope {
-                policy: p.clone(),
-                peers: picked.peers.clone(),
-                route: policy.name.clone(),
-                ejections: route.counters.ejections.clone(),
-            });
-            let span = attempt_span(&call.span, attempt, &upstream, picked.subset.as_deref());
-            if picked.admission == Admission::Probe {
-                tracing::info!(route = %policy.name, endpoint = upstream.addr(), "probing an ejected endpoint");
-            }
-
-            // Connect before the body is taken: a call whose connect fails
-            // (refused, handshake, a peer proving another identity) has
-            // sent nothing, so it moves to another endpoint whether or not
-            // the route retries, and that move is not an attempt.
-            let pending = policy
-                .max_pending_connects
-                .as_ref()
-                .map(|limit| (&policy.name, limit));
-            let sender = match upstream.ready_now() {
-                Some(sender) => sender,
-                None => match Box::pin(connect(&upstream, pending)).await {
-                    Ok(sender) => sender,
-                    Err(error) => {
-                        if error.endpoint_failure() {
-                            CallGuard::new(upstream.clone(), outlier.clone(), None)
-                                .report(Outcome::Reset(error.message()));
-                        }
-                        span.set_attribute("mesh.error", error.reason());
-                        status::record_failure(&span, &error.message());
-                        let elsewhere = error.endpoint_failure()
-                            && failovers < MAX_CONNECT_FAILOVERS
-                            && pick(&tried, policy.outlier.is_some()).is_ok_and(|next| {
-                                !tried.iter().any(|t| Arc::ptr_eq(t, &next.upstream))
-                            });
-                        if !elsewhere {
-                            return Err(error);
-                        }
-                        tracing::debug!(route = %policy.name, endpoint = upstream.addr(), %error, "connect failed; trying another endpoint");
-                        failovers += 1;
-                        attempt -= 1;
-                        continue;
-                    }
-                },
-            };
-
-            let (outcome, answer) = match Box::pin(upstream.stream_slot(try_budget)).await {
-                Err(error) => (judge::Outcome::Failed(error), None),
-                Ok(slot) => {
-                    let body = match &replay {
-                        Some(replay) => RequestBody::Replay(replay.body()),
-                        None => RequestBody::Direct(direct.take().ok_or_else(|| {
-                            ProxyError::upstream_reset(upstream.addr(), "request body already sent")
-                        })?),
-                    };
-                    let parts = if last {
-                        parts.take()
-                    } else {
-                        parts.as_ref().map(copy_parts)
-                    };
-                    let parts = parts.ok_or_else(|| {
-                        ProxyError::upstream_reset(upstream.addr(), "request already sent")
-                    })?;
-                    let mut request = rebuild(parts, body, &upstream, try_budget);
-                    propagate(&span, request.headers_mut());
-                    let sent = send(&upstream, sender, request, try_budget, outlier.clone())
-                        .instrument(span.clone())
-                        .await;
-                    // Read ahead of the headers only when a retry could follow.
-                    let hold = match (&policy.retry, &replay) {
-                        (Some(retry), Some(replay)) if !last && replay.can_replay() => {
-                            Some(if replay.is_unary() {
-                                Hold::Unary(retry.buffer_response.unwrap_or(0))
-                            } else {
-                                Hold::Peek
-                            })
-                        }
-                        _ => None,
-                    };
-                    let until = try_budget.map(|b| started + b);
-                    match examine(&upstream, sent, hold, until, slot).await {
-                        Examined::Commit(answer) => {
-                            let observer = self.observer(call, &policy.service, span);
-                            return Ok(answer.respond(permit.take(), plan.deadline(), observer));
-                        }
-                        Examined::Judge(outcome, answer) => (outcome, answer),
-                    }
-                }
-            };
-            match &outcome {
-                judge::Outcome::Status(code) => {
-                    let message = answer.as_ref().map(Answer::message).unwrap_or_default();
-                    status::record(&span, Side::Client, i64::from(*code), &message);
-                }
-                judge::Outcome::Failed(error) => {
-                    span.set_attribute("mesh.error", error.reason());
-                    status::record_failure(&span, &error.message());
-                }
-            }
-            let inputs = judge::Inputs {
-                retry: policy.retry.as_ref().map(RetryRules::from),
-                plan: &plan,
-                attempt,
-                can_replay: replay.as_ref().is_some_and(Replay::can_replay),
-                now: Instant::now(),
-                jitter: rand::random::<f64>(),
-            };
-            let why = format!("{outcome:?}");
-            match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
-                Verdict::Return => {
-                    let Some(answer) = answer else {
-                        // A failure is never "returned"; answer it as one.
-                        return Err(ProxyError::upstream_reset(upstream.addr(), why));
-                    };
-                    let observer = self.observer(call, &policy.service, span);
-                    return Ok(answer.respond(permit.take(), plan.deadline(), observer));
-                }
-                Verdict::Fail(error) => return Err(error),
-                Verdict::Retry { wait } => {
-                    tracing::debug!(route = %policy.name, attempt, ?wait, reason = %why, "retrying");
-                    drop(answer);
-                    Box::pin(tokio::time::sleep(wait)).await;
-                }
             }
         }
     }
