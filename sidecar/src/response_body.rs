@@ -101,6 +101,16 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// Ends the call with the proxy's own status (trailers it made).
+    fn finish_with_error(&mut self, code: i32, reason: &'static str, message: &str) {
+        if let Some(observer) = self.observer.take() {
+            observer
+                .metrics
+                .record_proxy_error(observer.direction, reason);
+            observer.finish(code, message);
+        }
+    }
+
     fn report(&mut self, outcome: Outcome) {
         if let Some(guard) = self.guard.as_mut() {
             guard.report(outcome);
@@ -222,7 +232,11 @@ where
                 this.inner = None; // RST_STREAM(CANCEL) upstream
                 this.deadline = None;
                 this.guard = None;
-                this.finish(4, "deadline exceeded while streaming the response");
+                this.finish_with_error(
+                    4,
+                    "deadline-exceeded",
+                    "deadline exceeded while streaming the response",
+                );
                 return Poll::Ready(Some(Ok(Frame::trailers(deadline_trailers()))));
             }
         }
@@ -243,7 +257,7 @@ where
                 this.report(Outcome::Reset(detail.clone()));
                 let message = format!("upstream reset the stream: {detail}");
                 tracing::debug!(%message, "upstream stream broke mid-response");
-                this.finish(14, &message);
+                this.finish_with_error(14, "upstream-reset", &message);
                 this.inner = None;
                 this.deadline = None;
                 this.guard = None;

@@ -545,6 +545,12 @@ async fn an_upstream_killed_mid_stream_gives_the_client_unavailable_trailers() {
         metrics.lines().any(|l| l.contains("code=\"14\"")),
         "metrics say UNAVAILABLE too: {metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains(r#"reason="upstream-reset""#) && l.ends_with(" 1")),
+        "and count the proxy's own error: {metrics}"
+    );
     proxy.stop().await;
 }
 
