@@ -47,6 +47,9 @@ pub(super) enum Examined {
     Commit(Answer),
     /// Let the judge decide; the answer to send if it says return.
     Judge(judge::Outcome, Option<Answer>),
+    /// A unary answer whose headers are held until [`read_ahead`] has
+    /// seen its first frame (or whole body, up to this many bytes).
+    ReadAhead(Answer, usize),
 }
 
 impl Answer {
@@ -92,13 +95,13 @@ impl Answer {
 }
 
 /// Looks at what an attempt brought: a failure, a trailers-only status,
-/// or headers (read ahead as `read_ahead` says until `until`, when a
-/// retry could follow).
-pub(super) async fn examine(
+/// or headers, then (when a retry could follow) a first frame already
+/// there. Never waits: a unary answer to read ahead comes back as
+/// [`Examined::ReadAhead`] for [`read_ahead`].
+pub(super) fn examine(
     upstream: &Upstream,
     sent: Attempt,
     read_ahead: Option<Hold>,
-    until: Option<Instant>,
     slot: StreamSlot,
 ) -> Examined {
     let (response, mut guard) = match sent {
@@ -126,8 +129,49 @@ pub(super) async fn examine(
             frames: VecDeque::new(),
         },
         Some(Hold::Peek) => hold::peek(&mut body),
-        Some(Hold::Unary(max_bytes)) => Box::pin(hold::hold(&mut body, max_bytes, until)).await,
+        Some(Hold::Unary(max_bytes)) => {
+            let answer = Answer {
+                parts,
+                body,
+                held: VecDeque::new(),
+                guard,
+                slot,
+            };
+            return Examined::ReadAhead(answer, max_bytes);
+        }
     };
+    conclude(upstream, parts, body, guard, slot, held)
+}
+
+/// Reads a unary answer ahead (up to `max_bytes` of DATA, until `until`),
+/// holding its headers back meanwhile.
+pub(super) async fn read_ahead(
+    upstream: &Upstream,
+    answer: Answer,
+    max_bytes: usize,
+    until: Option<Instant>,
+) -> Examined {
+    let Answer {
+        parts,
+        mut body,
+        guard,
+        slot,
+        ..
+    } = answer;
+    let held = hold::hold(&mut body, max_bytes, until).await;
+    conclude(upstream, parts, body, guard, slot, held)
+}
+
+/// What the frames read ahead say: a status to judge, a stream to
+/// commit to, or a failure.
+fn conclude(
+    upstream: &Upstream,
+    parts: http::response::Parts,
+    body: Incoming,
+    mut guard: CallGuard,
+    slot: StreamSlot,
+    held: Held,
+) -> Examined {
     let (held, status) = match held {
         Held::Broken(detail) => {
             let error = ProxyError::upstream_reset(upstream.addr(), detail);

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::answer::{examine, Answer, Examined, Hold};
+use super::answer::{examine, read_ahead, Answer, Examined, Hold};
 use super::{attempt_span, connect, copy_parts, propagate, rebuild, send, Attempt, Call, Proxy};
 use crate::call::error::{ProxyBody, ProxyError};
 use crate::call::judge::{self, RetryRules, Verdict};
@@ -97,17 +97,24 @@ impl Proxy {
                     let sent = target.send(sender, outgoing, try_budget).await;
                     // Decided once the headers came: a unary request has
                     // been read whole by then.
-                    let read_ahead = request.read_ahead(policy.retry.as_ref(), last);
-                    let until = try_budget.map(|b| started + b);
-                    examine(&target.upstream, sent, read_ahead, until, slot).await
+                    let ahead = request.read_ahead(policy.retry.as_ref(), last);
+                    match examine(&target.upstream, sent, ahead, slot) {
+                        // Off the path of calls that cannot be retried, and
+                        // boxed so their futures stay small.
+                        Examined::ReadAhead(answer, max_bytes) => {
+                            let until = try_budget.map(|b| started + b);
+                            Box::pin(read_ahead(&target.upstream, answer, max_bytes, until)).await
+                        }
+                        examined => examined,
+                    }
                 }
             };
             let (outcome, answer) = match examined {
-                Examined::Commit(answer) => {
+                Examined::Judge(outcome, answer) => (outcome, answer),
+                Examined::Commit(answer) | Examined::ReadAhead(answer, _) => {
                     let observer = self.observer(call, &policy.service, target.span);
                     return Ok(answer.respond(permit.take(), plan.deadline(), observer));
                 }
-                Examined::Judge(outcome, answer) => (outcome, answer),
             };
             target.record(&outcome, answer.as_ref());
             let inputs = judge::Inputs {
@@ -118,8 +125,12 @@ impl Proxy {
                 now: Instant::now(),
                 jitter: rand::random::<f64>(),
             };
-            let retried = outcome.clone();
-            match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(route = %policy.name, attempt, ?outcome, "attempt failed");
+            }
+            let wait = match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
+                Verdict::Retry { wait } => wait,
+                Verdict::Fail(error) => return Err(error),
                 Verdict::Return => {
                     let Some(answer) = answer else {
                         // Only answers are returned; a failure never is.
@@ -131,13 +142,10 @@ impl Proxy {
                     let observer = self.observer(call, &policy.service, target.span);
                     return Ok(answer.respond(permit.take(), plan.deadline(), observer));
                 }
-                Verdict::Fail(error) => return Err(error),
-                Verdict::Retry { wait } => {
-                    tracing::debug!(route = %policy.name, attempt, ?wait, outcome = ?retried, "retrying");
-                    drop(answer);
-                    Box::pin(tokio::time::sleep(wait)).await;
-                }
-            }
+            };
+            drop((answer, target));
+            tracing::debug!(route = %policy.name, attempt, ?wait, "retrying");
+            Box::pin(tokio::time::sleep(wait)).await;
         }
     }
 
@@ -300,13 +308,15 @@ impl Target {
             })
     }
 
-    /// Sends `request`, in the attempt's span with its trace context.
-    async fn send(
+    /// Sends `request`, in the attempt's span with its trace context. Not
+    /// an `async fn`: a wrapper future would hold a second copy of the
+    /// request in every call's future.
+    fn send(
         &self,
         sender: SendRequest<RequestBody>,
         mut request: Request<RequestBody>,
         timeout: Option<Duration>,
-    ) -> Attempt {
+    ) -> impl std::future::Future<Output = Attempt> + '_ {
         propagate(&self.span, request.headers_mut());
         send(
             &self.upstream,
@@ -316,7 +326,6 @@ impl Target {
             self.outlier.clone(),
         )
         .instrument(self.span.clone())
-        .await
     }
 
     /// Records a judged outcome on the attempt's span.
