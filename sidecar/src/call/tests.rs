@@ -1,8 +1,9 @@
 //! The proxy in-process, end to end on loopback: an HTTP/2 upstream on
 //! port 0 whose answers each test scripts, a [`Proxy`] with a routing
-//! table applied from a [`Bootstrap`], served by the listeners'
-//! [`serve_grpc`], and a raw HTTP/2 client that sees every frame the proxy
-//! sends back (headers, DATA, trailers) — what a gRPC client would decode.
+//! table applied from a [`Bootstrap`], served over HTTP/2 as the listeners
+//! serve it (hyper directly, so the tests do not depend on the accept
+//! loop), and a raw HTTP/2 client that sees every frame the proxy sends
+//! back (headers, DATA, trailers) — what a gRPC client would decode.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,19 +19,17 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh::model::Bootstrap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Direction, Metrics, StateSnapshot};
 use crate::proxy::{Destination, Proxy};
 use crate::proxy_error::ERROR_REASON_HEADER;
 use crate::replay_body::ReplayBudget;
-use crate::server::serve_grpc;
 use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::{StreamLimits, Upstream};
 
@@ -195,7 +194,6 @@ const RETRIES: &str =
 struct TestProxy {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
     served: JoinHandle<()>,
 }
 
@@ -226,22 +224,22 @@ impl TestProxy {
         Self::serve(proxy, metrics).await
     }
 
+    /// Serves `proxy` as the listeners do (HTTP/2, prior knowledge), with
+    /// hyper directly so these tests do not depend on the accept loop.
     async fn serve(proxy: Proxy, metrics: Arc<Metrics>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(serve_grpc(
-            "test",
-            listener,
-            proxy,
-            None,
-            stop.clone(),
-            Duration::from_secs(1),
-        ));
+        let served = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                builder.timer(TokioTimer::new());
+                let connection = builder.serve_connection(TokioIo::new(tcp), proxy.clone());
+                tokio::spawn(connection);
+            }
+        });
         Self {
             addr,
             metrics,
-            stop,
             served,
         }
     }
@@ -263,8 +261,8 @@ impl TestProxy {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(PATIENCE, self.served).await;
+        self.served.abort();
+        let _ = self.served.await;
     }
 }
 
