@@ -171,15 +171,16 @@ pub struct Upstream {
     /// Single flight: one connect at a time; callers that arrive meanwhile
     /// wait for its outcome instead of opening connections of their own.
     connecting: tokio::sync::Mutex<()>,
-    /// Circuit breaking state; survives table changes with the slot.
-    breaker: Breaker,
-    /// Attempts in flight here now.
-    in_flight: AtomicUsize,
+    /// Bounds on the connection's streams.
     limits: StreamLimits,
     /// Stream slots of the connection (`limits.max_streams`).
     streams: Arc<Semaphore>,
     /// Calls waiting for a slot now.
     waiting: AtomicUsize,
+    /// Circuit breaking state; survives table changes with the slot.
+    breaker: Breaker,
+    /// Attempts in flight here now.
+    in_flight: AtomicUsize,
 }
 
 /// What `/endpoints` shows of one upstream.
@@ -218,11 +219,11 @@ impl Upstream {
             peer: None,
             state: Mutex::new(State::Idle),
             connecting: tokio::sync::Mutex::new(()),
-            breaker: Breaker::default(),
-            in_flight: AtomicUsize::new(0),
             limits: StreamLimits::default(),
             streams: Arc::new(Semaphore::new(StreamLimits::DEFAULT_MAX_STREAMS)),
             waiting: AtomicUsize::new(0),
+            breaker: Breaker::default(),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
