@@ -125,9 +125,7 @@ impl Proxy {
                 now: Instant::now(),
                 jitter: rand::random::<f64>(),
             };
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                tracing::debug!(route = %policy.name, attempt, ?outcome, "attempt failed");
-            }
+            tracing::debug!(route = %policy.name, attempt, ?outcome, "attempt to judge");
             let wait = match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
                 Verdict::Retry { wait } => wait,
                 Verdict::Fail(error) => return Err(error),
