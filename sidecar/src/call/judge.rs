@@ -246,6 +246,19 @@ mod tests {
                 Outcome::Failed(reset()),
                 Want::Retry(50),
             ),
+            case(
+                "per-try timeout, route retries UNAVAILABLE",
+                Outcome::Failed(ProxyError::attempt_timeout("a:1", Duration::from_millis(5))),
+                Want::Retry(50),
+            ),
+            Case {
+                retry_on: &[],
+                ..case(
+                    "no stream slot: nothing sent",
+                    Outcome::Failed(ProxyError::upstream_queue_full("a:1", 2, "full")),
+                    Want::Retry(50),
+                )
+            },
             Case {
                 retry_on: &[RESOURCE_EXHAUSTED],
                 ..case(
