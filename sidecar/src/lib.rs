@@ -30,7 +30,9 @@
 //! - `wrr`: smooth weighted round-robin.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
 //! - `proxy`: the forwarding service behind each gRPC listener.
-//! - `proxy_error`: errors the proxy answers itself, as gRPC statuses.
+//! - `call`: the per-call path: plan (deadline, per-try, fault), judge
+//!   (return, fail or retry), read-ahead of responses, typed proxy errors.
+//! - `proxy_error`: the old path of the proxy's errors (now in `call`).
 //! - `server`: accept loops with graceful drain.
 //! - `admin`: the admin listener (loopback: `/config`, `/endpoints`,
 //!   `/identity`, `/metrics`, `POST`/`DELETE /drain`, `/live`, `/ready`) and
@@ -41,6 +43,7 @@
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod call;
 mod coalesced_io;
 mod concurrency;
 mod deadline;
@@ -80,9 +83,10 @@ use crate::membership::Membership;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics};
 use crate::proxy::{Destination, Proxy};
+use crate::replay_body::ReplayBudget;
 use crate::settings::{Mode, MtlsMode, Settings};
 use crate::table::{LiveTable, UpstreamPool};
-use crate::upstream::Upstream;
+use crate::upstream::{StreamLimits, Upstream};
 
 pub use crate::proxy_error::ERROR_REASON_HEADER;
 
@@ -153,12 +157,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let discovery = !settings.control_plane.is_empty();
     let reflection =
         (discovery && settings.mode == Mode::Gateway).then(|| Arc::new(MeshReflection::default()));
+    // One replay budget for the process (the listener work wires its flag).
+    let replay_budget = ReplayBudget::new(ReplayBudget::DEFAULT_BYTES);
     let routed = Proxy::new(
         routed_direction,
         Destination::Routed(table.clone()),
         reflection.clone(),
         metrics.clone(),
-    );
+    )
+    .with_replay_budget(replay_budget);
 
     // Listeners stop after deregistration has had time to reach the peers.
     let listeners_stop = CancellationToken::new();
@@ -204,7 +211,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             let outbound = bind("outbound", settings.outbound_addr, &settings, &metrics).await?;
             let inbound = bind("inbound", settings.inbound_addr, &settings, &metrics).await?;
             let app = Upstream::new(&settings.app_addr.to_string(), settings.connect_timeout())
-                .expect("a socket address is a valid authority");
+                .expect("a socket address is a valid authority")
+                .with_stream_limits(StreamLimits::default());
             let to_app = Proxy::new(
                 Direction::Inbound,
                 Destination::App {

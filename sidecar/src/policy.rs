@@ -50,6 +50,9 @@ pub struct RetryConfig {
     pub budget: TpsBudget,
     /// Largest request body kept for replay.
     pub buffer_bytes: usize,
+    /// Largest unary response held back so a retryable status in its
+    /// trailers after DATA is retried too (`retries.bufferResponse`).
+    pub buffer_response: Option<usize>,
 }
 
 impl std::fmt::Debug for RetryConfig {
@@ -71,13 +74,6 @@ impl RetryConfig {
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
         self.budget.withdraw()
-    }
-
-    /// The ceiling of the wait before retry number `retry` (1-based).
-    pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        self.backoff_base
-            .saturating_mul(1 << (retry.saturating_sub(1)).min(16))
-            .min(self.backoff_max)
     }
 }
 
@@ -138,6 +134,15 @@ impl RoutePolicy {
                     r.budget.ratio as f32,
                 ),
                 buffer_bytes: r.buffer_bytes as usize,
+                buffer_response: r
+                    .buffer_response
+                    .as_deref()
+                    .map(|size| {
+                        mesh::model::parse_byte_size(size)
+                            .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+                            .map_err(|e| invalid("spec.retries.bufferResponse", e))
+                    })
+                    .transpose()?,
             }),
             _ => None,
         };

@@ -3,15 +3,46 @@
 //! back. Bodies and trailers stream through untouched; protobuf is never
 //! decoded.
 //!
-//! A routed call goes through its route's policies in this order: fault
-//! injection, deadline, concurrency cap, then attempts. Each attempt picks
-//! an endpoint (another one than before when it can, never an ejected one),
-//! waits for a connection (under the pending-connect cap), sends, and looks
-//! at the answer: a trailers-only failure with a retryable code, or a
-//! connection failure before the request was sent, is retried after a
-//! jittered backoff if the body could be replayed, the route's retry budget
-//! allows, and the deadline has time left. Once response headers go to the
-//! client the call is never retried.
+//! A routed call goes through its route's policies in this order: the
+//! call's plan (`call::plan`: deadline, fault injection), the concurrency
+//! cap, then attempts. Each attempt picks an endpoint (another one than
+//! before when it can, never an ejected one), waits for a connection
+//! (under the pending-connect cap) and for a stream slot on it (bounded;
+//! see `upstream`), sends, and looks at the answer; `call::judge` then
+//! decides: return it, fail, or retry after a jittered backoff (if the
+//! body can be replayed, the route's retry budget allows, and the deadline
+//! has time left). A connect that fails sends nothing and moves to another
+//! endpoint without counting as an attempt.
+//!
+//! # When a call is committed
+//!
+//! A call is *committed* (never retried any more) as soon as anything of
+//! the response goes to the client: its headers, and so everything after.
+//! Before that, an attempt's outcome is still the proxy's to judge:
+//!
+//! - a connection failure, or a stream HTTP/2 gave back unsent: nothing
+//!   reached the upstream, retried whatever `retryOn` says;
+//! - a reset or per-try timeout after the request went out: retried when
+//!   the route retries UNAVAILABLE (what the caller would see);
+//! - a trailers-only answer with a status in `retryOn`;
+//! - on routes that retry, for a *unary* call (the request ended after
+//!   exactly one message, kept for replay), response headers without a
+//!   status are held until the first frame, within the attempt's budget:
+//!   trailers first with a status in `retryOn` make the attempt a failure
+//!   like a trailers-only answer; a DATA frame (or the budget running out)
+//!   commits the call, and the held frame goes out right behind the
+//!   headers. With `retries.bufferResponse`, the hold lasts until the
+//!   trailers while the response stays within that size, so a retryable
+//!   status after DATA is retried too; a larger response is committed;
+//! - for a call that may stream, the headers are never held: only a first
+//!   frame that is already there is looked at (trailers there mean nothing
+//!   was streamed, so the call is not committed yet).
+//!
+//! The last attempt, a body too large to keep (`bufferBytes`, or past the
+//! process-wide replay budget), and routes without retries commit with the
+//! first response headers, as before. After commit, an upstream failure
+//! ends the client's stream with UNAVAILABLE trailers
+//! (`x-mesh-error: upstream-reset`), never with a reset.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,18 +63,20 @@ use tower::ServiceExt;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::call::error::{ProxyBody, ProxyError};
 use crate::concurrency::{ConcurrencyLimit, Permit};
 use crate::deadline;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, GrpcPath, Metrics, RouteCounters};
-use crate::outcome::{CallGuard, Outcome, OutlierScope};
-use crate::outlier::Admission;
+use crate::outcome::{CallGuard, OutlierScope};
 use crate::policy::RoutePolicy;
-use crate::proxy_error::{ProxyBody, ProxyError};
-use crate::replay_body::{Replay, RequestBody};
+use crate::replay_body::{ReplayBudget, RequestBody};
 use crate::response_body::{grpc_status, status_message, Observer, ResponseBody};
-use crate::table::{CompiledRoute, LiveTable};
-use crate::upstream::Upstream;
+use crate::table::LiveTable;
+use crate::upstream::{StreamSlot, Upstream};
+
+mod answer;
+mod routed;
 
 /// Where a listener's calls go.
 #[derive(Debug, Clone)]
@@ -67,36 +100,30 @@ pub struct Proxy {
     inner: Arc<ProxyInner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct ProxyInner {
     direction: Direction,
     destination: Destination,
     /// The gateway's own mesh-wide reflection (control-plane mode).
     reflection: Option<Arc<MeshReflection>>,
     metrics: Arc<Metrics>,
+    /// Bytes kept for replay by every call of the process.
+    replay_budget: Arc<ReplayBudget>,
 }
 
 /// How one attempt went.
-/// Endpoints a call may move on to after connects that failed (nothing
-/// sent): enough to step over a dead or impostor endpoint or two, bounded
-/// so a call to a service whose endpoints all fail ends quickly.
-const MAX_CONNECT_FAILOVERS: usize = 2;
-
 enum Attempt {
     /// Response headers came (success, or a gRPC error status).
     Answered(Response<Incoming>, CallGuard),
-    /// No response; `retryable` if the request was never sent (so a retry
-    /// cannot duplicate it).
-    Failed {
-        error: ProxyError,
-        retryable: bool,
-        guard: Option<CallGuard>,
-    },
+    /// No response; the error says whether the request was sent.
+    Failed { error: ProxyError, guard: CallGuard },
 }
 
 impl Proxy {
     /// A proxy for one listener. With `reflection`, reflection calls are
-    /// answered by the proxy itself instead of routed.
+    /// answered by the proxy itself instead of routed. Its replay budget
+    /// is its own, of [`ReplayBudget::DEFAULT_BYTES`], until
+    /// [`Proxy::with_replay_budget`] gives it the process's.
     pub fn new(
         direction: Direction,
         destination: Destination,
@@ -109,7 +136,19 @@ impl Proxy {
                 destination,
                 reflection,
                 metrics,
+                replay_budget: ReplayBudget::new(ReplayBudget::DEFAULT_BYTES),
             }),
+        }
+    }
+
+    /// The same proxy charging its replay buffers to `budget`: one budget
+    /// for the process, shared by every listener that retries, so the
+    /// bytes kept for retries stay bounded whatever the clients send.
+    pub fn with_replay_budget(self, budget: Arc<ReplayBudget>) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.replay_budget = budget;
+        Self {
+            inner: Arc::new(inner),
         }
     }
 
@@ -150,20 +189,27 @@ impl Proxy {
         match result {
             Ok(response) => response,
             Err(error) => {
+                // The full message (addresses and all) goes to the logs and
+                // the span; clients at the edge get a redacted one.
                 tracing::debug!(parent: &span, direction = direction.as_str(), %error, "proxy error");
                 let metrics = &self.inner.metrics;
-                metrics.record_proxy_error(direction, error.reason);
+                let code = error.code() as i32;
+                metrics.record_proxy_error(direction, error.reason());
                 let service = service.unwrap_or_else(|| Arc::from(""));
                 metrics.record_response(
                     direction,
                     &service,
                     &call.path,
-                    error.code as i32,
+                    code,
                     call.started.elapsed(),
                 );
-                span.set_attribute("mesh.error", error.reason);
-                status::record(&span, side, error.code as i64, &error.message);
-                error.into_response()
+                span.set_attribute("mesh.error", error.reason());
+                status::record(&span, side, i64::from(code), &error.message());
+                if direction == Direction::Ingress {
+                    error.response(true)
+                } else {
+                    error.into_response()
+                }
             }
         }
     }
@@ -209,9 +255,14 @@ impl Proxy {
                     None => Box::pin(connect(upstream, None))
                         .await
                         .inspect_err(|error| {
-                            status::record_failure(&attempt, &error.message);
+                            status::record_failure(&attempt, &error.message());
                         })?,
                 };
+                let wait = req
+                    .headers()
+                    .get(deadline::GRPC_TIMEOUT)
+                    .and_then(deadline::parse);
+                let slot = Box::pin(upstream.stream_slot(wait)).await?;
                 let (parts, body) = req.into_parts();
                 let mut request = rebuild(parts, RequestBody::Direct(body), upstream, None);
                 propagate(&attempt, request.headers_mut());
@@ -221,10 +272,17 @@ impl Proxy {
                 match sent {
                     Attempt::Answered(response, guard) => {
                         let observer = self.observer(call, own, attempt);
-                        Ok(respond(response, guard, None, None, Some(observer)))
+                        Ok(respond(
+                            response,
+                            guard,
+                            None,
+                            None,
+                            Some(observer),
+                            Some(slot),
+                        ))
                     }
                     Attempt::Failed { error, .. } => {
-                        status::record_failure(&attempt, &error.message);
+                        status::record_failure(&attempt, &error.message());
                         Err(error)
                     }
                 }
@@ -245,216 +303,6 @@ impl Proxy {
                 })
                 .await
             }
-        }
-    }
-
-    async fn forward_routed(
-        &self,
-        req: Request<Incoming>,
-        call: &Call,
-        route: &CompiledRoute,
-        pick: impl Fn(&[Arc<Upstream>], bool) -> Result<crate::table::Pick, ProxyError>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let policy = &route.policy;
-        // The caller's deadline and the route's: the smaller wins.
-        let caller = req
-            .headers()
-            .get(deadline::GRPC_TIMEOUT)
-            .and_then(deadline::parse);
-        let (budget, callers) = match (caller, policy.timeout) {
-            (Some(c), Some(r)) if c <= r => (Some(c), true),
-            (Some(_), Some(r)) => (Some(r), false),
-            (Some(c), None) => (Some(c), true),
-            (None, r) => (r, false),
-        };
-        let deadline = budget.map(|b| Instant::now() + b);
-        let expired =
-            || ProxyError::deadline_exceeded(&policy.name, budget.unwrap_or_default(), callers);
-
-        if let Some(fault) = &policy.fault {
-            if fault.delay_ratio > 0.0 && rand::random::<f64>() < fault.delay_ratio {
-                match deadline {
-                    Some(d) if Instant::now() + fault.delay >= d => {
-                        Box::pin(tokio::time::sleep_until(d)).await;
-                        return Err(expired());
-                    }
-                    _ => Box::pin(tokio::time::sleep(fault.delay)).await,
-                }
-            }
-            if fault.abort_ratio > 0.0 && rand::random::<f64>() < fault.abort_ratio {
-                return Err(ProxyError::fault_abort(&policy.name, fault.abort_code));
-            }
-        }
-
-        let permit: Option<Permit> = match &policy.max_requests {
-            Some(limit) => Some(
-                limit
-                    .try_acquire()
-                    .ok_or_else(|| ProxyError::concurrency_limit(&policy.name, limit.max()))?,
-            ),
-            None => None,
-        };
-
-        let (parts, body) = req.into_parts();
-        let attempts = policy.retry.as_ref().map_or(1, |r| r.attempts);
-        let (mut direct, replay) = match &policy.retry {
-            Some(retry) => {
-                retry.deposit();
-                (None, Some(Replay::new(body, retry.buffer_bytes)))
-            }
-            None => (Some(body), None),
-        };
-        let mut parts = Some(parts);
-        let mut tried: Vec<Arc<Upstream>> = Vec::new();
-        let mut attempt = 0;
-        let mut failovers = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= attempts;
-            let remaining = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(expired()),
-                },
-                None => None,
-            };
-            let per_try = policy.retry.as_ref().and_then(|r| r.per_try_timeout);
-            let try_budget = match (remaining, per_try) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let picked = pick(&tried, policy.outlier.is_some())?;
-            let upstream = picked.upstream.clone();
-            tried.push(upstream.clone());
-            let outlier = policy.outlier.as_ref().map(|p| OutlierScope {
-                policy: p.clone(),
-                peers: picked.peers.clone(),
-                route: policy.name.clone(),
-                ejections: route.counters.ejections.clone(),
-            });
-            let span = attempt_span(&call.span, attempt, &upstream, picked.subset.as_deref());
-            if picked.admission == Admission::Probe {
-                tracing::info!(route = %policy.name, endpoint = upstream.addr(), "probing an ejected endpoint");
-            }
-
-            // Connect before the body is taken: a call whose connect fails
-            // (refused, handshake, a peer proving another identity) has
-            // sent nothing, so it moves to another endpoint whether or not
-            // the route retries, and that move is not an attempt.
-            let pending = policy
-                .max_pending_connects
-                .as_ref()
-                .map(|limit| (&*policy.name, limit));
-            let sender = match upstream.ready_now() {
-                Some(sender) => sender,
-                None => match Box::pin(connect(&upstream, pending)).await {
-                    Ok(sender) => sender,
-                    Err(error) => {
-                        let capped = error.reason == "pending-connect-limit";
-                        if !capped {
-                            CallGuard::new(upstream.clone(), outlier.clone(), None)
-                                .report(Outcome::Reset(error.message.clone()));
-                        }
-                        span.set_attribute("mesh.error", error.reason);
-                        status::record_failure(&span, &error.message);
-                        let elsewhere = !capped
-                            && failovers < MAX_CONNECT_FAILOVERS
-                            && pick(&tried, policy.outlier.is_some()).is_ok_and(|next| {
-                                !tried.iter().any(|t| Arc::ptr_eq(t, &next.upstream))
-                            });
-                        if !elsewhere {
-                            return Err(error);
-                        }
-                        tracing::debug!(route = %policy.name, endpoint = upstream.addr(), %error, "connect failed; trying another endpoint");
-                        failovers += 1;
-                        attempt -= 1;
-                        continue;
-                    }
-                },
-            };
-
-            let body = match &replay {
-                Some(replay) => RequestBody::Replay(replay.body()),
-                None => RequestBody::Direct(direct.take().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request body already sent")
-                })?),
-            };
-            let request = if last {
-                let parts = parts.take().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
-                })?;
-                rebuild(parts, body, &upstream, try_budget)
-            } else {
-                let parts = parts.as_ref().ok_or_else(|| {
-                    ProxyError::upstream_reset(upstream.addr(), "request already sent")
-                })?;
-                rebuild(copy_parts(parts), body, &upstream, try_budget)
-            };
-            let mut request = request;
-            propagate(&span, request.headers_mut());
-
-            let outcome = send(&upstream, sender, request, try_budget, outlier.clone())
-                .instrument(span.clone())
-                .await;
-            let can_retry = !last && replay.as_ref().is_some_and(Replay::can_replay);
-            let retry_on = |code: i32| {
-                policy
-                    .retry
-                    .as_ref()
-                    .is_some_and(|r| r.retry_on.contains(&code))
-            };
-            let reason = match outcome {
-                Attempt::Answered(response, mut guard) => match grpc_status(response.headers()) {
-                    // A trailers-only error: nothing has reached the client yet.
-                    Some(code) if code != 0 => {
-                        guard.report(Outcome::Status(code));
-                        if !(can_retry && retry_on(code) && self.take_retry(policy)) {
-                            let observer = self.observer(call, &policy.service, span);
-                            return Ok(respond(response, guard, permit, None, Some(observer)));
-                        }
-                        let message = status_message(response.headers());
-                        status::record(&span, Side::Client, i64::from(code), &message);
-                        format!("grpc-status {code} from {}", upstream.addr())
-                    }
-                    _ => {
-                        let observer = self.observer(call, &policy.service, span);
-                        return Ok(respond(response, guard, permit, deadline, Some(observer)));
-                    }
-                },
-                Attempt::Failed {
-                    error,
-                    retryable,
-                    guard,
-                } => {
-                    if let Some(mut guard) = guard {
-                        guard.report(Outcome::Reset(error.message.clone()));
-                    }
-                    span.set_attribute("mesh.error", error.reason);
-                    status::record_failure(&span, &error.message);
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(expired());
-                    }
-                    // Never sent: always safe to retry. Sent and then lost
-                    // (reset, per-try timeout): the caller would see
-                    // UNAVAILABLE, so retry if the route retries that.
-                    let retryable = retryable || retry_on(tonic::Code::Unavailable as i32);
-                    if !(can_retry && retryable && self.take_retry(policy)) {
-                        return Err(error);
-                    }
-                    error.to_string()
-                }
-            };
-            let Some(retry) = policy.retry.as_ref() else {
-                return Err(ProxyError::upstream_reset(upstream.addr(), reason));
-            };
-            let mut wait = retry
-                .backoff_ceiling(attempt)
-                .mul_f64(rand::random::<f64>());
-            if let Some(d) = deadline {
-                wait = wait.min(d.saturating_duration_since(Instant::now()));
-            }
-            tracing::debug!(route = %policy.name, attempt, ?wait, %reason, "retrying");
-            Box::pin(tokio::time::sleep(wait)).await;
         }
     }
 
@@ -497,8 +345,7 @@ async fn send(
             Err(_) => {
                 return Attempt::Failed {
                     error: ProxyError::attempt_timeout(upstream.addr(), t),
-                    retryable: true,
-                    guard: Some(guard),
+                    guard,
                 }
             }
         },
@@ -507,12 +354,13 @@ async fn send(
     match result {
         Ok(response) => Attempt::Answered(response, guard),
         Err(mut e) => {
-            let unsent = e.take_message().is_some();
-            Attempt::Failed {
-                error: ProxyError::upstream_reset(upstream.addr(), e.into_error()),
-                retryable: unsent,
-                guard: Some(guard),
-            }
+            // hyper gives the request back when it never went out.
+            let error = if e.take_message().is_some() {
+                ProxyError::upstream_refused(upstream.addr(), e.into_error())
+            } else {
+                ProxyError::upstream_reset(upstream.addr(), e.into_error())
+            };
+            Attempt::Failed { error, guard }
         }
     }
 }
@@ -520,7 +368,7 @@ async fn send(
 /// Waits for a connection to `upstream`, under the pending-connect cap.
 async fn connect(
     upstream: &Upstream,
-    pending: Option<(&str, &Arc<ConcurrencyLimit>)>,
+    pending: Option<(&Arc<str>, &Arc<ConcurrencyLimit>)>,
 ) -> Result<hyper::client::conn::http2::SendRequest<RequestBody>, ProxyError> {
     let _place = match pending {
         Some((route, limit)) => Some(
@@ -546,6 +394,7 @@ fn respond(
     permit: Option<Permit>,
     deadline: Option<Instant>,
     observer: Option<Observer>,
+    slot: Option<StreamSlot>,
 ) -> Response<ProxyBody> {
     let trailers_only = grpc_status(response.headers());
     let observer = match (trailers_only, observer) {
@@ -565,6 +414,7 @@ fn respond(
             permit,
             deadline,
             observer,
+            slot,
         ))
     })
 }

@@ -6,8 +6,14 @@
 //! retry replays the kept chunks and then continues from the source. Once
 //! the body outgrows the cap the copies are dropped and the call can no
 //! longer be retried.
+//!
+//! Every kept byte is also charged to one process-wide [`ReplayBudget`], so
+//! the copies of all calls together stay bounded whatever clients send: a
+//! call whose body would exceed what is left of the budget stops keeping
+//! (it is forwarded as it comes and never retried) and is counted.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -15,6 +21,50 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+/// The process-wide bound on bytes kept for replay, across every call.
+/// Without it each call's cap (`retries.bufferBytes`) multiplies by the
+/// number of calls in flight, which clients choose.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl ReplayBudget {
+    /// The default: 64 MiB kept at most for all calls together.
+    pub const DEFAULT_BYTES: usize = 64 << 20;
+
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes kept now by every call.
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Charges `bytes` if they fit under the limit.
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Called once when a call's body no longer fits in the [`ReplayBudget`]
+/// (to count it).
+pub type OnBudgetExhausted = Box<dyn Fn() + Send + Sync>;
 
 /// Errors of request bodies, boxed as hyper wants them.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,16 +78,87 @@ pub enum RequestBody {
     Replay(ReplayBody),
 }
 
-#[derive(Debug)]
 struct Shared {
     source: Option<Incoming>,
     chunks: Vec<Bytes>,
     kept: usize,
     cap: usize,
+    budget: Arc<ReplayBudget>,
+    on_exhausted: Option<OnBudgetExhausted>,
     trailers: Option<HeaderMap>,
     ended: bool,
     overflowed: bool,
     failed: bool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("kept", &self.kept)
+            .field("cap", &self.cap)
+            .field("ended", &self.ended)
+            .field("overflowed", &self.overflowed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Keeps `data` if it fits under the call's cap and the process-wide
+    /// budget; else stops keeping for good and frees what was kept.
+    fn keep(&mut self, data: &Bytes) -> bool {
+        if self.overflowed {
+            return false;
+        }
+        if self.kept + data.len() <= self.cap {
+            if self.budget.try_reserve(data.len()) {
+                self.kept += data.len();
+                self.chunks.push(data.clone());
+                return true;
+            }
+            tracing::debug!(
+                in_use = self.budget.in_use(),
+                limit = self.budget.limit,
+                "replay budget exhausted: this call is forwarded unbuffered and not retried"
+            );
+            if let Some(count) = self.on_exhausted.take() {
+                count();
+            }
+        }
+        // Too big to retry: stop keeping, free what was kept.
+        self.overflowed = true;
+        self.chunks = Vec::new();
+        self.budget.release(std::mem::take(&mut self.kept));
+        false
+    }
+
+    /// True when the body has ended and holds exactly one gRPC message
+    /// (5-byte prefix: flag, big-endian length; then the message).
+    fn is_one_message(&self) -> bool {
+        if !self.ended || self.overflowed || self.failed {
+            return false;
+        }
+        let mut prefix = [0u8; 5];
+        let mut filled = 0;
+        for chunk in &self.chunks {
+            let take = (prefix.len() - filled).min(chunk.len());
+            prefix[filled..filled + take].copy_from_slice(&chunk[..take]);
+            filled += take;
+            if filled == prefix.len() {
+                break;
+            }
+        }
+        if filled < prefix.len() {
+            return false;
+        }
+        let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        self.kept == 5 + length
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.budget.release(self.kept);
+    }
 }
 
 /// The keeper of a request body for every attempt of a call.
@@ -55,14 +176,22 @@ pub struct ReplayBody {
 }
 
 impl Replay {
-    /// Keeps up to `cap` bytes of `body` for replay.
-    pub fn new(body: Incoming, cap: usize) -> Self {
+    /// Keeps up to `cap` bytes of `body` for replay, charged to `budget`;
+    /// `on_exhausted` is called if the budget runs out for this body.
+    pub fn new(
+        body: Incoming,
+        cap: usize,
+        budget: Arc<ReplayBudget>,
+        on_exhausted: Option<OnBudgetExhausted>,
+    ) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Shared {
                 source: Some(body),
                 chunks: Vec::new(),
                 kept: 0,
                 cap,
+                budget,
+                on_exhausted,
                 trailers: None,
                 ended: false,
                 overflowed: false,
@@ -85,6 +214,13 @@ impl Replay {
     pub fn can_replay(&self) -> bool {
         let shared = lock(&self.shared);
         !shared.overflowed && !shared.failed
+    }
+
+    /// True when the request is a unary one as far as the proxy can tell:
+    /// the client ended its body after exactly one message (kept whole).
+    /// Decided conservatively: anything else counts as streaming.
+    pub fn is_unary(&self) -> bool {
+        lock(&self.shared).is_one_message()
     }
 }
 
@@ -133,17 +269,10 @@ impl Body for ReplayBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if !shared.overflowed {
-                        if shared.kept + data.len() <= shared.cap {
-                            shared.kept += data.len();
-                            shared.chunks.push(data.clone());
-                            this.next_chunk = shared.chunks.len();
-                        } else {
-                            // Too big to retry: stop keeping, free what was kept.
-                            shared.overflowed = true;
-                            shared.chunks = Vec::new();
-                            this.next_chunk = 0;
-                        }
+                    if shared.keep(data) {
+                        this.next_chunk = shared.chunks.len();
+                    } else {
+                        this.next_chunk = 0;
                     }
                     // END_STREAM came with this DATA frame (and no trailers
                     // wait behind it): the body ends here, so that

@@ -9,9 +9,19 @@
 //! With mTLS, the connection is TLS over TCP, and the handshake fails
 //! unless the endpoint proves the identity of the service the table says
 //! it belongs to: one handshake per pooled connection, not per call.
+//!
+//! Streams on the connection are counted here ([`StreamLimits`]): a call
+//! takes a stream slot before it opens a stream and holds it until its
+//! response ends. Beyond the limit calls wait, at most `max_waiting` of
+//! them and never past their deadline; then they fail `upstream-queue-full`.
+//! HTTP/2 itself would queue streams past the peer's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` without bound, invisibly; with this
+//! count that queue holds at most the difference between our limit and a
+//! peer's smaller one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use serde::Serialize;
 use std::time::Duration;
@@ -23,6 +33,7 @@ use tokio::time::Instant;
 
 use mesh::identity::{MeshTls, SpiffeId};
 
+use crate::call::error::ProxyError;
 use crate::coalesced_io::CoalescedIo;
 use crate::metrics::IdentityMetrics;
 use crate::outlier::{Breaker, BreakerView};
@@ -33,6 +44,60 @@ use crate::replay_body::RequestBody;
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between connect attempts to a dead endpoint.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// HTTP/2 flow control toward upstreams (RFC 9113 §5.2). Every call to an
+/// endpoint shares one connection, so its connection window is shared too:
+/// a client that stops reading a response leaves up to one *stream* window
+/// of that response buffered here, charged to the *connection* window until
+/// it is read. With a small stream window and a large connection window it
+/// takes connection / stream = 128 stalled streams before the other calls
+/// on the connection stall, instead of 4 (1 MiB of 4 MiB before). 128 KiB
+/// per stream still carries ~250 MB/s at a 0.5 ms round trip; the
+/// connection window also bounds what one connection can buffer (16 MiB).
+pub const UPSTREAM_STREAM_WINDOW: u32 = 128 << 10;
+/// See [`UPSTREAM_STREAM_WINDOW`].
+pub const UPSTREAM_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Bounds on the streams of one upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams open at once on the connection.
+    pub max_streams: usize,
+    /// Calls waiting for a stream slot; beyond, calls fail at once.
+    pub max_waiting: usize,
+}
+
+impl StreamLimits {
+    /// Default streams in flight per endpoint connection.
+    pub const DEFAULT_MAX_STREAMS: usize = 1000;
+    /// Default calls waiting for a slot per endpoint.
+    pub const DEFAULT_MAX_WAITING: usize = 1000;
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: Self::DEFAULT_MAX_STREAMS,
+            max_waiting: Self::DEFAULT_MAX_WAITING,
+        }
+    }
+}
+
+/// One stream's place on an upstream connection, held until the response
+/// ends (or the attempt fails).
+#[derive(Debug)]
+pub struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Counts a waiting call until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why no connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -106,6 +171,12 @@ pub struct Upstream {
     /// Single flight: one connect at a time; callers that arrive meanwhile
     /// wait for its outcome instead of opening connections of their own.
     connecting: tokio::sync::Mutex<()>,
+    /// Bounds on the connection's streams.
+    limits: StreamLimits,
+    /// Stream slots of the connection (`limits.max_streams`).
+    streams: Arc<Semaphore>,
+    /// Calls waiting for a slot now.
+    waiting: AtomicUsize,
     /// Circuit breaking state; survives table changes with the slot.
     breaker: Breaker,
     /// Attempts in flight here now.
@@ -148,9 +219,58 @@ impl Upstream {
             peer: None,
             state: Mutex::new(State::Idle),
             connecting: tokio::sync::Mutex::new(()),
+            limits: StreamLimits::default(),
+            streams: Arc::new(Semaphore::new(StreamLimits::DEFAULT_MAX_STREAMS)),
+            waiting: AtomicUsize::new(0),
             breaker: Breaker::default(),
             in_flight: AtomicUsize::new(0),
         })
+    }
+
+    /// The same slot with other stream limits than the defaults.
+    pub fn with_stream_limits(mut self, limits: StreamLimits) -> Self {
+        self.streams = Arc::new(Semaphore::new(
+            limits.max_streams.min(Semaphore::MAX_PERMITS),
+        ));
+        self.limits = limits;
+        self
+    }
+
+    /// Calls waiting for a stream slot now.
+    #[cfg(test)]
+    pub fn waiting_for_streams(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// A stream slot on the connection: at once if one is free, else
+    /// after waiting at most `wait` (`None`: until one frees) behind at
+    /// most `max_waiting` other calls. Fails `upstream-queue-full`.
+    pub async fn stream_slot(&self, wait: Option<Duration>) -> Result<StreamSlot, ProxyError> {
+        if let Ok(permit) = self.streams.clone().try_acquire_owned() {
+            return Ok(StreamSlot { _permit: permit });
+        }
+        let full = |detail: String| {
+            ProxyError::upstream_queue_full(&self.addr, self.limits.max_streams, detail)
+        };
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        if waiting >= self.limits.max_waiting {
+            return Err(full(format!(
+                "{} calls already wait for one",
+                self.limits.max_waiting
+            )));
+        }
+        let acquire = self.streams.clone().acquire_owned();
+        let permit = match wait {
+            Some(wait) => tokio::time::timeout(wait, acquire)
+                .await
+                .map_err(|_| full(format!("none freed within the call's {wait:?}")))?,
+            None => acquire.await,
+        };
+        // The semaphore is never closed.
+        permit
+            .map(|permit| StreamSlot { _permit: permit })
+            .map_err(|_| full("the slot is gone".to_owned()))
     }
 
     /// The same slot over mTLS: connections must reach `peer`.
@@ -291,8 +411,8 @@ impl Upstream {
         let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
+            .initial_stream_window_size(UPSTREAM_STREAM_WINDOW)
+            .initial_connection_window_size(UPSTREAM_CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
         let h2_failed = |e: hyper::Error| failed(format!("HTTP/2 handshake: {e}"));

@@ -17,8 +17,8 @@ pub use authz::{
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};
 pub use policy::{
-    grpc_code, Backoff, ConcurrencyLimits, FaultAbort, FaultDelay, FaultInjection,
-    OutlierDetection, RetryBudget, RetryPolicy, GRPC_CODES,
+    grpc_code, parse_byte_size, Backoff, ConcurrencyLimits, FaultAbort, FaultDelay, FaultInjection,
+    OutlierDetection, RetryBudget, RetryPolicy, GRPC_CODES, MAX_BUFFER_RESPONSE,
 };
 pub use route::{
     compile_header_regex, parse_duration, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule,

@@ -12,6 +12,7 @@
 //!     backoff: { base: 25ms, max: 250ms }
 //!     budget: { ratio: 0.2, minPerSecond: 10 }
 //!     bufferBytes: 65536
+//!     bufferResponse: 64KiB       # optional: retry a status after DATA
 //!   outlierDetection:
 //!     consecutiveFailures: 5
 //!     failureCodes: [unavailable]
@@ -102,6 +103,36 @@ pub struct RetryPolicy {
     /// Request bodies larger than this are forwarded but never retried.
     #[serde(default = "default_buffer_bytes")]
     pub buffer_bytes: u32,
+    /// Buffers a whole unary response up to this size (`64KiB`, `1MiB` or
+    /// plain bytes) so that a retryable `grpc-status` in trailers that come
+    /// after DATA is retried too (only for methods that are safe to run
+    /// twice). Larger responses stream through and are never retried.
+    /// Absent: only a response whose first frame is its trailers is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_response: Option<String>,
+}
+
+/// Largest `retries.bufferResponse`: the proxy holds that much per call.
+pub const MAX_BUFFER_RESPONSE: u64 = 16 << 20;
+
+/// Parses a byte size: plain bytes (`65536`) or a number with a binary
+/// unit `KiB`, `MiB` (`64KiB`).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("KiB") {
+        (n, 1u64 << 10)
+    } else if let Some(n) = text.strip_suffix("MiB") {
+        (n, 1u64 << 20)
+    } else {
+        (text, 1)
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte size like 65536, 64KiB or 1MiB"))?;
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn default_attempts() -> u32 {
@@ -263,6 +294,16 @@ impl RetryPolicy {
                 "bufferBytes",
                 "must be at most 16 MiB",
             ));
+        }
+        if let Some(size) = &self.buffer_response {
+            let bytes =
+                parse_byte_size(size).map_err(|e| ValidationError::new("bufferResponse", e))?;
+            if bytes == 0 || bytes > MAX_BUFFER_RESPONSE {
+                return Err(ValidationError::new(
+                    "bufferResponse",
+                    "must be between 1 byte and 16MiB",
+                ));
+            }
         }
         Ok(())
     }

@@ -108,6 +108,32 @@ fn duplicate_instances_and_paths_are_refused() {
 }
 
 #[test]
+fn buffer_response_parses_sizes_and_bad_ones_name_their_field() {
+    assert_eq!(parse_byte_size("64KiB"), Ok(64 << 10));
+    assert_eq!(parse_byte_size("1MiB"), Ok(1 << 20));
+    assert_eq!(parse_byte_size("4096"), Ok(4096));
+    for bad in ["", "64kb", "-1KiB", "1.5MiB", "KiB"] {
+        assert!(parse_byte_size(bad).is_err(), "{bad}");
+    }
+    let with = |size: &str| {
+        GOOD.replace(
+            "destination: inventory",
+            &format!("destination: inventory\n      retries: {{ bufferResponse: \"{size}\" }}"),
+        )
+    };
+    let route = &parse(&with("64KiB")).unwrap().routes[0];
+    let retries = route.spec.retries.as_ref().unwrap();
+    assert_eq!(retries.buffer_response.as_deref(), Some("64KiB"));
+    for bad in ["lots", "0", "17MiB"] {
+        assert_eq!(
+            invalid_field(&with(bad)),
+            "routes[0].spec.retries.bufferResponse",
+            "{bad}"
+        );
+    }
+}
+
+#[test]
 fn header_regex_is_anchored() {
     let re = route::compile_header_regex("v2").unwrap();
     assert!(re.is_match("v2"));

@@ -85,7 +85,7 @@ async fn forwarder(to: SocketAddr, hints: mpsc::UnboundedSender<Option<u64>>) ->
                 let hints = hints.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let replay = Replay::new(body, 64 * 1024);
+                    let replay = Replay::new(body, 64 * 1024, ReplayBudget::new(1 << 20), None);
                     for _attempt in 0..2 {
                         let body = replay.body();
                         let _ = hints.send(body.size_hint().exact());
@@ -188,4 +188,80 @@ async fn trailers_are_forwarded_after_the_data_in_every_attempt() {
     };
     assert_eq!(received[0], with_trailers, "first attempt");
     assert_eq!(received[1], with_trailers, "replayed attempt");
+}
+
+/// A keeper with nothing left to read, `cap` bytes per call, charged to `budget`.
+fn keeper(cap: usize, budget: &Arc<ReplayBudget>) -> Shared {
+    Shared {
+        source: None,
+        chunks: Vec::new(),
+        kept: 0,
+        cap,
+        budget: budget.clone(),
+        on_exhausted: None,
+        trailers: None,
+        ended: false,
+        overflowed: false,
+        failed: false,
+    }
+}
+
+#[test]
+fn bodies_share_one_budget_and_give_it_back() {
+    let budget = ReplayBudget::new(100);
+    let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut a = keeper(1000, &budget);
+    let mut b = keeper(1000, &budget);
+    b.on_exhausted = Some(Box::new({
+        let counted = counted.clone();
+        move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }));
+    assert!(a.keep(&Bytes::from_static(&[0; 60])));
+    assert_eq!(budget.in_use(), 60);
+    // The second body does not fit in what is left: it stops keeping for
+    // good (forwarded, never retried), is counted once, and frees its part.
+    assert!(b.keep(&Bytes::from_static(&[0; 30])));
+    assert!(!b.keep(&Bytes::from_static(&[0; 30])));
+    assert!(!b.keep(&Bytes::from_static(&[0; 1])));
+    assert!(b.overflowed && b.chunks.is_empty());
+    assert_eq!(counted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(budget.in_use(), 60);
+    drop(a);
+    assert_eq!(budget.in_use(), 0);
+    // A body over its own cap stops keeping too, without touching the budget.
+    let mut c = keeper(10, &budget);
+    assert!(!c.keep(&Bytes::from_static(&[0; 11])));
+    assert_eq!(budget.in_use(), 0);
+}
+
+#[test]
+fn unary_means_one_whole_message_and_an_ended_body() {
+    let budget = ReplayBudget::new(1 << 20);
+    let frame = |payload: &[u8]| {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        Bytes::from(out)
+    };
+    let one = frame(b"hello");
+    let with = |chunks: &[Bytes], ended: bool| {
+        let mut shared = keeper(1 << 20, &budget);
+        for chunk in chunks {
+            shared.keep(chunk);
+        }
+        shared.ended = ended;
+        shared.is_one_message()
+    };
+    assert!(with(std::slice::from_ref(&one), true));
+    // Split anywhere, even inside the 5-byte prefix.
+    assert!(with(&[one.slice(..3), one.slice(3..)], true));
+    assert!(
+        !with(std::slice::from_ref(&one), false),
+        "not ended: may stream"
+    );
+    assert!(!with(&[one.clone(), frame(b"again")], true), "two messages");
+    assert!(!with(&[one.slice(..7)], true), "a message cut short");
+    assert!(!with(&[], true), "no message");
 }
