@@ -911,6 +911,7 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             outlier_detection: None,
             concurrency: None,
             fault: None,
+            load_balancer: None,
         },
     }
 }

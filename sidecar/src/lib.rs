@@ -27,7 +27,10 @@
 //! - `outcome`: an attempt in flight and its outcome, fed to the breaker.
 //! - `concurrency`: fail-fast caps on calls in flight.
 //! - `deadline`: the `grpc-timeout` header.
-//! - `wrr`: smooth weighted round-robin.
+//! - `balance`: picking an endpoint: smooth weighted round-robin,
+//!   least-request or peak-EWMA (power of two choices).
+//! - `route_state`: retry budgets, limits and rotations carried from one
+//!   table to the next.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
 //! - `proxy`: the forwarding service behind each gRPC listener.
 //! - `proxy_error`: errors the proxy answers itself, as gRPC statuses.
@@ -41,6 +44,7 @@
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod balance;
 mod coalesced_io;
 mod concurrency;
 mod deadline;
@@ -57,13 +61,13 @@ mod proxy;
 mod proxy_error;
 mod replay_body;
 mod response_body;
+mod route_state;
 mod server;
 pub mod settings;
 mod table;
 #[cfg(test)]
 mod test_pki;
 mod upstream;
-mod wrr;
 
 use std::sync::Arc;
 use std::time::Duration;
