@@ -40,6 +40,8 @@
 //!   the probe listener (`/live`, `/ready`, `/metrics`, read-only).
 //! - `membership`: registered or drained; `/drain` can be undone.
 //! - `metrics`: Prometheus counters.
+//! - `response_labels`: the bounded labels of finished calls (route,
+//!   known method, code).
 
 mod admin;
 mod app_descriptors;
@@ -61,6 +63,7 @@ mod proxy;
 mod proxy_error;
 mod replay_body;
 mod response_body;
+mod response_labels;
 mod route_state;
 mod server;
 pub mod settings;

@@ -2,7 +2,7 @@
 //! compiled once into lookup structures that requests read without locks or
 //! allocation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +21,7 @@ pub use crate::balance::{Balancer, Pick};
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
 use crate::policy::RoutePolicy;
 use crate::proxy_error::ProxyError;
+use crate::response_labels::{methods_of, LabelIndex};
 use crate::route_state::{RouteStates, StateBuilder};
 use crate::upstream::{Upstream, UpstreamPeer};
 
@@ -167,6 +168,9 @@ pub struct LiveTable {
     pool: UpstreamPool,
     /// Budgets, limits and rotations carried from table to table.
     states: RouteStates,
+    /// Methods (`pkg.Service/Method`) of the registered services, from
+    /// their descriptors: the metrics label them by name.
+    registered: Mutex<Arc<HashSet<String>>>,
     metrics: Arc<Metrics>,
     direction: Direction,
 }
@@ -180,6 +184,7 @@ impl LiveTable {
             applied_at: Mutex::new(None),
             pool,
             states: RouteStates::default(),
+            registered: Mutex::new(Arc::new(HashSet::new())),
             metrics,
             direction,
         }
@@ -202,10 +207,38 @@ impl LiveTable {
             endpoints = table.source().endpoints.len(),
             "table applied"
         );
+        let registered = self.registered();
+        self.metrics.set_labels(
+            self.direction,
+            LabelIndex::routed(table.source(), &registered),
+        );
         self.current.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
         *self.applied_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(())
+    }
+
+    /// Learns the registered services' methods from their descriptors
+    /// (encoded `FileDescriptorSet`s, as pushed to a gateway), so calls to
+    /// them are counted by method; any other method is `other`.
+    pub fn learn_descriptors(&self, file_descriptor_sets: &[Vec<u8>]) {
+        let methods = Arc::new(methods_of(file_descriptor_sets.iter().map(Vec::as_slice)));
+        *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = methods.clone();
+        let table = self.current.load();
+        self.metrics
+            .set_labels(self.direction, LabelIndex::routed(table.source(), &methods));
+    }
+
+    fn registered(&self) -> Arc<HashSet<String>> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The metrics calls through this table are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The table to route a call with.
