@@ -2,7 +2,7 @@
 //!
 //! A sidecar sits beside one app instance: the app sends every call to the
 //! outbound listener, which routes it by gRPC path to an endpoint of the
-//! destination service (smooth weighted round-robin); calls from other
+//! destination service (by the route's balancer); calls from other
 //! sidecars arrive at the inbound listener and go to the app. In gateway
 //! mode an ingress listener routes external clients' calls like outbound.
 //!

@@ -17,7 +17,9 @@
 //! - `code`: 0 to 16 (the codes gRPC defines), else `other`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use mesh::model::Bootstrap;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
@@ -89,8 +91,10 @@ struct ServiceEntry {
     route: Arc<str>,
     /// Its descriptors are known: a method not among them is `other`.
     registered: bool,
-    /// Without descriptors: the methods seen first, up to the cap.
-    seen: Mutex<HashMap<String, Arc<str>>>,
+    /// Without descriptors: the methods seen first, up to the cap. Read
+    /// on every call without a lock; written at most
+    /// [`MAX_UNREGISTERED_METHODS`] times.
+    seen: ArcSwap<HashMap<String, Arc<str>>>,
 }
 
 impl ServiceEntry {
@@ -98,29 +102,37 @@ impl ServiceEntry {
         Self {
             route,
             registered,
-            seen: Mutex::new(HashMap::new()),
+            seen: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 
     fn label(&self, path: &str, other: &Arc<str>) -> Label {
-        let method = if self.registered {
-            other.clone()
-        } else {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            match seen.get(path) {
-                Some(method) => method.clone(),
-                None if seen.len() < MAX_UNREGISTERED_METHODS => {
-                    let method: Arc<str> = Arc::from(&path[1..]);
-                    seen.insert(path.to_owned(), method.clone());
-                    method
-                }
-                None => other.clone(),
-            }
-        };
-        Label {
+        let label = |method: &Arc<str>| Label {
             route: self.route.clone(),
-            method,
+            method: method.clone(),
+        };
+        if self.registered {
+            return label(other);
         }
+        let seen = self.seen.load();
+        if let Some(method) = seen.get(path) {
+            return label(method);
+        }
+        if seen.len() >= MAX_UNREGISTERED_METHODS {
+            return label(other);
+        }
+        let method: Arc<str> = Arc::from(&path[1..]);
+        let mut admitted = true;
+        self.seen.rcu(|seen| {
+            let mut next = HashMap::clone(seen);
+            admitted = next.contains_key(path) || next.len() < MAX_UNREGISTERED_METHODS;
+            if admitted {
+                next.entry(path.to_owned())
+                    .or_insert_with(|| method.clone());
+            }
+            next
+        });
+        label(if admitted { &method } else { other })
     }
 }
 
