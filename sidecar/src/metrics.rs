@@ -334,7 +334,11 @@ impl Default for Metrics {
             identity,
             labels: [
                 ArcSwap::from_pointee(LabelIndex::default()),
-                ArcSwap::from_pointee(LabelIndex::app(Direction::INBOUND_ROUTE, &HashSet::new())),
+                ArcSwap::from_pointee(LabelIndex::app(
+                    Direction::INBOUND_ROUTE,
+                    &HashSet::new(),
+                    None,
+                )),
                 ArcSwap::from_pointee(LabelIndex::default()),
             ],
         }
@@ -392,13 +396,19 @@ impl Metrics {
         self.labels[direction.index()].store(Arc::new(index));
     }
 
+    /// How `direction`'s calls are labelled now.
+    pub fn labels(&self, direction: Direction) -> Arc<LabelIndex> {
+        self.labels[direction.index()].load_full()
+    }
+
     /// Labels calls to the local app by its methods, read from its
     /// descriptors (an encoded `FileDescriptorSet`).
     pub fn learn_app_methods(&self, file_descriptor_set: &[u8]) {
         let methods = methods_of([file_descriptor_set]);
+        let previous = self.labels(Direction::Inbound);
         self.set_labels(
             Direction::Inbound,
-            LabelIndex::app(Direction::INBOUND_ROUTE, &methods),
+            LabelIndex::app(Direction::INBOUND_ROUTE, &methods, Some(&previous)),
         );
     }
 

@@ -93,16 +93,23 @@ struct ServiceEntry {
     registered: bool,
     /// Without descriptors: the methods seen first, up to the cap. Read
     /// on every call without a lock; written at most
-    /// [`MAX_UNREGISTERED_METHODS`] times.
-    seen: ArcSwap<HashMap<String, Arc<str>>>,
+    /// [`MAX_UNREGISTERED_METHODS`] times. Shared with the next index of
+    /// the same route and service: were it fresh with every table, each
+    /// push would admit another batch of random names.
+    seen: Arc<ArcSwap<HashMap<String, Arc<str>>>>,
 }
 
 impl ServiceEntry {
-    fn new(route: Arc<str>, registered: bool) -> Self {
+    /// An entry for `route`, keeping what `previous` (the same route's
+    /// entry in the last index, if any) has seen.
+    fn new(route: Arc<str>, registered: bool, previous: Option<&ServiceEntry>) -> Self {
+        let seen = previous
+            .filter(|p| p.route == route)
+            .map_or_else(Default::default, |p| p.seen.clone());
         Self {
             route,
             registered,
-            seen: ArcSwap::from_pointee(HashMap::new()),
+            seen,
         }
     }
 
@@ -166,8 +173,9 @@ impl Default for LabelIndex {
 impl LabelIndex {
     /// Labels for a routed listener's table: method routes' methods, and
     /// for service routes the registered methods in `known`
-    /// (`pkg.Service/Method`).
-    pub fn routed(source: &Bootstrap, known: &HashSet<String>) -> Self {
+    /// (`pkg.Service/Method`). Unregistered methods seen under `previous`
+    /// (the listener's last index) keep their places.
+    pub fn routed(source: &Bootstrap, known: &HashSet<String>, previous: &LabelIndex) -> Self {
         let mut index = Self::default();
         for route in &source.routes {
             let name: Arc<str> = Arc::from(route.metadata.name.as_str());
@@ -187,9 +195,8 @@ impl LabelIndex {
                     },
                 );
             }
-            index
-                .services
-                .insert(service.clone(), ServiceEntry::new(name, registered));
+            let entry = ServiceEntry::new(name, registered, previous.services.get(service));
+            index.services.insert(service.clone(), entry);
         }
         // A method route wins over its service's route, here as in routing.
         for route in source.routes.iter() {
@@ -208,8 +215,9 @@ impl LabelIndex {
     }
 
     /// Labels for calls to the local app, all counted under `route`:
-    /// its registered methods in `known` (none known yet: the first seen).
-    pub fn app(route: &str, known: &HashSet<String>) -> Self {
+    /// its registered methods in `known` (none known yet: the first seen,
+    /// keeping those `previous` saw).
+    pub fn app(route: &str, known: &HashSet<String>, previous: Option<&LabelIndex>) -> Self {
         let route: Arc<str> = Arc::from(route);
         let mut index = Self::default();
         for method in known {
@@ -221,7 +229,8 @@ impl LabelIndex {
                 },
             );
         }
-        index.fallback = Some(ServiceEntry::new(route, !known.is_empty()));
+        let before = previous.and_then(|p| p.fallback.as_ref());
+        index.fallback = Some(ServiceEntry::new(route, !known.is_empty(), before));
         index
     }
 

@@ -207,11 +207,7 @@ impl LiveTable {
             endpoints = table.source().endpoints.len(),
             "table applied"
         );
-        let registered = self.registered();
-        self.metrics.set_labels(
-            self.direction,
-            LabelIndex::routed(table.source(), &registered),
-        );
+        self.relabel(table.source(), &self.registered());
         self.current.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
         *self.applied_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -224,9 +220,15 @@ impl LiveTable {
     pub fn learn_descriptors(&self, file_descriptor_sets: &[Vec<u8>]) {
         let methods = Arc::new(methods_of(file_descriptor_sets.iter().map(Vec::as_slice)));
         *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = methods.clone();
-        let table = self.current.load();
-        self.metrics
-            .set_labels(self.direction, LabelIndex::routed(table.source(), &methods));
+        self.relabel(self.current.load().source(), &methods);
+    }
+
+    /// Labels this listener's calls by `source`'s routes and the
+    /// `registered` methods.
+    fn relabel(&self, source: &Bootstrap, registered: &HashSet<String>) {
+        let previous = self.metrics.labels(self.direction);
+        let index = LabelIndex::routed(source, registered, &previous);
+        self.metrics.set_labels(self.direction, index);
     }
 
     fn registered(&self) -> Arc<HashSet<String>> {

@@ -71,7 +71,11 @@ fn methods_come_from_descriptors() {
 
 #[test]
 fn routes_and_methods_label_as_the_table_routes() {
-    let index = LabelIndex::routed(&source(), &methods_of([descriptors().as_slice()]));
+    let index = LabelIndex::routed(
+        &source(),
+        &methods_of([descriptors().as_slice()]),
+        &LabelIndex::default(),
+    );
     let label = |p: &str| {
         let l = index.label(p);
         (l.route.to_string(), l.method.to_string())
@@ -101,11 +105,22 @@ fn routes_and_methods_label_as_the_table_routes() {
         label("/shop.v1.Unregistered/M0"),
         pair("unregistered", "shop.v1.Unregistered/M0")
     );
+    // The next table's index keeps what was seen: a push does not admit
+    // another batch of names.
+    let next = LabelIndex::routed(&source(), &HashSet::new(), &index);
+    assert_eq!(
+        &*next.label("/shop.v1.Unregistered/Another").method,
+        "other"
+    );
+    assert_eq!(
+        &*next.label("/shop.v1.Unregistered/M1").method,
+        "shop.v1.Unregistered/M1"
+    );
 }
 
 #[test]
 fn the_app_labels_its_registered_methods_and_bounds_the_rest() {
-    let index = LabelIndex::app("inbound", &methods_of([descriptors().as_slice()]));
+    let index = LabelIndex::app("inbound", &methods_of([descriptors().as_slice()]), None);
     assert_eq!(
         &*index.label("/bench.v1.EchoService/Echo").method,
         "bench.v1.EchoService/Echo"
@@ -118,7 +133,8 @@ fn the_app_labels_its_registered_methods_and_bounds_the_rest() {
 fn series_stay_bounded_whatever_clients_send() {
     let metrics = Metrics::default();
     let known = methods_of([descriptors().as_slice()]);
-    metrics.set_labels(Direction::Ingress, LabelIndex::routed(&source(), &known));
+    let index = LabelIndex::routed(&source(), &known, &LabelIndex::default());
+    metrics.set_labels(Direction::Ingress, index);
     metrics.learn_app_methods(&descriptors());
     let service: Arc<str> = Arc::from("echo");
     let lines = |m: &Metrics| m.render(&StateSnapshot::default()).lines().count();
