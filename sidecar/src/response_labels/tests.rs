@@ -147,16 +147,21 @@ fn series_stay_bounded_whatever_clients_send() {
             2 => format!("/x{random}.Svc/M{random}"),
             _ => format!("/{random}"),
         };
-        let direction = if i % 2 == 0 {
+        let direction = if (i / 4) % 2 == 0 {
             Direction::Ingress
         } else {
             Direction::Inbound
+        };
+        let code = if i % 3 == 0 {
+            rand::random::<i32>()
+        } else {
+            rand::random_range(-3..25)
         };
         metrics.record_response(
             direction,
             &service,
             &path(&p),
-            rand::random::<i32>(),
+            code,
             Duration::from_millis(1),
         );
     }
