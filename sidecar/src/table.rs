@@ -1,6 +1,11 @@
 //! The routing table: a [`Bootstrap`] (or, later, a control-plane push)
 //! compiled once into lookup structures that requests read without locks or
 //! allocation.
+//!
+//! What outlives one table is kept beside it in [`LiveTable`]: connection
+//! slots ([`UpstreamPool`]: breakers, calls in flight, round-trip times)
+//! and route state ([`RouteStates`]: retry budgets, concurrency counters,
+//! round-robin positions), so a push changes what it says and nothing else.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
