@@ -915,6 +915,7 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             outlier_detection: None,
             concurrency: None,
             fault: None,
+            load_balancer: None,
         },
     }
 }

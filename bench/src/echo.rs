@@ -22,15 +22,27 @@ pub const MAX_STREAM_REPLIES: u32 = 10_000;
 pub struct EchoServerArgs {
     #[command(flatten)]
     app: mesh::app::AppArgs,
+    /// Answer each unary call this many milliseconds late: a slow
+    /// instance among fast ones (`bench balance`).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
-/// Echoes payloads back.
+/// Longest `--delay-ms`: a slow instance, not a dead one.
+pub const MAX_DELAY_MS: u64 = 10_000;
+
+/// Echoes payloads back, `delay` late.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Echo;
+pub struct Echo {
+    delay: std::time::Duration,
+}
 
 #[tonic::async_trait]
 impl EchoService for Echo {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         Ok(Response::new(EchoReply {
             payload: request.into_inner().payload,
         }))
@@ -63,12 +75,19 @@ pub async fn run(args: EchoServerArgs) -> anyhow::Result<()> {
         args.app.log_format,
         args.app.otlp_endpoint.as_deref(),
     )?;
+    anyhow::ensure!(
+        args.delay_ms <= MAX_DELAY_MS,
+        "--delay-ms: at most {MAX_DELAY_MS}"
+    );
+    let echo = Echo {
+        delay: std::time::Duration::from_millis(args.delay_ms),
+    };
     let shutdown = mesh::shutdown::on_signal()?;
     let served = mesh::app::serve(
         SERVICE,
         &args.app,
         &[GRPC_SERVICE],
-        tonic::service::Routes::new(EchoServiceServer::new(Echo)),
+        tonic::service::Routes::new(EchoServiceServer::new(echo)),
         shutdown,
     )
     .await;
@@ -94,7 +113,7 @@ mod tests {
     #[tokio::test]
     async fn echo_stream_sends_count_replies_and_refuses_too_many() {
         let payload = b"abc".to_vec();
-        let response = Echo
+        let response = Echo::default()
             .echo_stream(Request::new(EchoStreamRequest {
                 payload: payload.clone(),
                 count: 3,
@@ -107,7 +126,7 @@ mod tests {
             .iter()
             .all(|r| r.as_ref().is_ok_and(|r| r.payload == payload)));
 
-        let refused = Echo
+        let refused = Echo::default()
             .echo_stream(Request::new(EchoStreamRequest {
                 payload,
                 count: MAX_STREAM_REPLIES + 1,

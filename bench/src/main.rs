@@ -6,6 +6,7 @@
 //! cargo run --release -p bench --                       # data path, every topology found
 //! cargo run --release -p bench -- cp-scale --subscribers 100,1000
 //! cargo run --release -p bench -- tail                  # p50..max at 2,000 calls/s
+//! cargo run --release -p bench -- balance               # one slow instance of four, per loadBalancer
 //! ```
 //!
 //! # Layout
@@ -28,9 +29,12 @@
 //! - [`report`]: medians, ratios, and the printed table.
 //! - [`tail`]: tail latency at a fixed rate (p50 to max) through the
 //!   route with retries and outlier detection, 1 to 16 connections.
+//! - [`balance`]: one instance of four slowed to 200 ms, p50 to p99.9
+//!   through the route with each `loadBalancer`.
 //! - [`cp_scale`]: N simulated sidecars on one control-plane replica; time
 //!   until a route change reaches them all, and memory per subscriber.
 
+mod balance;
 mod client;
 mod cp_scale;
 mod datapath;
@@ -83,6 +87,9 @@ enum Command {
     /// Tail latency (p50 to max) at 2,000 calls/s through the route with
     /// retries and outlier detection, beside the peers.
     Tail(tail::TailArgs),
+    /// One echo instance of four answering 200 ms late: p50 to p99.9
+    /// through the route with each load balancer in turn.
+    Balance(balance::BalanceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::EchoServer(args)) => echo::run(args).await,
             Some(Command::CpScale(args)) => until_signal(cp_scale::run(args)).await,
             Some(Command::Tail(args)) => until_signal(tail::run(args)).await,
+            Some(Command::Balance(args)) => until_signal(balance::run(args)).await,
             None => until_signal(datapath::run(cli.datapath)).await,
         }
     });

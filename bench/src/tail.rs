@@ -414,12 +414,12 @@ fn render(cases: &[TailCase], kinds: &[Kind], runs: &[TailRun]) -> String {
     out
 }
 
-fn ms(duration: Duration) -> f64 {
+pub(crate) fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
 }
 
 /// `/proc/loadavg`'s first three fields.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|text| {

@@ -231,7 +231,6 @@ async fn start_mesh(
     mesh_route: MeshRoute,
     mtls: bool,
 ) -> anyhow::Result<Running> {
-    let mut processes = ProcessGroup::new()?;
     let topology = Topology {
         services: vec![
             (
@@ -255,8 +254,64 @@ async fn start_mesh(
         insecure: !mtls,
         ..Topology::default()
     };
+    launch_mesh(programs, ports, &topology).await
+}
+
+/// The mesh for `bench balance`: four echo instances of equal weight, the
+/// last answering `slow` late, behind the client's sidecar, whose static
+/// table routes the echo service with `load_balancer` (no retries, no
+/// outlier detection: the balancer alone). echo-1 is fast, so the
+/// readiness check (which waits for echo-1) passes whatever the balancer.
+pub async fn start_balance(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    load_balancer: &str,
+    slow: Duration,
+) -> anyhow::Result<Running> {
+    let mut route = echo_route(MeshRoute::Plain)?;
+    route.spec.load_balancer = Some(load_balancer.to_owned());
+    route.validate().context("the echo route")?;
+    let mut echoes: Vec<InstanceSpec> = (1..=3)
+        .map(|i| InstanceSpec::new(format!("echo-{i}")))
+        .collect();
+    echoes.push(
+        InstanceSpec::new("echo-4")
+            .app_args(["--delay-ms".to_owned(), slow.as_millis().to_string()]),
+    );
+    let topology = Topology {
+        services: vec![
+            (echo::SERVICE.into(), echoes),
+            ("client".into(), vec![InstanceSpec::new("client-1")]),
+        ],
+        extra_routes: vec![route],
+        insecure: true,
+        ..Topology::default()
+    };
+    let mut running = launch_mesh(programs, ports, &topology).await?;
+    wait_serving(&mut running, false)
+        .await
+        .context("balance topology")?;
+    Ok(running)
+}
+
+/// Starts the processes of `topology`'s plan. With a control plane: the
+/// store and the control plane first, then the apps and sidecars, then
+/// the routes applied through the control plane, waiting for every
+/// sidecar to run them. Without: the static table written where the
+/// sidecars read it. Calls go to `client-1`'s sidecar.
+async fn launch_mesh(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    topology: &Topology,
+) -> anyhow::Result<Running> {
+    let mut processes = ProcessGroup::new()?;
     let bootstrap = processes.dir().join("bootstrap.yaml");
     let plan = topology.plan(&mut || ports.next_port(), &bootstrap);
+    if topology.control_plane.is_none() {
+        // JSON is YAML: the sidecars read it as their bootstrap.
+        let text = serde_json::to_string(&plan.bootstrap).context("the static table")?;
+        std::fs::write(&bootstrap, text).context("writing the static table")?;
+    }
     // The CA, the admin operator and etcd's TLS files before anything
     // starts; join tokens once the control plane answers.
     if let Some(identity) = &plan.identity {
@@ -318,20 +373,18 @@ async fn start_mesh(
                 .await?;
         }
     }
-    let control_plane = plan
-        .control_planes
-        .first()
-        .context("the plan has no control plane")?;
-    let revision = mesh::demo::apply_routes(
-        control_plane,
-        &plan.bootstrap.routes,
-        plan.identity.as_ref(),
-    )
-    .await
-    .context("applying the echo route")?;
-    for sidecar in &sidecars {
-        let admin = sidecar.admin.context("a sidecar without an admin port")?;
-        wait_for_table(&mut processes, &sidecar.name, admin, revision).await?;
+    if let Some(control_plane) = plan.control_planes.first() {
+        let revision = mesh::demo::apply_routes(
+            control_plane,
+            &plan.bootstrap.routes,
+            plan.identity.as_ref(),
+        )
+        .await
+        .context("applying the echo route")?;
+        for sidecar in &sidecars {
+            let admin = sidecar.admin.context("a sidecar without an admin port")?;
+            wait_for_table(&mut processes, &sidecar.name, admin, revision).await?;
+        }
     }
     let client = plan
         .process("client-1-sidecar")

@@ -80,6 +80,9 @@ impl Subscriber {
             if let Some(app) = self.app {
                 match app_descriptors::read(app, REFLECTION_TIMEOUT).await {
                     Ok(found) => {
+                        self.table
+                            .metrics()
+                            .learn_app_methods(&found.file_descriptor_set);
                         self.node.grpc_services = found.grpc_services;
                         self.node.file_descriptor_set = found.file_descriptor_set;
                     }
@@ -272,6 +275,7 @@ impl Subscriber {
             ),
             None => None,
         };
+        self.table.learn_descriptors(&snapshot.file_descriptor_sets);
         self.table
             .apply(source, snapshot.version.to_string())
             .map_err(|e| e.to_string())?;

@@ -2,7 +2,7 @@
 //!
 //! A sidecar sits beside one app instance: the app sends every call to the
 //! outbound listener, which routes it by gRPC path to an endpoint of the
-//! destination service (smooth weighted round-robin); calls from other
+//! destination service (by the route's balancer); calls from other
 //! sidecars arrive at the inbound listener and go to the app. In gateway
 //! mode an ingress listener routes external clients' calls like outbound.
 //!
@@ -27,7 +27,10 @@
 //! - `outcome`: an attempt in flight and its outcome, fed to the breaker.
 //! - `concurrency`: fail-fast caps on calls in flight.
 //! - `deadline`: the `grpc-timeout` header.
-//! - `wrr`: smooth weighted round-robin.
+//! - `balance`: picking an endpoint: smooth weighted round-robin,
+//!   least-request or peak-EWMA (power of two choices).
+//! - `route_state`: retry budgets, limits and rotations carried from one
+//!   table to the next.
 //! - `upstream`: one multiplexed HTTP/2 connection per endpoint.
 //! - `proxy`: the forwarding service behind each gRPC listener.
 //! - `call`: the per-call path: plan (deadline, per-try, fault), judge
@@ -39,10 +42,13 @@
 //!   the probe listener (`/live`, `/ready`, `/metrics`, read-only).
 //! - `membership`: registered or drained; `/drain` can be undone.
 //! - `metrics`: Prometheus counters.
+//! - `response_labels`: the bounded labels of finished calls (route,
+//!   known method, code).
 
 mod admin;
 mod app_descriptors;
 mod backoff;
+mod balance;
 mod call;
 mod coalesced_io;
 mod concurrency;
@@ -60,13 +66,14 @@ mod proxy;
 mod proxy_error;
 mod replay_body;
 mod response_body;
+mod response_labels;
+mod route_state;
 mod server;
 pub mod settings;
 mod table;
 #[cfg(test)]
 mod test_pki;
 mod upstream;
-mod wrr;
 
 use std::sync::Arc;
 use std::time::Duration;

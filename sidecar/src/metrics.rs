@@ -4,25 +4,30 @@
 //! Counters a request touches on its way in are registered when a table is
 //! built and handed to the route ([`RouteCounters`]), so that part of the
 //! hot path increments an atomic and never looks up a label set. A call's
-//! end is counted under [`ResponseLabels`], built from what the call
-//! already holds (shared strings, the request's own path bytes): a lookup,
-//! no allocation once the label set exists. Gauges about state (ejected
-//! endpoints, connections, table version and age, dropped spans) are read
-//! when scraped.
+//! end is counted under [`ResponseLabels`], bounded by the route table and
+//! the registered descriptors (see [`crate::response_labels`]): the path
+//! is looked up in the listener's [`LabelIndex`], whose shared strings the
+//! labels take, so there is no allocation once the label set exists.
+//! Gauges about state (ejected endpoints, connections, table version and
+//! age, dropped spans) are read when scraped.
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::uri::{PathAndQuery, Uri};
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+pub use crate::response_labels::ResponseLabels;
+use crate::response_labels::{methods_of, LabelIndex};
 
 /// Which listener a call came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +41,18 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Its place in per-direction arrays.
+    fn index(self) -> usize {
+        match self {
+            Self::Outbound => 0,
+            Self::Inbound => 1,
+            Self::Ingress => 2,
+        }
+    }
+
+    /// The route label of calls to the local app.
+    pub const INBOUND_ROUTE: &'static str = "inbound";
+
     /// The metrics label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,12 +84,6 @@ impl GrpcPath {
     pub fn as_str(&self) -> &str {
         self.0.path()
     }
-
-    /// The `method` label: the path without its leading `/`.
-    fn method(&self) -> &str {
-        let path = self.as_str();
-        path.strip_prefix('/').unwrap_or(path)
-    }
 }
 
 impl PartialEq for GrpcPath {
@@ -86,24 +97,6 @@ impl Eq for GrpcPath {}
 impl Hash for GrpcPath {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
-    }
-}
-
-/// The labels of a finished call: `direction`, `service`, `method`, `code`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ResponseLabels {
-    direction: Direction,
-    service: Arc<str>,
-    path: GrpcPath,
-    code: i32,
-}
-
-impl EncodeLabelSet for ResponseLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
-        ("service", &*self.service).encode(encoder.encode_label())?;
-        ("method", self.path.method()).encode(encoder.encode_label())?;
-        ("code", self.code).encode(encoder.encode_label())
     }
 }
 
@@ -141,6 +134,9 @@ pub struct Metrics {
     spans_dropped_seen: AtomicU64,
     identity: IdentityMetrics,
     listeners: mesh::listen::ListenerStats,
+    /// How each direction's calls are labelled (indexed by
+    /// [`Direction::index`]).
+    labels: [ArcSwap<LabelIndex>; 3],
 }
 
 /// Identity and TLS metrics, shared with the tasks that renew certificates
@@ -340,6 +336,15 @@ impl Default for Metrics {
             spans_dropped,
             spans_dropped_seen: AtomicU64::new(0),
             identity,
+            labels: [
+                ArcSwap::from_pointee(LabelIndex::default()),
+                ArcSwap::from_pointee(LabelIndex::app(
+                    Direction::INBOUND_ROUTE,
+                    &HashSet::new(),
+                    None,
+                )),
+                ArcSwap::from_pointee(LabelIndex::default()),
+            ],
         }
     }
 }
@@ -365,7 +370,8 @@ impl Metrics {
         }
     }
 
-    /// Records a finished call: its count and its duration.
+    /// Records a finished call: its count and its duration, under labels
+    /// bounded by the listener's [`LabelIndex`].
     pub fn record_response(
         &self,
         direction: Direction,
@@ -374,16 +380,40 @@ impl Metrics {
         code: i32,
         elapsed: Duration,
     ) {
+        let label = self.labels[direction.index()].load().label(path.as_str());
         let key = ResponseLabels {
             direction,
             service: service.clone(),
-            path: path.clone(),
-            code,
+            route: label.route,
+            method: label.method,
+            code: ResponseLabels::bounded_code(code),
         };
         self.responses.get_or_create(&key).inc();
         self.durations
             .get_or_create(&key)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Labels `direction`'s calls by `index` from now on (a table was
+    /// applied, or descriptors learned).
+    pub fn set_labels(&self, direction: Direction, index: LabelIndex) {
+        self.labels[direction.index()].store(Arc::new(index));
+    }
+
+    /// How `direction`'s calls are labelled now.
+    pub fn labels(&self, direction: Direction) -> Arc<LabelIndex> {
+        self.labels[direction.index()].load_full()
+    }
+
+    /// Labels calls to the local app by its methods, read from its
+    /// descriptors (an encoded `FileDescriptorSet`).
+    pub fn learn_app_methods(&self, file_descriptor_set: &[u8]) {
+        let methods = methods_of([file_descriptor_set]);
+        let previous = self.labels(Direction::Inbound);
+        self.set_labels(
+            Direction::Inbound,
+            LabelIndex::app(Direction::INBOUND_ROUTE, &methods, Some(&previous)),
+        );
     }
 
     /// Counts a retry the route made.

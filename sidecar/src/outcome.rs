@@ -1,6 +1,14 @@
 //! What became of one attempt at one endpoint: held while the attempt is
 //! in flight (counting it, holding its concurrency place), and told the
-//! outcome once, which it feeds to the endpoint's breaker.
+//! outcome once, which it feeds to the endpoint's breaker and, with the
+//! time the attempt took, to the endpoint's round-trip estimate (the
+//! peak-EWMA balancer's input).
+//!
+//! The round trip is measured from the guard's creation (the attempt is
+//! sent) to its outcome (a status: response headers of a trailers-only
+//! answer, or the trailers) or, failing that, its drop: for a unary call,
+//! the call's latency at this hop. A long server stream counts as one slow
+//! round trip, which peak-EWMA forgets within its decay time.
 
 use std::sync::Arc;
 
@@ -39,6 +47,9 @@ pub struct CallGuard {
     outlier: Option<OutlierScope>,
     _permit: Option<Permit>,
     reported: bool,
+    sent: Instant,
+    /// Whether the round trip has been recorded.
+    timed: bool,
 }
 
 impl CallGuard {
@@ -54,6 +65,23 @@ impl CallGuard {
             outlier,
             _permit: permit,
             reported: false,
+            sent: Instant::now(),
+            timed: false,
+        }
+    }
+
+    /// Feeds the time since the attempt was sent to the endpoint's
+    /// round-trip estimate, once: an answer as a sample, a failure as a
+    /// floor (an endpoint that fails fast must not look fast).
+    fn time(&mut self, now: Instant, answered: bool) {
+        if std::mem::replace(&mut self.timed, true) {
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.sent);
+        if answered {
+            self.upstream.rtt().observe(elapsed, now);
+        } else {
+            self.upstream.rtt().observe_failure(elapsed, now);
         }
     }
 
@@ -62,10 +90,11 @@ impl CallGuard {
         if std::mem::replace(&mut self.reported, true) {
             return;
         }
+        let now = Instant::now();
+        self.time(now, matches!(outcome, Outcome::Status(_)));
         let Some(scope) = &self.outlier else {
             return;
         };
-        let now = Instant::now();
         let breaker = self.upstream.breaker();
         let failure = match &outcome {
             Outcome::Status(code) if scope.policy.is_failure(*code) => {
@@ -100,6 +129,9 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        // Ended without a status (the client went away, or a connect
+        // failed before anything was sent): still a round trip's worth.
+        self.time(Instant::now(), true);
         self.upstream.call_ended();
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A route's outlier detection, compiled.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OutlierPolicy {
     /// Failures in a row that eject.
     pub consecutive_failures: u32,

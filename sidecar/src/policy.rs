@@ -1,5 +1,7 @@
 //! A route's policies compiled for the request path: durations parsed,
-//! codes resolved, budgets and limits allocated once per table.
+//! codes resolved. Budgets and limits (state, not configuration) come from
+//! the route state map, so they outlast table changes that leave them as
+//! they were ([`crate::route_state`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 use crate::concurrency::ConcurrencyLimit;
 use crate::outlier::OutlierPolicy;
+use crate::route_state::{Piece, StateBuilder};
 
 /// How long a retry budget remembers requests.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -46,8 +49,9 @@ pub struct RetryConfig {
     pub backoff_base: Duration,
     /// Largest backoff ceiling.
     pub backoff_max: Duration,
-    /// Retries allowed relative to traffic.
-    pub budget: TpsBudget,
+    /// Retries allowed relative to traffic; shared with the route's
+    /// earlier tables while its budget settings stay the same.
+    pub budget: Arc<TpsBudget>,
     /// Largest request body kept for replay.
     pub buffer_bytes: usize,
     /// Largest unary response held back so a retryable status in its
@@ -109,9 +113,21 @@ fn codes(names: &[String], field: &str) -> Result<Vec<i32>, ValidationError> {
 }
 
 impl RoutePolicy {
-    /// Compiles a validated route's policies.
+    /// Compiles a validated route's policies with fresh state (tests; a
+    /// table compiles with [`RoutePolicy::compile_in`]).
+    #[cfg(test)]
     pub fn compile(route: &Route) -> Result<Self, ValidationError> {
+        Self::compile_in(route, &mut StateBuilder::fresh())
+    }
+
+    /// Compiles a validated route's policies, taking its budgets, limits
+    /// and outlier policy from `states` where their settings are unchanged.
+    pub fn compile_in(
+        route: &Route,
+        states: &mut StateBuilder<'_>,
+    ) -> Result<Self, ValidationError> {
         let spec = &route.spec;
+        let name = route.metadata.name.as_str();
         let timeout = spec
             .timeout
             .as_deref()
@@ -128,10 +144,19 @@ impl RoutePolicy {
                 retry_on: codes(&r.retry_on, "spec.retries.retryOn")?,
                 backoff_base: duration(&r.backoff.base, "spec.retries.backoff.base")?,
                 backoff_max: duration(&r.backoff.max, "spec.retries.backoff.max")?,
-                budget: TpsBudget::new(
-                    BUDGET_WINDOW,
-                    r.budget.min_per_second,
-                    r.budget.ratio as f32,
+                budget: states.get(
+                    name,
+                    Piece::RetryBudget {
+                        min_per_second: r.budget.min_per_second,
+                        ratio_bits: r.budget.ratio.to_bits(),
+                    },
+                    || {
+                        Arc::new(TpsBudget::new(
+                            BUDGET_WINDOW,
+                            r.budget.min_per_second,
+                            r.budget.ratio as f32,
+                        ))
+                    },
                 ),
                 buffer_bytes: r.buffer_bytes as usize,
                 buffer_response: r
@@ -150,7 +175,7 @@ impl RoutePolicy {
             .outlier_detection
             .as_ref()
             .map(|o| -> Result<_, ValidationError> {
-                Ok(Arc::new(OutlierPolicy {
+                let policy = OutlierPolicy {
                     consecutive_failures: o.consecutive_failures,
                     failure_codes: codes(&o.failure_codes, "spec.outlierDetection.failureCodes")?,
                     base_ejection: duration(
@@ -159,7 +184,8 @@ impl RoutePolicy {
                     )?,
                     max_ejection: duration(&o.max_ejection, "spec.outlierDetection.maxEjection")?,
                     max_ejection_percent: o.max_ejection_percent,
-                }))
+                };
+                Ok(states.get(name, Piece::Outlier(policy.clone()), || Arc::new(policy)))
             })
             .transpose()?;
         let fault = spec
@@ -190,20 +216,55 @@ impl RoutePolicy {
             })
             .transpose()?;
         Ok(Self {
-            name: route.metadata.name.as_str().into(),
+            name: name.into(),
             service: route.spec.destination.as_str().into(),
             timeout,
             retry,
             outlier,
-            max_requests: spec
-                .concurrency
-                .as_ref()
-                .map(|c| ConcurrencyLimit::new(c.max_requests as usize)),
-            max_pending_connects: spec
-                .concurrency
-                .as_ref()
-                .map(|c| ConcurrencyLimit::new(c.max_pending_connects as usize)),
+            max_requests: spec.concurrency.as_ref().map(|c| {
+                let max = c.max_requests as usize;
+                states.get(name, Piece::MaxRequests(max), || ConcurrencyLimit::new(max))
+            }),
+            max_pending_connects: spec.concurrency.as_ref().map(|c| {
+                let max = c.max_pending_connects as usize;
+                states.get(name, Piece::MaxPendingConnects(max), || {
+                    ConcurrencyLimit::new(max)
+                })
+            }),
             fault,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_alone_a_policy_has_fresh_state() {
+        let route: Route = serde_json::from_value(serde_json::json!({
+            "kind": "Route",
+            "metadata": { "name": "echo" },
+            "spec": {
+                "match": { "service": "bench.v1.EchoService" },
+                "destination": "echo",
+                "retries": { "attempts": 2 },
+                "concurrency": { "maxRequests": 1 }
+            }
+        }))
+        .expect("a route");
+        let (a, b) = (RoutePolicy::compile(&route), RoutePolicy::compile(&route));
+        let (a, b) = (a.expect("compiles"), b.expect("compiles"));
+        let budget = |p: &RoutePolicy| p.retry.as_ref().map(|r| r.budget.clone());
+        assert!(!Arc::ptr_eq(
+            &budget(&a).expect("a budget"),
+            &budget(&b).expect("a budget")
+        ));
+        let _held = a.max_requests.as_ref().and_then(|l| l.try_acquire());
+        assert!(b
+            .max_requests
+            .as_ref()
+            .and_then(|l| l.try_acquire())
+            .is_some());
     }
 }

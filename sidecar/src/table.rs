@@ -1,27 +1,34 @@
 //! The routing table: a [`Bootstrap`] (or, later, a control-plane push)
 //! compiled once into lookup structures that requests read without locks or
 //! allocation.
+//!
+//! What outlives one table is kept beside it in [`LiveTable`]: connection
+//! slots ([`UpstreamPool`]: breakers, calls in flight, round-trip times)
+//! and route state ([`RouteStates`]: retry budgets, concurrency counters,
+//! round-robin positions), so a push changes what it says and nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
-use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route, WeightedSubset};
+use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route};
 use regex::Regex;
 
 use tokio::time::Instant;
 
 use mesh::identity::{MeshTls, SpiffeId};
 
+use crate::balance::BalancerScope;
+pub use crate::balance::{Balancer, Pick};
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
-use crate::outlier::Admission;
 use crate::policy::RoutePolicy;
 use crate::proxy_error::ProxyError;
+use crate::response_labels::{methods_of, LabelIndex};
+use crate::route_state::{RouteStates, StateBuilder};
 use crate::upstream::{Upstream, UpstreamPeer};
-use crate::wrr::SmoothWeightedRoundRobin;
 
 /// A table that cannot be built from its source.
 #[derive(Debug, thiserror::Error)]
@@ -40,19 +47,6 @@ pub enum TableError {
         /// Why it does not parse.
         source: http::uri::InvalidUri,
     },
-}
-
-/// An endpoint picked for one attempt.
-#[derive(Debug, Clone)]
-pub struct Pick {
-    /// Its connection slot.
-    pub upstream: Arc<Upstream>,
-    /// The subset it was picked from (for max-ejection-percent).
-    pub peers: Arc<[Arc<Upstream>]>,
-    /// Whether this attempt is the probe of an ejected endpoint.
-    pub admission: Admission,
-    /// The subset's `version` label (`None`: every endpoint).
-    pub subset: Option<Arc<str>>,
 }
 
 /// An immutable routing table. A new source builds a new table; the proxy
@@ -101,114 +95,6 @@ impl CompiledHeaderMatch {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| re.is_match(v)),
         }
-    }
-}
-
-/// Picks an endpoint for a split: first a subset by the split's weights,
-/// then an endpoint of that subset by the endpoints' weights, both smooth
-/// weighted round-robin.
-#[derive(Debug)]
-pub struct Balancer {
-    service: String,
-    subsets: Vec<Subset>,
-    by_weight: Option<SmoothWeightedRoundRobin>,
-}
-
-#[derive(Debug)]
-struct Subset {
-    /// `None` when the split is empty: every endpoint of the service.
-    name: Option<Arc<str>>,
-    endpoints: Arc<[Arc<Upstream>]>,
-    by_weight: Option<SmoothWeightedRoundRobin>,
-}
-
-impl Balancer {
-    fn new(
-        service: &str,
-        split: &[WeightedSubset],
-        endpoints: &[(&Endpoint, Arc<Upstream>)],
-    ) -> Self {
-        let subset = |name: Option<&str>| {
-            let members: Vec<_> = endpoints
-                .iter()
-                .filter(|(ep, _)| ep.service == service && name.is_none_or(|n| ep.version == n))
-                .collect();
-            Subset {
-                name: name.map(Arc::from),
-                by_weight: SmoothWeightedRoundRobin::new(members.iter().map(|(ep, _)| ep.weight)),
-                endpoints: members
-                    .into_iter()
-                    .map(|(_, up)| up.clone())
-                    .collect::<Vec<_>>()
-                    .into(),
-            }
-        };
-        let (subsets, by_weight) = if split.is_empty() {
-            (vec![subset(None)], SmoothWeightedRoundRobin::new([1]))
-        } else {
-            (
-                split.iter().map(|s| subset(Some(&s.subset))).collect(),
-                SmoothWeightedRoundRobin::new(split.iter().map(|s| s.weight)),
-            )
-        };
-        Self {
-            service: service.to_owned(),
-            subsets,
-            by_weight,
-        }
-    }
-
-    /// Picks an endpoint for an attempt: a subset by the split's weights,
-    /// then an endpoint of it by weight, passing over endpoints tried
-    /// already (`avoid`) and, with `breakers`, ejected ones. If every
-    /// endpoint is out, one is used anyway (a guess beats a certain failure).
-    pub fn pick(
-        &self,
-        avoid: &[Arc<Upstream>],
-        breakers: bool,
-        now: Instant,
-    ) -> Result<Pick, ProxyError> {
-        let subset = self
-            .by_weight
-            .as_ref()
-            .map(|w| &self.subsets[w.pick()])
-            .ok_or_else(|| ProxyError::no_endpoints(&self.service, None))?;
-        let wrr = subset
-            .by_weight
-            .as_ref()
-            .ok_or_else(|| ProxyError::no_endpoints(&self.service, subset.name.as_deref()))?;
-        let pick = |upstream: &Arc<Upstream>, admission| Pick {
-            upstream: upstream.clone(),
-            peers: subset.endpoints.clone(),
-            admission,
-            subset: subset.name.clone(),
-        };
-        // Second choices: an endpoint tried already (better than none),
-        // else any (every endpoint ejected: a guess beats a sure failure).
-        let admit = |candidate: &Arc<Upstream>| {
-            let admission = if breakers {
-                candidate.breaker().admit(now)
-            } else {
-                Admission::Normal
-            };
-            (admission != Admission::Refused).then(|| pick(candidate, admission))
-        };
-        let mut tried_already = None;
-        for _ in 0..subset.endpoints.len() {
-            let candidate = &subset.endpoints[wrr.pick()];
-            if avoid.iter().any(|a| Arc::ptr_eq(a, candidate)) {
-                tried_already = tried_already.or(Some(candidate));
-                continue;
-            }
-            if let Some(picked) = admit(candidate) {
-                return Ok(picked);
-            }
-        }
-        if let Some(picked) = tried_already.and_then(admit) {
-            return Ok(picked);
-        }
-        let any = &subset.endpoints[wrr.pick()];
-        Ok(pick(any, Admission::Normal))
     }
 }
 
@@ -285,6 +171,11 @@ pub struct LiveTable {
     loaded: AtomicBool,
     applied_at: Mutex<Option<Instant>>,
     pool: UpstreamPool,
+    /// Budgets, limits and rotations carried from table to table.
+    states: RouteStates,
+    /// Methods (`pkg.Service/Method`) of the registered services, from
+    /// their descriptors: the metrics label them by name.
+    registered: Mutex<Arc<HashSet<String>>>,
     metrics: Arc<Metrics>,
     direction: Direction,
 }
@@ -297,6 +188,8 @@ impl LiveTable {
             loaded: AtomicBool::new(false),
             applied_at: Mutex::new(None),
             pool,
+            states: RouteStates::default(),
+            registered: Mutex::new(Arc::new(HashSet::new())),
             metrics,
             direction,
         }
@@ -305,17 +198,54 @@ impl LiveTable {
     /// Builds a table from `source` and swaps it in; on error the current
     /// table stays.
     pub fn apply(&self, source: Bootstrap, version: String) -> Result<(), TableError> {
-        let table = RouteTable::build(source, version, &self.pool, &self.metrics, self.direction)?;
+        let table = RouteTable::build(
+            source,
+            version,
+            &self.pool,
+            &self.states,
+            &self.metrics,
+            self.direction,
+        )?;
         tracing::info!(
             version = table.version(),
             routes = table.source().routes.len(),
             endpoints = table.source().endpoints.len(),
             "table applied"
         );
+        self.relabel(table.source(), &self.registered());
         self.current.store(Arc::new(table));
         self.loaded.store(true, Ordering::Release);
         *self.applied_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         Ok(())
+    }
+
+    /// Learns the registered services' methods from their descriptors
+    /// (encoded `FileDescriptorSet`s, as pushed to a gateway), so calls to
+    /// them are counted by method; any other method is `other`.
+    pub fn learn_descriptors(&self, file_descriptor_sets: &[Vec<u8>]) {
+        let methods = Arc::new(methods_of(file_descriptor_sets.iter().map(Vec::as_slice)));
+        *self.registered.lock().unwrap_or_else(|e| e.into_inner()) = methods.clone();
+        self.relabel(self.current.load().source(), &methods);
+    }
+
+    /// Labels this listener's calls by `source`'s routes and the
+    /// `registered` methods.
+    fn relabel(&self, source: &Bootstrap, registered: &HashSet<String>) {
+        let previous = self.metrics.labels(self.direction);
+        let index = LabelIndex::routed(source, registered, &previous);
+        self.metrics.set_labels(self.direction, index);
+    }
+
+    fn registered(&self) -> Arc<HashSet<String>> {
+        self.registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The metrics calls through this table are counted in.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The table to route a call with.
@@ -357,15 +287,19 @@ impl RouteTable {
         }
     }
 
-    /// Compiles `source` into a table, taking connection slots from `pool`.
+    /// Compiles `source` into a table, taking connection slots from `pool`
+    /// and each route's budgets, limits and rotations from `states` (see
+    /// [`crate::route_state`]).
     pub fn build(
         source: Bootstrap,
         version: String,
         pool: &UpstreamPool,
+        states: &RouteStates,
         metrics: &Metrics,
         direction: Direction,
     ) -> Result<Self, TableError> {
         source.validate()?;
+        let mut kept = states.rebuild();
         let endpoints = source
             .endpoints
             .iter()
@@ -375,9 +309,10 @@ impl RouteTable {
         for route in &source.routes {
             by_path.insert(
                 route.path(),
-                compile_route(route, &endpoints, metrics, direction)?,
+                compile_route(route, &endpoints, &mut kept, metrics, direction)?,
             );
         }
+        kept.finish();
         let addresses: Vec<(&str, &str)> = source
             .endpoints
             .iter()
@@ -434,10 +369,16 @@ impl RouteTable {
 fn compile_route(
     route: &Route,
     endpoints: &[(&Endpoint, Arc<Upstream>)],
+    states: &mut StateBuilder<'_>,
     metrics: &Metrics,
     direction: Direction,
 ) -> Result<CompiledRoute, TableError> {
     let service = &route.spec.destination;
+    let scope = |rule| BalancerScope {
+        route: &route.metadata.name,
+        rule,
+        kind: route.spec.load_balancer(),
+    };
     let mut rules = Vec::with_capacity(route.spec.rules.len());
     for (i, rule) in route.spec.rules.iter().enumerate() {
         let matches = rule
@@ -449,12 +390,16 @@ fn compile_route(
                 field: format!("spec.rules[{i}].headers"),
                 reason: e.to_string(),
             })?;
-        rules.push((matches, Balancer::new(service, &rule.split, endpoints)));
+        let balancer = Balancer::new(service, &rule.split, endpoints, scope(Some(i)), states);
+        rules.push((matches, balancer));
     }
     Ok(CompiledRoute {
         rules,
-        default: Balancer::new(service, &route.spec.split, endpoints),
+        default: Balancer::new(service, &route.spec.split, endpoints, scope(None), states),
         counters: metrics.route_counters(direction, service, &route.metadata.name),
-        policy: Arc::new(RoutePolicy::compile(route)?),
+        policy: Arc::new(RoutePolicy::compile_in(route, states)?),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -181,6 +181,9 @@ pub struct Upstream {
     breaker: Breaker,
     /// Attempts in flight here now.
     in_flight: AtomicUsize,
+    /// Round-trip time estimate for the peak-EWMA balancer; survives
+    /// table changes with the slot.
+    rtt: crate::balance::RttEstimate,
 }
 
 /// What `/endpoints` shows of one upstream.
@@ -224,6 +227,7 @@ impl Upstream {
             waiting: AtomicUsize::new(0),
             breaker: Breaker::default(),
             in_flight: AtomicUsize::new(0),
+            rtt: crate::balance::RttEstimate::default(),
         })
     }
 
@@ -290,6 +294,16 @@ impl Upstream {
 
     pub(crate) fn call_ended(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Attempts in flight here now (what least-request compares).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint's round-trip time estimate (peak EWMA).
+    pub fn rtt(&self) -> &crate::balance::RttEstimate {
+        &self.rtt
     }
 
     /// For `/endpoints`.

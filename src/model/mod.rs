@@ -21,8 +21,8 @@ pub use policy::{
     OutlierDetection, RetryBudget, RetryPolicy, GRPC_CODES, MAX_BUFFER_RESPONSE,
 };
 pub use route::{
-    compile_header_regex, parse_duration, HeaderMatch, Route, RouteMatch, RouteMetadata, RouteRule,
-    RouteSpec, WeightedSubset,
+    compile_header_regex, parse_duration, HeaderMatch, LoadBalancer, Route, RouteMatch,
+    RouteMetadata, RouteRule, RouteSpec, WeightedSubset,
 };
 pub use validation::{is_dns_label, ValidationError};
 

@@ -18,6 +18,7 @@
 //!   split:                      # everything else; empty = every endpoint
 //!     - { subset: v1, weight: 90 }
 //!     - { subset: v2, weight: 10 }
+//!   loadBalancer: peak-ewma     # or weighted-round-robin (default), least-request
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,59 @@ pub struct RouteSpec {
     /// Deliberate failures for drills; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultInjection>,
+    /// How an endpoint of the chosen subset is picked: one of
+    /// [`LoadBalancer`]'s names; absent: `weighted-round-robin`. Kept as
+    /// written (like durations) so a typo is refused by `validate` with
+    /// its field path, not by the parser.
+    #[serde(
+        default,
+        rename = "loadBalancer",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer: Option<String>,
+}
+
+/// How a route picks an endpoint within a subset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LoadBalancer {
+    /// `weighted-round-robin`: smooth weighted round-robin, each endpoint
+    /// exactly its share, interleaved. Blind to load: a slow endpoint gets
+    /// its share too.
+    #[default]
+    WeightedRoundRobin,
+    /// `least-request`: of two endpoints drawn by weight, the one with
+    /// fewer calls in flight per unit of weight (power of two choices).
+    LeastRequest,
+    /// `peak-ewma`: of two endpoints drawn by weight, the one with the
+    /// lower cost: its round-trip time's moving average (peak-sensitive:
+    /// jumps up at once, decays over ~10 s) times its calls in flight
+    /// plus one, per unit of weight (Finagle's and Linkerd's default).
+    PeakEwma,
+}
+
+impl LoadBalancer {
+    /// Every balancer by its name in a route.
+    pub const NAMES: [(&'static str, Self); 3] = [
+        ("weighted-round-robin", Self::WeightedRoundRobin),
+        ("least-request", Self::LeastRequest),
+        ("peak-ewma", Self::PeakEwma),
+    ];
+
+    /// The balancer called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, lb)| *lb)
+    }
+
+    /// Its name in a route.
+    pub fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, lb)| *lb == self)
+            .map_or("weighted-round-robin", |(n, _)| n)
+    }
 }
 
 /// The gRPC path a route takes: `/service/method`.
@@ -166,6 +220,15 @@ impl Route {
 }
 
 impl RouteSpec {
+    /// The route's balancer; the default when absent (or, for a route
+    /// that skipped `validate`, unknown).
+    pub fn load_balancer(&self) -> LoadBalancer {
+        self.load_balancer
+            .as_deref()
+            .and_then(LoadBalancer::from_name)
+            .unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), ValidationError> {
         let service = &self.matches.service;
         if service.is_empty() || !service.split('.').all(is_proto_ident) {
@@ -209,6 +272,15 @@ impl RouteSpec {
         }
         if let Some(p) = &self.fault {
             p.validate().map_err(|e| e.within("fault"))?;
+        }
+        if let Some(name) = &self.load_balancer {
+            if LoadBalancer::from_name(name).is_none() {
+                let known: Vec<&str> = LoadBalancer::NAMES.iter().map(|(n, _)| *n).collect();
+                return Err(ValidationError::new(
+                    "loadBalancer",
+                    format!("{name:?} is not a load balancer ({})", known.join(", ")),
+                ));
+            }
         }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }

@@ -159,3 +159,26 @@ fn timeouts_parse_and_bad_ones_are_refused() {
     );
     assert_eq!(invalid_field(&text), "routes[0].spec.timeout");
 }
+
+#[test]
+fn load_balancer_defaults_to_round_robin_and_a_typo_names_its_field() {
+    use super::LoadBalancer;
+    let b = parse(GOOD).unwrap();
+    assert_eq!(
+        b.routes[0].spec.load_balancer(),
+        LoadBalancer::WeightedRoundRobin
+    );
+    for (name, want) in LoadBalancer::NAMES {
+        let text = GOOD.replace(
+            "destination: inventory",
+            &format!("destination: inventory\n      loadBalancer: {name}"),
+        );
+        assert_eq!(parse(&text).unwrap().routes[0].spec.load_balancer(), want);
+        assert_eq!(want.name(), name);
+    }
+    let text = GOOD.replace(
+        "destination: inventory",
+        "destination: inventory\n      loadBalancer: fastest",
+    );
+    assert_eq!(invalid_field(&text), "routes[0].spec.loadBalancer");
+}

@@ -33,6 +33,15 @@ impl SmoothWeightedRoundRobin {
         })
     }
 
+    /// One item of weight 1: always index 0.
+    pub fn single() -> Self {
+        Self {
+            weights: vec![1],
+            total: 1,
+            scores: Mutex::new(vec![0]),
+        }
+    }
+
     /// The next index.
     pub fn pick(&self) -> usize {
         // A poisoned lock only means another pick panicked mid-update; the
