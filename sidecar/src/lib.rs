@@ -93,7 +93,7 @@ use crate::proxy::{Destination, Proxy};
 use crate::replay_body::ReplayBudget;
 use crate::settings::{Mode, MtlsMode, Settings};
 use crate::table::{LiveTable, UpstreamPool};
-use crate::upstream::{StreamLimits, Upstream};
+use crate::upstream::Upstream;
 
 pub use crate::proxy_error::ERROR_REASON_HEADER;
 
@@ -154,7 +154,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             identity
                 .as_ref()
                 .map(|i| (i.tls().clone(), i.metrics().clone())),
-        ),
+        )
+        .with_stream_limits(settings.upstream_stream_limits()),
         metrics.clone(),
         routed_direction,
     ));
@@ -164,8 +165,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let discovery = !settings.control_plane.is_empty();
     let reflection =
         (discovery && settings.mode == Mode::Gateway).then(|| Arc::new(MeshReflection::default()));
-    // One replay budget for the process (the listener work wires its flag).
-    let replay_budget = ReplayBudget::new(ReplayBudget::DEFAULT_BYTES);
+    // One replay budget for the process, shared by every routed call.
+    let replay_budget = ReplayBudget::new(settings.replay_budget_bytes);
     let routed = Proxy::new(
         routed_direction,
         Destination::Routed(table.clone()),
@@ -219,7 +220,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             let inbound = bind("inbound", settings.inbound_addr, &settings, &metrics).await?;
             let app = Upstream::new(&settings.app_addr.to_string(), settings.connect_timeout())
                 .expect("a socket address is a valid authority")
-                .with_stream_limits(StreamLimits::default());
+                .with_stream_limits(settings.upstream_stream_limits());
             let to_app = Proxy::new(
                 Direction::Inbound,
                 Destination::App {

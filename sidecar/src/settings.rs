@@ -193,6 +193,18 @@ pub struct Settings {
     /// for a sidecar whose app needs more than one core of proxying.
     #[arg(long, env = "MESH_WORKER_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub worker_threads: u16,
+    /// Bytes of request bodies kept for retries across every call of the
+    /// process; a call whose body does not fit is forwarded unbuffered and
+    /// not retried (counted as `replay-budget-exhausted`).
+    #[arg(long, env = "MESH_REPLAY_BUDGET_BYTES", default_value_t = 64 << 20)]
+    pub replay_budget_bytes: usize,
+    /// Streams open at once on one endpoint's connection.
+    #[arg(long, env = "MESH_UPSTREAM_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_max_streams: u32,
+    /// Calls waiting for a stream on one endpoint's connection; beyond,
+    /// calls fail at once with UNAVAILABLE (`upstream-queue-full`).
+    #[arg(long, env = "MESH_UPSTREAM_MAX_WAITING", default_value_t = 1000)]
+    pub upstream_max_waiting: u32,
     /// Limits of the gRPC listeners (outbound and inbound start from the
     /// mesh defaults, the gateway's ingress from the stricter edge ones).
     #[command(flatten)]
@@ -205,6 +217,14 @@ pub struct Settings {
 pub struct SettingsError(String);
 
 impl Settings {
+    /// Bounds on every upstream connection's streams.
+    pub fn upstream_stream_limits(&self) -> crate::upstream::StreamLimits {
+        crate::upstream::StreamLimits {
+            max_streams: self.upstream_max_streams as usize,
+            max_waiting: self.upstream_max_waiting as usize,
+        }
+    }
+
     /// The limits of the gRPC listener called `listener`: the edge defaults
     /// for the ingress, the mesh ones otherwise, with the flags applied.
     pub fn listener_limits(&self, listener: &str) -> mesh::listen::Limits {

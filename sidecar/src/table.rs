@@ -108,6 +108,8 @@ pub struct UpstreamPool {
     connect_timeout: Duration,
     /// `Some` with mTLS: upstreams must prove their service's identity.
     tls: Option<(Arc<MeshTls>, IdentityMetrics)>,
+    /// Bounds on each endpoint connection's streams and waiting calls.
+    stream_limits: crate::upstream::StreamLimits,
     slots: Mutex<HashMap<(String, String), Arc<Upstream>>>,
 }
 
@@ -118,8 +120,15 @@ impl UpstreamPool {
         Self {
             connect_timeout,
             tls,
+            stream_limits: crate::upstream::StreamLimits::default(),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same pool, whose endpoints bound their streams by `limits`.
+    pub fn with_stream_limits(mut self, limits: crate::upstream::StreamLimits) -> Self {
+        self.stream_limits = limits;
+        self
     }
 
     /// The slot for `service`'s endpoint at `address`, created on first use.
@@ -129,11 +138,12 @@ impl UpstreamPool {
         if let Some(up) = slots.get(&key) {
             return Ok(up.clone());
         }
-        let mut up =
-            Upstream::new(address, self.connect_timeout).map_err(|source| TableError::Address {
+        let mut up = Upstream::new(address, self.connect_timeout)
+            .map_err(|source| TableError::Address {
                 address: address.to_owned(),
                 source,
-            })?;
+            })?
+            .with_stream_limits(self.stream_limits);
         if let Some((tls, metrics)) = &self.tls {
             up = up.with_peer(UpstreamPeer {
                 tls: tls.clone(),
