@@ -402,3 +402,163 @@ fn an_oversized_header_block_is_refused_and_the_next_call_is_served() {
         }
     });
 }
+
+#[test]
+fn random_method_names_leave_the_metrics_bounded() {
+    const CALLS: usize = 100_000;
+    const IN_FLIGHT: usize = 64;
+    let mut mesh = gateway_mesh(&[]);
+    let ingress = mesh.serving("gateway");
+    let admin_series = |mesh: &TestMesh| {
+        let text = mesh.metrics_text("gateway");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .count()
+    };
+    let before = admin_series(&mesh);
+    under_attack(&mut mesh, 64 << 20, async move {
+        let tcp = TcpStream::connect(ingress).await.expect("connect");
+        let (sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        let mut sent = 0usize;
+        while sent < CALLS && started.elapsed() < Duration::from_secs(240) {
+            while calls.len() < IN_FLIGHT && sent < CALLS {
+                // Most name services nobody routes; one in ten names a
+                // method catalog does not have (forwarded, answered there).
+                let path = if sent % 10 == 0 {
+                    format!("/shop.catalog.v1.CatalogService/Nope{sent}")
+                } else {
+                    format!("/attack{sent}.Service{}/Method{sent}", sent % 7)
+                };
+                let mut sender = sender.clone();
+                calls.spawn(async move {
+                    let request = http::Request::post(format!("http://gateway{path}"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                            0, 0, 0, 0, 0,
+                        ])))
+                        .expect("request");
+                    let response = sender.send_request(request).await.expect("an answer");
+                    let status = response
+                        .headers()
+                        .get("grpc-status")
+                        .map(|v| v.as_bytes().to_vec());
+                    let trailers = http_body_util::BodyExt::collect(response.into_body())
+                        .await
+                        .ok()
+                        .and_then(|c| c.trailers().cloned());
+                    let status = status.or_else(|| {
+                        trailers.and_then(|t| t.get("grpc-status").map(|v| v.as_bytes().to_vec()))
+                    });
+                    assert_eq!(status.as_deref(), Some(&b"12"[..]), "{path}: UNIMPLEMENTED");
+                });
+                sent += 1;
+            }
+            if let Some(done) = calls.join_next().await {
+                done.expect("a call");
+            }
+        }
+        while let Some(done) = calls.join_next().await {
+            done.expect("a call");
+        }
+        eprintln!("random methods: {sent} calls in {:?}", started.elapsed());
+        assert!(sent >= CALLS / 10, "only {sent} calls in the time allowed");
+    });
+    let after = admin_series(&mesh);
+    eprintln!("gateway metrics: {before} series before, {after} after");
+    assert!(
+        after < before + 200,
+        "random names grew the gateway's metrics from {before} to {after} series"
+    );
+}
+
+/// Opens AdjustStock (a bidi stream) through the gateway, gets one answer
+/// and keeps the stream open; returns the reply stream, the sender that
+/// keeps it open and the instance that serves it.
+async fn open_stream(
+    gateway: String,
+) -> (
+    tonic::Streaming<mesh::proto::shop::inventory::v1::Stock>,
+    tokio::sync::mpsc::Sender<mesh::proto::shop::inventory::v1::StockAdjustment>,
+    String,
+) {
+    use mesh::proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
+    use mesh::proto::shop::inventory::v1::StockAdjustment;
+    let channel = support::channel(gateway).await;
+    let sku = support::first_product(&channel).await.sku;
+    let (send, receive) = tokio::sync::mpsc::channel(4);
+    send.send(StockAdjustment { sku, delta: 1 })
+        .await
+        .expect("send");
+    let response = InventoryServiceClient::new(channel)
+        .adjust_stock(tokio_stream::wrappers::ReceiverStream::new(receive))
+        .await
+        .expect("AdjustStock");
+    let served_by = response
+        .metadata()
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-served-by")
+        .to_owned();
+    let mut replies = response.into_inner();
+    replies
+        .message()
+        .await
+        .expect("a first reply")
+        .expect("the stream is open");
+    (replies, send, served_by)
+}
+
+/// The stream's end after its upstream died: UNAVAILABLE with the mesh's
+/// reason, never a bare reset (INTERNAL/UNKNOWN).
+async fn ends_with_upstream_reset(
+    mut replies: tonic::Streaming<mesh::proto::shop::inventory::v1::Stock>,
+) {
+    let end = tokio::time::timeout(Duration::from_secs(30), replies.message())
+        .await
+        .expect("the stream ends within 30 s");
+    let status = end.expect_err("the stream ends with an error status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-mesh-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("upstream-reset"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable() {
+    let mut topology = support::secure_services(&["catalog"]);
+    topology.services.push((
+        "inventory".to_owned(),
+        vec![
+            mesh::demo::InstanceSpec::new("inventory-1"),
+            mesh::demo::InstanceSpec::new("inventory-2"),
+        ],
+    ));
+    let mut mesh = TestMesh::start(&topology);
+    let gateway = mesh.gateway_uri();
+
+    // The app behind an inbound sidecar dies: that sidecar ends the stream.
+    let (replies, _open, first) = support::block_on(open_stream(gateway.clone()));
+    mesh.kill(&first);
+    support::block_on(ends_with_upstream_reset(replies));
+
+    // The gateway's own upstream (the other instance's sidecar) dies: the
+    // gateway ends the stream.
+    let (replies, _open, second) = support::block_on(open_stream(gateway));
+    assert_ne!(second, first, "the dead app's endpoint is not used");
+    mesh.kill(&format!("{second}-sidecar"));
+    support::block_on(ends_with_upstream_reset(replies));
+}

@@ -47,6 +47,7 @@
 
 mod admin;
 mod app_descriptors;
+mod authz;
 mod backoff;
 mod balance;
 mod call;
@@ -235,6 +236,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 None,
                 metrics.clone(),
             );
+            // Authorization needs proven identities: with `--mtls off`
+            // there are none, and no policy is enforced.
+            let to_app = match &identity {
+                Some(_) => to_app.with_authorizer(authz::Authorizer::new(
+                    settings.service_name().into(),
+                    table.clone(),
+                    inbound_mode.clone(),
+                    metrics.authz().clone(),
+                )),
+                None => {
+                    tracing::warn!("--mtls off: authorization policies are not enforced (no identities to check)");
+                    to_app
+                }
+            };
             let stop = listeners_stop.clone();
             let inbound_tls = identity.clone().map(|identity| {
                 server::ListenerTls::Mesh(server::InboundTls {

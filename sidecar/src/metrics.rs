@@ -134,6 +134,7 @@ pub struct Metrics {
     spans_dropped_seen: AtomicU64,
     identity: IdentityMetrics,
     listeners: mesh::listen::ListenerStats,
+    authz: crate::authz::AuthzMetrics,
     /// How each direction's calls are labelled (indexed by
     /// [`Direction::index`]).
     labels: [ArcSwap<LabelIndex>; 3],
@@ -319,8 +320,11 @@ impl Default for Metrics {
         identity.register(&mut registry);
         let listeners = mesh::listen::ListenerStats::default();
         listeners.register(&mut registry);
+        let authz = crate::authz::AuthzMetrics::default();
+        authz.register(&mut registry);
         Self {
             listeners,
+            authz,
             registry,
             requests,
             responses,
@@ -439,6 +443,11 @@ impl Metrics {
     /// The identity and TLS metrics.
     pub fn identity(&self) -> &IdentityMetrics {
         &self.identity
+    }
+
+    /// Inbound authorization decisions.
+    pub fn authz(&self) -> &crate::authz::AuthzMetrics {
+        &self.authz
     }
 
     /// What the listeners did to connections (caps, timeouts).

@@ -109,6 +109,8 @@ struct ProxyInner {
     metrics: Arc<Metrics>,
     /// Bytes kept for replay by every call of the process.
     replay_budget: Arc<ReplayBudget>,
+    /// Who may call the local app (inbound, with mTLS).
+    authorizer: Option<crate::authz::Authorizer>,
 }
 
 /// How one attempt went.
@@ -137,6 +139,7 @@ impl Proxy {
                 reflection,
                 metrics,
                 replay_budget: ReplayBudget::new(ReplayBudget::DEFAULT_BYTES),
+                authorizer: None,
             }),
         }
     }
@@ -147,6 +150,16 @@ impl Proxy {
     pub fn with_replay_budget(self, budget: Arc<ReplayBudget>) -> Self {
         let mut inner = (*self.inner).clone();
         inner.replay_budget = budget;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same proxy, checking every call against the local service's
+    /// authorization policies before it reaches the app (inbound).
+    pub fn with_authorizer(self, authorizer: crate::authz::Authorizer) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.authorizer = Some(authorizer);
         Self {
             inner: Arc::new(inner),
         }
@@ -248,6 +261,14 @@ impl Proxy {
                 service: own,
             } => {
                 *service = Some(own.clone());
+                if let Some(authorizer) = &self.inner.authorizer {
+                    authorizer.check(
+                        req.uri().path(),
+                        req.headers(),
+                        req.extensions().get::<PeerIdentity>(),
+                        &call.span,
+                    )?;
+                }
                 let attempt = attempt_span(&call.span, 1, upstream, None);
                 counters.record_request();
                 let sender = match upstream.ready_now() {

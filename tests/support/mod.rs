@@ -378,6 +378,14 @@ impl TestMesh {
         self.spec(name).serving
     }
 
+    /// A proxy's whole `/metrics` text.
+    pub fn metrics_text(&self, proxy: &str) -> String {
+        let admin = self.spec(proxy).admin.expect("a proxy");
+        let (status, text) = admin_get(admin, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
     /// The value of a counter in a proxy's `/metrics` (0 if absent), found
     /// by metric name and every given label.
     pub fn counter(&self, proxy: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {

@@ -127,6 +127,18 @@ pub enum ProxyError {
         /// Why the call stopped waiting.
         detail: String,
     },
+    /// The callee's authorization policies do not let this caller call
+    /// this method (the policy and rule that decided are in the proxy's
+    /// logs and the call's span, not in the answer).
+    #[error("{caller} may not call {method} on {service}")]
+    Unauthorized {
+        /// Who called (a SPIFFE ID, or `a plaintext caller`).
+        caller: String,
+        /// `package.Service/Method`.
+        method: String,
+        /// The mesh service called.
+        service: Arc<str>,
+    },
     /// Fault injection aborted the call.
     #[error("route {route}: aborted by fault injection")]
     FaultAbort {
@@ -261,6 +273,7 @@ impl ProxyError {
         match self {
             Self::NoRoute { .. } | Self::MalformedPath { .. } => Code::Unimplemented,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::Unauthorized { .. } => Code::PermissionDenied,
             Self::FaultAbort { code, .. } => Code::from_i32(*code),
             Self::NoEndpoints { .. }
             | Self::ConnectFailed { .. }
@@ -289,6 +302,7 @@ impl ProxyError {
             Self::PendingConnectLimit { .. } => "pending-connect-limit",
             Self::UpstreamQueueFull { .. } => "upstream-queue-full",
             Self::FaultAbort { .. } => "fault-injected",
+            Self::Unauthorized { .. } => "unauthorized",
         }
     }
 
@@ -312,6 +326,7 @@ impl ProxyError {
             | Self::ConcurrencyLimit { .. }
             | Self::PendingConnectLimit { .. }
             | Self::UpstreamQueueFull { .. }
+            | Self::Unauthorized { .. }
             | Self::FaultAbort { .. } => true,
         }
     }
