@@ -79,9 +79,9 @@ struct Args {
     max_concurrent_hashes: u32,
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+/// Refuses a rotation interval under which a key could be dropped from
+/// the JWKS while tokens it signed are still valid.
+fn check_rotation(args: &Args) -> anyhow::Result<()> {
     let minimum = key_ring::minimum_rotation_interval(args.access_token_ttl);
     anyhow::ensure!(
         args.key_rotation_interval >= minimum,
@@ -89,6 +89,13 @@ async fn main() -> anyhow::Result<()> {
          allowance ({minimum:?}): tokens would outlive the key that verifies them",
         args.key_rotation_interval
     );
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    check_rotation(&args)?;
     let telemetry = mesh::telemetry::init(
         "users",
         args.app.log_format,
@@ -141,4 +148,51 @@ async fn main() -> anyhow::Result<()> {
     telemetry.shutdown().await;
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_parse_with_their_defaults() {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["users"]).expect("defaults parse");
+        assert_eq!(args.issuer, "https://users.shop.mesh.local");
+        assert_eq!(args.audience, "shop");
+        assert_eq!(args.access_token_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(args.key_rotation_interval, Duration::from_secs(3_600));
+        assert_eq!(args.max_users, 100_000);
+        assert!(args.admin_emails.is_empty());
+        assert!(check_rotation(&args).is_ok());
+
+        let args =
+            Args::try_parse_from(["users", "--admin-email", "a@x.test,b@x.test"]).expect("a list");
+        assert_eq!(args.admin_emails, ["a@x.test", "b@x.test"]);
+        assert!(Args::try_parse_from(["users", "--max-users", "0"]).is_err());
+    }
+
+    #[test]
+    fn a_rotation_shorter_than_a_token_is_refused() {
+        let args = Args::try_parse_from([
+            "users",
+            "--access-token-ttl",
+            "15m",
+            "--key-rotation-interval",
+            "15m",
+        ])
+        .expect("parses");
+        let error = check_rotation(&args).expect_err("too short").to_string();
+        assert!(error.contains("--key-rotation-interval"), "{error}");
+        let args = Args::try_parse_from([
+            "users",
+            "--access-token-ttl",
+            "15m",
+            "--key-rotation-interval",
+            "16m",
+        ])
+        .expect("parses");
+        assert!(check_rotation(&args).is_ok());
+    }
 }
