@@ -1,6 +1,6 @@
 # One image with every binary of the workspace: sidecar (also the gateway,
 # with MESH_MODE=gateway), control-plane, meshctl, catalog, inventory,
-# payments, orders. Each Kubernetes container picks its binary with `command:`.
+# payments, orders, users. Each Kubernetes container picks its binary with `command:`.
 #
 #   docker build -t registry.example.com/mesh:0.1.0 .
 #
@@ -34,6 +34,7 @@ COPY services/catalog/Cargo.toml services/catalog/
 COPY services/inventory/Cargo.toml services/inventory/
 COPY services/payments/Cargo.toml services/payments/
 COPY services/orders/Cargo.toml services/orders/
+COPY services/users/Cargo.toml services/users/
 COPY bench/Cargo.toml bench/
 RUN set -eu; \
     mkdir -p src sidecar/src control-plane/src/bin bench/src; \
@@ -43,7 +44,7 @@ RUN set -eu; \
     echo 'fn main() {}' > control-plane/src/main.rs; \
     echo 'fn main() {}' > control-plane/src/bin/meshctl.rs; \
     echo 'fn main() {}' > bench/src/main.rs; \
-    for service in catalog inventory payments orders; do \
+    for service in catalog inventory payments orders users; do \
         mkdir -p "services/$service/src"; \
         echo 'fn main() {}' > "services/$service/src/main.rs"; \
     done; \
@@ -59,7 +60,7 @@ RUN set -eu; \
     find build.rs src sidecar control-plane services bench -name '*.rs' -exec touch {} +; \
     cargo build --release --locked --workspace --exclude bench --bins; \
     mkdir -p /out; \
-    for bin in sidecar control-plane meshctl catalog inventory payments orders; do \
+    for bin in sidecar control-plane meshctl catalog inventory payments orders users; do \
         cp "target/release/$bin" /out/; \
     done; \
     /out/sidecar --version | grep '^sidecar ' >/dev/null; /out/meshctl --version | grep '^meshctl ' >/dev/null

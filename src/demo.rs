@@ -11,11 +11,12 @@ use std::path::Path;
 use crate::model::{Bootstrap, Endpoint, Route, RouteMatch, RouteMetadata, RouteSpec};
 
 /// The shop's mesh services and the gRPC service each serves.
-pub const SHOP_SERVICES: [(&str, &str); 4] = [
+pub const SHOP_SERVICES: [(&str, &str); 5] = [
     ("catalog", "shop.catalog.v1.CatalogService"),
     ("inventory", "shop.inventory.v1.InventoryService"),
     ("payments", "shop.payments.v1.PaymentsService"),
     ("orders", "shop.orders.v1.OrdersService"),
+    ("users", "shop.users.v1.UsersService"),
 ];
 
 /// The reflection services a gateway routes to the service that answers
@@ -395,7 +396,7 @@ impl Plan {
 impl Topology {
     /// The demo shop: one instance of each service (two of catalog, `v1` and
     /// `v2`, so balancing and splits are visible; catalog is read-mostly, while the demo's
-    /// in-memory inventory and payments keep state per instance) and a
+    /// in-memory inventory, payments and users keep state per instance) and a
     /// gateway on `gateway`.
     pub fn shop(gateway: SocketAddr) -> Self {
         let one = |name: &str| {
@@ -416,6 +417,9 @@ impl Topology {
                 one("inventory"),
                 one("payments"),
                 one("orders"),
+                // One instance: accounts and signing keys live in its
+                // memory, so a second would know other users and keys.
+                one("users"),
             ],
             gateway: Some(gateway),
             ..Self::default()

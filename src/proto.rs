@@ -47,6 +47,13 @@ pub mod shop {
             tonic::include_proto!("shop.orders.v1");
         }
     }
+    /// Accounts, logins and the keys that verify their tokens.
+    pub mod users {
+        #[allow(missing_docs, clippy::all)]
+        pub mod v1 {
+            tonic::include_proto!("shop.users.v1");
+        }
+    }
 }
 
 /// Every file under `proto/` plus its imports, encoded as a

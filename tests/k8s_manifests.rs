@@ -54,7 +54,7 @@ const BASE: &str = "k8s";
 const CANARY: &str = "k8s/overlays/canary";
 
 /// The binaries of the mesh's image.
-const MESH_BINARIES: [&str; 7] = [
+const MESH_BINARIES: [&str; 8] = [
     "sidecar",
     "control-plane",
     "meshctl",
@@ -62,6 +62,7 @@ const MESH_BINARIES: [&str; 7] = [
     "inventory",
     "payments",
     "orders",
+    "users",
 ];
 
 /// The flags' defaults (sidecar/src/settings.rs, src/app/args.rs,
