@@ -51,9 +51,38 @@ async fn charge(mesh_outbound: String, key: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+/// Calls `method` of payments with an empty message: the app's answer
+/// (whatever it is) means the call got through; PERMISSION_DENIED means
+/// the sidecar refused it.
+async fn call_payments(outbound: String, method: &str) -> Result<(), tonic::Status> {
+    let (headers, trailers) = support::raw_unary(
+        outbound
+            .strip_prefix("http://")
+            .expect("http uri")
+            .parse()
+            .expect("address"),
+        &format!("/{method}"),
+        &[],
+        &[],
+    )
+    .await;
+    let status = headers
+        .get("grpc-status")
+        .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(2);
+    if status == Code::PermissionDenied as i32 {
+        return Err(tonic::Status::permission_denied("refused"));
+    }
+    Ok(())
+}
+
 #[test]
 fn only_the_callers_a_policy_names_reach_the_service_and_audit_mode_only_counts() {
-    let mesh = TestMesh::start(&support::secure_services(&["catalog", "orders", "payments"]));
+    let mesh = TestMesh::start(&support::secure_services(&[
+        "catalog", "orders", "payments",
+    ]));
     let (from_orders, from_catalog) = (
         mesh.outbound_uri("orders-1"),
         mesh.outbound_uri("catalog-1"),
@@ -63,7 +92,9 @@ fn only_the_callers_a_policy_names_reach_the_service_and_audit_mode_only_counts(
     let (o, c) = (from_orders.clone(), from_catalog.clone());
     support::block_on(async move {
         charge(o, "before-1").await.expect("orders charges");
-        charge(c, "before-2").await.expect("catalog charges (no policy yet)");
+        charge(c, "before-2")
+            .await
+            .expect("catalog charges (no policy yet)");
     });
 
     apply_policy(&mesh, "enforce");
@@ -103,6 +134,30 @@ fn only_the_callers_a_policy_names_reach_the_service_and_audit_mode_only_counts(
         mesh.log("payments-1-sidecar").contains("call denied"),
         "the denial is logged with its policy"
     );
+
+    // meshctl auth can-i says what the data path does, case by case.
+    for (caller, method, allowed) in [
+        ("orders", "Charge", true),
+        ("catalog", "Charge", false),
+        ("orders", "GetPayment", false),
+        ("orders", "Refund", true),
+    ] {
+        let to = format!("shop.payments.v1.PaymentsService/{method}");
+        let (said_yes, stdout, stderr) =
+            mesh.meshctl(&["auth", "can-i", "--from", caller, "--to", &to], None);
+        assert_eq!(said_yes, allowed, "can-i {caller} {method}: {stdout}{stderr}");
+        assert!(stdout.starts_with(if allowed { "yes" } else { "no" }), "{stdout}");
+        let outbound = mesh.outbound_uri(&format!("{caller}-1"));
+        let call = support::block_on(async move { call_payments(outbound, &to).await });
+        match call {
+            Ok(()) => assert!(allowed, "{caller} {method} went through, can-i said no"),
+            Err(status) => assert_eq!(
+                status.code() == Code::PermissionDenied,
+                !allowed,
+                "{caller} {method}: {status:?}"
+            ),
+        }
+    }
 
     // Audit mode: the same call goes through, and is counted as one the
     // policy would have refused.

@@ -38,6 +38,10 @@ enum Commands {
     /// The mesh-wide mTLS mode: `get`, or `set strict|permissive`.
     #[command(subcommand)]
     Mtls(cli::mtls::MtlsCommand),
+    /// Authorization: `can-i` (would a call be allowed, and why) and the
+    /// mesh-wide default.
+    #[command(subcommand)]
+    Auth(cli::auth::AuthCommand),
 }
 
 /// `meshctl identity`: the local file commands, and `rotate`, which also
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Check(args) => exit_on_error(cli::check::run(cp, args).await),
         Commands::Token(command) => exit_on_error(cli::identity::run_token(cp, command).await),
         Commands::Mtls(command) => exit_on_error(cli::mtls::run(cp, command).await),
+        Commands::Auth(command) => exit_on_error(cli::auth::run(cp, command).await),
     };
     telemetry.shutdown().await;
     result

@@ -5,6 +5,7 @@
 //! the calls, so it is tested without a server.
 
 pub mod apply;
+pub mod auth;
 pub mod check;
 pub mod connect;
 pub mod delete;
