@@ -145,8 +145,14 @@ fn only_the_callers_a_policy_names_reach_the_service_and_audit_mode_only_counts(
         let to = format!("shop.payments.v1.PaymentsService/{method}");
         let (said_yes, stdout, stderr) =
             mesh.meshctl(&["auth", "can-i", "--from", caller, "--to", &to], None);
-        assert_eq!(said_yes, allowed, "can-i {caller} {method}: {stdout}{stderr}");
-        assert!(stdout.starts_with(if allowed { "yes" } else { "no" }), "{stdout}");
+        assert_eq!(
+            said_yes, allowed,
+            "can-i {caller} {method}: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.starts_with(if allowed { "yes" } else { "no" }),
+            "{stdout}"
+        );
         let outbound = mesh.outbound_uri(&format!("{caller}-1"));
         let call = support::block_on(async move { call_payments(outbound, &to).await });
         match call {

@@ -519,13 +519,23 @@ async fn open_stream(
 
 /// The stream's end after its upstream died: UNAVAILABLE with the mesh's
 /// reason, never a bare reset (INTERNAL/UNKNOWN).
-async fn ends_with_upstream_reset(
+async fn stream_end(
     mut replies: tonic::Streaming<mesh::proto::shop::inventory::v1::Stock>,
-) {
+) -> tonic::Status {
     let end = tokio::time::timeout(Duration::from_secs(30), replies.message())
         .await
         .expect("the stream ends within 30 s");
-    let status = end.expect_err("the stream ends with an error status");
+    end.expect_err("the stream ends with an error status")
+}
+
+fn assert_upstream_reset(mesh: &TestMesh, status: &tonic::Status) {
+    if status.code() != tonic::Code::Unavailable {
+        for name in ["gateway", "inventory-1-sidecar", "inventory-2-sidecar"] {
+            let log = mesh.log(name);
+            let tail: Vec<_> = log.lines().rev().take(15).collect();
+            eprintln!("--- {name} (last lines, newest first)\n{}", tail.join("\n"));
+        }
+    }
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(
         status
@@ -537,8 +547,10 @@ async fn ends_with_upstream_reset(
     );
 }
 
-#[test]
-fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable() {
+// One runtime for the whole test: the client's connection lives as long
+// as the streams it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable() {
     let mut topology = support::secure_services(&["catalog"]);
     topology.services.push((
         "inventory".to_owned(),
@@ -551,14 +563,14 @@ fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable() {
     let gateway = mesh.gateway_uri();
 
     // The app behind an inbound sidecar dies: that sidecar ends the stream.
-    let (replies, _open, first) = support::block_on(open_stream(gateway.clone()));
+    let (replies, _open, first) = open_stream(gateway.clone()).await;
     mesh.kill(&first);
-    support::block_on(ends_with_upstream_reset(replies));
+    assert_upstream_reset(&mesh, &stream_end(replies).await);
 
     // The gateway's own upstream (the other instance's sidecar) dies: the
     // gateway ends the stream.
-    let (replies, _open, second) = support::block_on(open_stream(gateway));
+    let (replies, _open, second) = open_stream(gateway).await;
     assert_ne!(second, first, "the dead app's endpoint is not used");
     mesh.kill(&format!("{second}-sidecar"));
-    support::block_on(ends_with_upstream_reset(replies));
+    assert_upstream_reset(&mesh, &stream_end(replies).await);
 }

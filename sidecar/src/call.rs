@@ -5,6 +5,7 @@
 //! trailers can still be retried, and the proxy's typed [`error`]s. The
 //! mechanics (connections, streams, bodies) stay in `proxy`.
 
+pub mod drain;
 pub mod error;
 pub mod hold;
 pub mod judge;

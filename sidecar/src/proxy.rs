@@ -262,12 +262,15 @@ impl Proxy {
             } => {
                 *service = Some(own.clone());
                 if let Some(authorizer) = &self.inner.authorizer {
-                    authorizer.check(
+                    if let Err(refused) = authorizer.check(
                         req.uri().path(),
                         req.headers(),
                         req.extensions().get::<PeerIdentity>(),
                         &call.span,
-                    )?;
+                    ) {
+                        crate::call::drain::drain(req.into_body());
+                        return Err(refused);
+                    }
                 }
                 let attempt = attempt_span(&call.span, 1, upstream, None);
                 counters.record_request();
@@ -310,7 +313,13 @@ impl Proxy {
             }
             Destination::Routed(table) => {
                 let table = table.load_full();
-                let (route, balancer) = table.route(req.uri().path(), req.headers())?;
+                let (route, balancer) = match table.route(req.uri().path(), req.headers()) {
+                    Ok(found) => found,
+                    Err(error) => {
+                        crate::call::drain::drain(req.into_body());
+                        return Err(error);
+                    }
+                };
                 *service = Some(route.policy.service.clone());
                 if !call.span.is_none() {
                     call.span

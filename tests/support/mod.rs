@@ -196,7 +196,10 @@ impl TestMesh {
         Command::new(program)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
