@@ -156,7 +156,9 @@ pub struct Caller<'a> {
 pub struct Decision {
     /// Whether the call goes through.
     pub allowed: bool,
-    /// The policy that decided (`None`: the mesh-wide default).
+    /// The policy that decided (`None`: the mesh-wide default); when no
+    /// rule of the service's ALLOW policies matched, their names, joined
+    /// with `,`.
     pub policy: Option<String>,
     /// Its rule (index in `spec.rules`), when a rule matched.
     pub rule: Option<usize>,
@@ -414,11 +416,18 @@ pub fn authorize(
                 };
             }
         }
+        // Named by the ALLOW policies none of whose rules matched.
+        let names: Vec<&str> = allows(AuthorizationMode::Enforce)
+            .map(|p| p.metadata.name.as_str())
+            .collect();
         return Decision {
             allowed: false,
-            policy: None,
+            policy: Some(names.join(",")),
             rule: None,
-            reason: format!("{service} has ALLOW policies and none of their rules matches"),
+            reason: format!(
+                "{service} has ALLOW policies ({}) and none of their rules matches",
+                names.join(", ")
+            ),
             audit_denied_by,
         };
     }

@@ -82,7 +82,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             },
             LIST,
             false,
-            None,
+            Some("payments-from-orders"),
         ),
         (
             "catalog may not charge",
@@ -93,7 +93,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             },
             CHARGE,
             false,
-            None,
+            Some("payments-from-orders"),
         ),
         (
             "plaintext may not charge",
@@ -104,7 +104,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             },
             CHARGE,
             false,
-            None,
+            Some("payments-from-orders"),
         ),
         (
             "an admin through the gateway lists",
@@ -126,7 +126,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             },
             LIST,
             false,
-            None,
+            Some("payments-from-orders"),
         ),
         (
             "claims from a non-gateway do not count",
@@ -137,7 +137,7 @@ fn a_table_of_calls_gets_the_answers_the_policies_say() {
             },
             LIST,
             false,
-            None,
+            Some("payments-from-orders"),
         ),
         (
             "DENY wins over ALLOW",
