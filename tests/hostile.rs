@@ -574,3 +574,89 @@ async fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable(
     mesh.kill(&format!("{second}-sidecar"));
     assert_upstream_reset(&mesh, &stream_end(replies).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_upstream_stream_limit_waits_a_bounded_time_then_fails_clearly() {
+    use mesh::proto::shop::payments::v1::payments_service_client::PaymentsServiceClient;
+    use mesh::proto::shop::payments::v1::ChargeRequest;
+    const BURST: usize = 24;
+    // Two streams to payments at once, two calls waiting: every charge
+    // takes 1.5 s, so a burst of 24 finds the bound at once.
+    let mut topology = support::secure_services(&["payments"]);
+    topology.services[0].1[0] =
+        mesh::demo::InstanceSpec::new("payments-1").app_args(["--latency-ms", "1500"]);
+    topology.gateway_args = ["--upstream-max-streams", "2", "--upstream-max-waiting", "2"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut mesh = TestMesh::start(&topology);
+    let pid = gateway_pid(&mut mesh);
+    let (rss_before, _) = rss_and_threads(pid);
+    let channel = support::channel(mesh.gateway_uri()).await;
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..BURST {
+        let mut client = PaymentsServiceClient::new(channel.clone());
+        calls.spawn(async move {
+            let mut request = tonic::Request::new(ChargeRequest {
+                idempotency_key: format!("burst-{i}"),
+                customer_id: "alice".into(),
+                reference: format!("order-{i}"),
+                amount_minor: 100,
+                currency: "EUR".into(),
+            });
+            request.set_timeout(Duration::from_secs(20));
+            client.charge(request).await
+        });
+    }
+    let (mut served, mut queue_full) = (0, 0);
+    while let Some(done) = calls.join_next().await {
+        match done.expect("a call") {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert_eq!(
+                    status
+                        .metadata()
+                        .get("x-mesh-error")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("upstream-queue-full"),
+                    "{status:?}"
+                );
+                queue_full += 1;
+            }
+        }
+    }
+    let took = started.elapsed();
+    eprintln!("burst: {served} served, {queue_full} refused (queue full) in {took:?}");
+    assert!(
+        served >= 2,
+        "the calls that got a place are served: {served}"
+    );
+    assert!(
+        queue_full >= BURST - 8,
+        "calls beyond the bound fail at once instead of queueing: {queue_full} of {BURST}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "nobody waited past the bound: {took:?}"
+    );
+    // The endpoint is usable again once the burst is over.
+    let mut request = tonic::Request::new(ChargeRequest {
+        idempotency_key: "after".into(),
+        customer_id: "alice".into(),
+        reference: "order-after".into(),
+        amount_minor: 100,
+        currency: "EUR".into(),
+    });
+    request.set_timeout(Duration::from_secs(20));
+    PaymentsServiceClient::new(channel)
+        .charge(request)
+        .await
+        .expect("a call after the burst is served");
+    let (rss_after, _) = rss_and_threads(pid);
+    assert!(
+        rss_after.saturating_sub(rss_before) < 64 << 20,
+        "the gateway grew by {} MiB",
+        (rss_after - rss_before) >> 20
+    );
+}
