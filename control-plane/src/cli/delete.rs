@@ -17,6 +17,9 @@ pub struct DeleteArgs {
 
 /// Runs `meshctl delete`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: DeleteArgs) -> anyhow::Result<()> {
+    if args.kind == RouteKind::Service {
+        bail!("a mesh service is its registered endpoints: it cannot be deleted, only described");
+    }
     let mut client = control_plane.connect().await?;
     if args.kind == RouteKind::Authorizationpolicy {
         super::policies::delete(&mut client, &args.name).await?;

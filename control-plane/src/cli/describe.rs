@@ -26,6 +26,17 @@ pub struct DescribeArgs {
 /// Runs `meshctl describe`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: DescribeArgs) -> anyhow::Result<()> {
     let mut client = control_plane.connect().await?;
+    if args.kind == RouteKind::Service {
+        let policies = super::policies::fetch(&mut client, None).await?;
+        let default = client
+            .get_default_authorization(mesh::proto::mesh::v1::GetDefaultAuthorizationRequest {})
+            .await
+            .map_err(GrpcError)
+            .context("cannot read the default authorization")?
+            .into_inner()
+            .default;
+        return super::output::print(&super::policies::callers(&args.name, &policies, &default));
+    }
     if args.kind == RouteKind::Authorizationpolicy {
         let policies = super::policies::fetch(&mut client, Some(&args.name)).await?;
         let mut text = super::policies::table(&policies).render();

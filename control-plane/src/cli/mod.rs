@@ -75,4 +75,7 @@ pub enum RouteKind {
     /// Authorization policies.
     #[value(alias = "authorizationpolicies", alias = "authz")]
     Authorizationpolicy,
+    /// A mesh service: who may call which of its methods (describe only).
+    #[value(alias = "services", alias = "svc")]
+    Service,
 }

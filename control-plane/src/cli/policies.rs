@@ -130,3 +130,109 @@ pub fn table(policies: &[RevisionedPolicy]) -> Table {
     }
     table
 }
+
+/// `meshctl describe service NAME`: who may call which of its methods,
+/// rule by rule, and what happens to everyone else.
+pub fn callers(service: &str, policies: &[RevisionedPolicy], default: &str) -> String {
+    let mine: Vec<&AuthorizationPolicy> = policies
+        .iter()
+        .map(|p| &p.policy)
+        .filter(|p| p.spec.service == service)
+        .collect();
+    let mut table = Table::new(["POLICY", "ACTION", "MODE", "RULE", "FROM", "TO"]);
+    for policy in &mine {
+        for (i, rule) in policy.spec.rules.iter().enumerate() {
+            let from: Vec<String> = rule
+                .from
+                .iter()
+                .map(|f| match (&f.service, &f.identity, &f.gateway) {
+                    (Some(service), _, _) => format!("service {service}"),
+                    (_, Some(identity), _) => identity.clone(),
+                    (_, _, Some(gateway)) if gateway.claims.is_empty() => "gateway callers".into(),
+                    (_, _, Some(gateway)) => {
+                        let claims: Vec<String> = gateway
+                            .claims
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        format!("gateway callers with {}", claims.join(","))
+                    }
+                    _ => "?".into(),
+                })
+                .collect();
+            table.row([
+                policy.metadata.name.clone(),
+                match policy.spec.action {
+                    AuthorizationAction::Allow => "ALLOW",
+                    AuthorizationAction::Deny => "DENY",
+                }
+                .to_owned(),
+                match policy.spec.mode {
+                    AuthorizationMode::Enforce => "enforce",
+                    AuthorizationMode::Audit => "audit",
+                }
+                .to_owned(),
+                i.to_string(),
+                if from.is_empty() {
+                    "any mesh identity".to_owned()
+                } else {
+                    from.join(", ")
+                },
+                if rule.to.is_empty() {
+                    "every method".to_owned()
+                } else {
+                    rule.to.join(", ")
+                },
+            ]);
+        }
+    }
+    let enforced_allow = mine.iter().any(|p| {
+        p.spec.action == AuthorizationAction::Allow && p.spec.mode == AuthorizationMode::Enforce
+    });
+    let rest = if enforced_allow {
+        "everyone else: denied (the service has ALLOW policies)".to_owned()
+    } else {
+        format!("everyone else: the mesh default, {default}")
+    };
+    if mine.is_empty() {
+        return format!("service {service}: no authorization policy\n{rest}\n");
+    }
+    format!("service {service}\n{}{rest}\n", table.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_service_lists_who_may_call_what_and_everyone_else() {
+        let yaml = "kind: AuthorizationPolicy
+metadata: { name: payments-callers }
+spec:
+  service: payments
+  rules:
+    - from: [{ service: orders }, { gateway: { claims: { role: admin } } }]
+      to: [shop.payments.v1.PaymentsService/Charge]
+";
+        let policy: AuthorizationPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        let policies = [RevisionedPolicy {
+            policy,
+            revision: 7,
+        }];
+        let text = callers("payments", &policies, "all-authenticated");
+        assert!(
+            text.contains("service orders, gateway callers with role=admin"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shop.payments.v1.PaymentsService/Charge"),
+            "{text}"
+        );
+        assert!(text.contains("everyone else: denied"), "{text}");
+        let other = callers("catalog", &policies, "all-authenticated");
+        assert_eq!(
+            other,
+            "service catalog: no authorization policy\neveryone else: the mesh default, all-authenticated\n"
+        );
+    }
+}
