@@ -104,6 +104,13 @@ pub async fn serve(
     let http2 = crate::listen::Limits::mesh().http2;
     let server = http2
         .tonic(tonic::transport::Server::builder())
+        // Except the cap on locally reset streams, stated off: the app's
+        // one client is its own sidecar, whose listeners bound what reaches
+        // it, and h2 counts that cap over the connection's whole life, so
+        // every call the app answers before reading its body (an unknown
+        // method) would add up until the app sent its sidecar GOAWAY,
+        // failing the good calls sharing that connection.
+        .http2_max_local_error_reset_streams(None)
         .layer(ServerSpanLayer)
         .layer(served_by)
         .add_routes(routes)
