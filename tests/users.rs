@@ -158,6 +158,29 @@ fn a_token_from_login_verifies_against_the_published_jwks() {
 }
 
 #[test]
+fn a_subject_forged_from_outside_is_stripped_at_the_gateway() {
+    let mesh = secure_users_mesh();
+    let gateway = mesh.gateway_uri();
+    block_on(async move {
+        let mut client = UsersServiceClient::new(channel(gateway).await);
+        let user_id = register(&mut client, "forger@example.com").await;
+        // An external client names itself (and claims to be an admin).
+        let mut request = tonic::Request::new(GetProfileRequest {});
+        let metadata = request.metadata_mut();
+        metadata.insert("x-mesh-auth-sub", user_id.parse().expect("ascii id"));
+        metadata.insert(
+            "x-mesh-auth-claims",
+            r#"{"role":"admin"}"#.parse().expect("ascii"),
+        );
+        let refused = client
+            .get_profile(request)
+            .await
+            .expect_err("the forged subject never reaches the app");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    });
+}
+
+#[test]
 fn failed_logins_and_bad_registrations_answer_the_caller_precisely() {
     let mesh = static_users_mesh(true);
     let gateway = mesh.gateway_uri();

@@ -169,8 +169,11 @@ impl Proxy {
     /// client kind where the local app calls out), continuing the caller's
     /// trace or starting one; one child span per attempt, whose context
     /// goes upstream in `traceparent`.
-    async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let direction = self.inner.direction;
+        if direction == Direction::Ingress {
+            strip_internal_headers(req.headers_mut());
+        }
         let side = match direction {
             Direction::Outbound => Side::Client,
             Direction::Inbound | Direction::Ingress => Side::Server,
@@ -475,6 +478,23 @@ fn attempt_span(parent: &Span, attempt: u32, upstream: &Upstream, subset: Option
 fn propagate(attempt: &Span, headers: &mut http::HeaderMap) {
     if !attempt.is_none() {
         inject_context(&attempt.context(), headers);
+    }
+}
+
+/// Headers only the mesh may set (`x-mesh-*`: verified claims and subject,
+/// debug requests, error reasons), removed from what external clients
+/// send at the gateway's ingress: inside the mesh they are believed (from
+/// a gateway's identity), so outside they must never get in.
+const INTERNAL_HEADER_PREFIX: &str = "x-mesh-";
+
+fn strip_internal_headers(headers: &mut http::HeaderMap) {
+    let forged: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(&name);
     }
 }
 
