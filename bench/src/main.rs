@@ -7,6 +7,7 @@
 //! cargo run --release -p bench -- cp-scale --subscribers 100,1000
 //! cargo run --release -p bench -- tail                  # p50..max at 2,000 calls/s
 //! cargo run --release -p bench -- balance               # one slow instance of four, per loadBalancer
+//! cargo run --release -p bench -- abuse --seconds 10    # the edge proxy under each attack, beside Envoy
 //! ```
 //!
 //! # Layout
@@ -33,7 +34,10 @@
 //!   through the route with each `loadBalancer`.
 //! - [`cp_scale`]: N simulated sidecars on one control-plane replica; time
 //!   until a route change reaches them all, and memory per subscriber.
+//! - [`abuse`]: the proxy facing strangers (the mesh's gateway, Envoy at
+//!   the edge) under one attack at a time, good clients beside it.
 
+mod abuse;
 mod balance;
 mod client;
 mod cp_scale;
@@ -90,6 +94,10 @@ enum Command {
     /// One echo instance of four answering 200 ms late: p50 to p99.9
     /// through the route with each load balancer in turn.
     Balance(balance::BalanceArgs),
+    /// The proxy facing strangers (the mesh's gateway, Envoy at the edge)
+    /// under idle connections, rapid reset, a CONTINUATION flood and
+    /// random method names, with good clients calling beside the attack.
+    Abuse(abuse::AbuseArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::CpScale(args)) => until_signal(cp_scale::run(args)).await,
             Some(Command::Tail(args)) => until_signal(tail::run(args)).await,
             Some(Command::Balance(args)) => until_signal(balance::run(args)).await,
+            Some(Command::Abuse(args)) => until_signal(abuse::run(args)).await,
             None => until_signal(datapath::run(cli.datapath)).await,
         }
     });

@@ -39,6 +39,14 @@ pub const ENVOY_INBOUND_MTLS: Template = Template {
     text: include_str!("../envoy/inbound-mtls.yaml"),
 };
 
+/// Envoy at the edge (`bench abuse`): [`ENVOY_OUTBOUND`]'s route with
+/// Envoy's edge best-practice limits, so the mesh's gateway is compared
+/// with Envoy as Envoy advises running it before strangers.
+pub const ENVOY_EDGE: Template = Template {
+    path: "bench/envoy/edge.yaml",
+    text: include_str!("../envoy/edge.yaml"),
+};
+
 /// nginx in front of the client: weighted 3:1 upstreams.
 pub const NGINX_OUTBOUND: Template = Template {
     path: "bench/nginx/outbound.conf",
@@ -97,6 +105,7 @@ mod tests {
             ENVOY_INBOUND,
             ENVOY_OUTBOUND_MTLS,
             ENVOY_INBOUND_MTLS,
+            ENVOY_EDGE,
             NGINX_OUTBOUND,
             NGINX_INBOUND,
         ] {

@@ -294,6 +294,87 @@ pub async fn start_balance(
     Ok(running)
 }
 
+/// The proxy facing strangers in `bench abuse`: the mesh's gateway (its
+/// ingress with the edge defaults) or Envoy with its edge best-practice
+/// configuration (`bench/envoy/edge.yaml`), each in front of two
+/// server-side proxies (the mesh's inbound sidecars, Envoys) and the two
+/// echo servers, weighted 3:1. The attacked process is named in
+/// [`Running::proxies`] by [`EDGE_PROXY`].
+pub async fn start_edge(
+    kind: Kind,
+    programs: &Programs,
+    ports: &mut PortAllocator,
+) -> anyhow::Result<Running> {
+    let mut running = match kind {
+        Kind::Mesh => {
+            let topology = Topology {
+                services: vec![(
+                    echo::SERVICE.into(),
+                    vec![
+                        InstanceSpec::new("echo-1").weight(3),
+                        InstanceSpec::new("echo-2").weight(1).version("v2"),
+                    ],
+                )],
+                gateway: Some(loopback(0)),
+                extra_routes: vec![echo_route(MeshRoute::default())?],
+                // Static mode: no control plane, hence no identities.
+                insecure: true,
+                ..Topology::default()
+            };
+            let mut running = launch_mesh(programs, ports, &topology).await?;
+            rename_proxy(&mut running, "gateway");
+            running
+        }
+        Kind::Envoy => {
+            let envoy = programs.envoy.as_deref().context("envoy was not found")?;
+            let mut running = start_peer(
+                programs,
+                ports,
+                envoy,
+                "envoy",
+                [proxy_config::ENVOY_INBOUND, proxy_config::ENVOY_EDGE],
+                ("yaml", envoy_command),
+                false,
+            )
+            .await?;
+            rename_proxy(&mut running, "envoy-out");
+            running
+        }
+        other => bail!("bench abuse runs mesh and envoy, not {}", other.name()),
+    };
+    wait_serving(&mut running, true)
+        .await
+        .with_context(|| format!("{} edge topology", kind.name()))?;
+    Ok(running)
+}
+
+/// The name [`start_edge`] gives the proxy under attack.
+pub const EDGE_PROXY: &str = "edge";
+
+fn rename_proxy(running: &mut Running, name: &str) {
+    for proxy in &mut running.proxies {
+        if proxy.0 == name {
+            proxy.0 = EDGE_PROXY.to_owned();
+        }
+    }
+}
+
+/// Envoy's command line for one configuration file.
+fn envoy_command(config: &std::path::Path, _: &std::path::Path, _: &str) -> Vec<String> {
+    [
+        "--config-path",
+        &config.display().to_string(),
+        "--concurrency",
+        "1",
+        // Several Envoys on one host: no shared memory between them.
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// Starts the processes of `topology`'s plan. With a control plane: the
 /// store and the control plane first, then the apps and sidecars, then
 /// the routes applied through the control plane, waiting for every
@@ -361,10 +442,12 @@ async fn launch_mesh(
             }
         }
     }
+    // The gateway (when the plan has one) is a proxy like the sidecars:
+    // waited for, and measured.
     let sidecars: Vec<_> = plan
         .processes
         .iter()
-        .filter(|p| p.role == Role::Sidecar)
+        .filter(|p| matches!(p.role, Role::Sidecar | Role::Gateway))
         .collect();
     for sidecar in &sidecars {
         if let Some(admin) = sidecar.admin {
@@ -386,17 +469,22 @@ async fn launch_mesh(
             wait_for_table(&mut processes, &sidecar.name, admin, revision).await?;
         }
     }
-    let client = plan
-        .process("client-1-sidecar")
-        .context("the plan has no client sidecar")?;
+    // Calls go in at the client's sidecar, or at the gateway when there is
+    // no client (`bench abuse`).
+    let target = match plan.process("client-1-sidecar") {
+        Some(client) => client
+            .outbound
+            .context("the client sidecar has no outbound")?,
+        None => plan
+            .gateway()
+            .context("the plan has neither a client sidecar nor a gateway")?,
+    };
     let proxies = sidecars
         .iter()
         .filter_map(|s| Some((s.name.clone(), processes.pid(&s.name)?)))
         .collect();
     Ok(Running {
-        target: client
-            .outbound
-            .context("the client sidecar has no outbound")?,
+        target,
         proxies,
         processes,
     })
@@ -636,20 +724,7 @@ async fn start_envoy(
         envoy,
         if mtls { "envoy-mtls" } else { "envoy" },
         templates,
-        ("yaml", |config, _, _| {
-            [
-                "--config-path",
-                &config.display().to_string(),
-                "--concurrency",
-                "1",
-                // Three Envoys on one host: no shared memory between them.
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ]
-            .map(str::to_owned)
-            .to_vec()
-        }),
+        ("yaml", envoy_command),
         mtls,
     )
     .await
