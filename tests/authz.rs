@@ -180,3 +180,68 @@ fn only_the_callers_a_policy_names_reach_the_service_and_audit_mode_only_counts(
         "nothing more was refused"
     );
 }
+
+#[test]
+fn policy_changes_apply_live_under_load_without_failing_allowed_calls() {
+    let mesh = TestMesh::start(&support::secure_services(&[
+        "catalog", "orders", "payments",
+    ]));
+    apply_policy(&mesh, "enforce");
+    let from_orders = mesh.outbound_uri("orders-1");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = stop.clone();
+    // Allowed calls, back to back, for as long as the policy changes go on.
+    let load = std::thread::spawn(move || {
+        support::block_on(async move {
+            let channel = support::channel(from_orders).await;
+            let mut client = PaymentsServiceClient::new(channel);
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            while !running.load(std::sync::atomic::Ordering::Relaxed) && i < 20_000 {
+                i += 1;
+                let charged = client
+                    .charge(ChargeRequest {
+                        idempotency_key: format!("live-{i}"),
+                        customer_id: "alice".into(),
+                        reference: format!("order-{i}"),
+                        amount_minor: 100,
+                        currency: "EUR".into(),
+                    })
+                    .await;
+                match charged {
+                    Ok(_) => ok += 1,
+                    Err(status) => failed.push(status),
+                }
+            }
+            (ok, failed)
+        })
+    });
+    // Ten changes while the calls flow: a DENY for catalog comes and goes,
+    // the allowing policy is re-applied in audit and enforce mode.
+    const DENY_CATALOG: &str = "kind: AuthorizationPolicy
+metadata: { name: no-catalog }
+spec:
+  service: payments
+  action: DENY
+  rules: [{ from: [{ service: catalog }] }]
+";
+    let deny = mesh.dir().join("deny-catalog.yaml");
+    std::fs::write(&deny, DENY_CATALOG).expect("write policy");
+    for round in 0..5 {
+        let (ok, out, err) = mesh.meshctl(&["apply", "-f", deny.to_str().expect("path")], None);
+        assert!(ok, "apply round {round}: {out}{err}");
+        apply_policy(&mesh, if round % 2 == 0 { "audit" } else { "enforce" });
+        let (ok, out, err) = mesh.meshctl(&["delete", "authorizationpolicy", "no-catalog"], None);
+        assert!(ok, "delete round {round}: {out}{err}");
+    }
+    apply_policy(&mesh, "enforce");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().expect("the load thread");
+    assert!(ok > 0, "calls were made during the changes");
+    assert!(
+        failed.is_empty(),
+        "{} allowed calls failed during policy changes: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
