@@ -202,35 +202,58 @@ impl<S> Tracked<S> {
 impl<S, ReqBody, B> hyper::service::Service<Request<ReqBody>> for Tracked<S>
 where
     S: hyper::service::Service<Request<ReqBody>, Response = Response<B>>,
-    S::Future: Send + 'static,
     B: Body,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody<B>>, S::Error>> + Send>>;
+    type Future = TrackedCall<S::Future>;
 
     fn call(&self, req: Request<ReqBody>) -> Self::Future {
-        let in_flight = self.activity.call_started();
-        let stream_idle = self.stream_idle;
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let response = call.await?;
-            let mut in_flight = Some(in_flight);
-            if response.body().is_end_stream() {
-                // Trailers-only: answered in full with the headers.
-                complete(&mut in_flight);
-            }
-            Ok(response.map(|inner| TrackedBody {
-                inner,
-                in_flight,
-                idle: stream_idle.map(|after| StreamIdle {
-                    after,
-                    last_frame: Instant::now(),
-                    sleep: None,
-                }),
-                ended: false,
-            }))
-        })
+        TrackedCall {
+            in_flight: Some(self.activity.call_started()),
+            stream_idle: self.stream_idle,
+            call: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call until its response headers: the inner service's future,
+    /// with the call's place counted (no allocation of its own per call).
+    pub struct TrackedCall<F> {
+        #[pin]
+        call: F,
+        in_flight: Option<InFlight>,
+        stream_idle: Option<Duration>,
+    }
+}
+
+impl<F, B, E> Future for TrackedCall<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.call.poll(cx))?;
+        let mut in_flight = this.in_flight.take();
+        if response.body().is_end_stream() {
+            // Trailers-only: answered in full with the headers.
+            complete(&mut in_flight);
+        }
+        let idle = this.stream_idle.map(|after| StreamIdle {
+            after,
+            last_frame: Instant::now(),
+            sleep: None,
+        });
+        Poll::Ready(Ok(response.map(|inner| TrackedBody {
+            inner,
+            in_flight,
+            idle,
+            ended: false,
+        })))
     }
 }
 
