@@ -403,52 +403,38 @@ async fn serve_admin(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    admin
-        .serve(stop, Duration::from_secs(1), move |accepted| {
-            let published = published.clone();
-            let sessions = sessions.clone();
-            let metrics = metrics.clone();
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let revision = published.borrow().revision;
-                    let ready = revision > 0;
-                    let (status, body) = match (req.uri().path(), ready) {
-                        ("/live", _) => (200, Bytes::from_static(b"live\n")),
-                        ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
-                        ("/ready", false) => {
-                            (503, Bytes::from_static(b"not ready: store not read yet\n"))
-                        }
-                        ("/metrics", _) => (
-                            200,
-                            Bytes::from(metrics.encode(sessions.list().len(), revision)),
-                        ),
-                        _ => (
-                            404,
-                            Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
-                        ),
-                    };
-                    let is_metrics = req.uri().path() == "/metrics";
-                    async move {
-                        let mut response = hyper::Response::new(Full::new(body));
-                        *response.status_mut() =
-                            hyper::StatusCode::from_u16(status).unwrap_or_default();
-                        if is_metrics {
-                            response.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ),
-                            );
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-            async move {
-                let _ = accepted
-                    .connection
-                    .serve_http(accepted.stream, service)
-                    .await;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let revision = published.borrow().revision;
+        let ready = revision > 0;
+        let (status, body) = match (req.uri().path(), ready) {
+            ("/live", _) => (200, Bytes::from_static(b"live\n")),
+            ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
+            ("/ready", false) => (503, Bytes::from_static(b"not ready: store not read yet\n")),
+            ("/metrics", _) => (
+                200,
+                Bytes::from(metrics.encode(sessions.list().len(), revision)),
+            ),
+            _ => (
+                404,
+                Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
+            ),
+        };
+        let is_metrics = req.uri().path() == "/metrics";
+        async move {
+            let mut response = hyper::Response::new(Full::new(body));
+            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+            if is_metrics {
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
             }
-        })
+            Ok::<_, Infallible>(response)
+        }
+    });
+    admin
+        .serve_http(stop, Duration::from_secs(1), service)
         .await;
 }

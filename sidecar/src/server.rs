@@ -229,15 +229,7 @@ where
     S::Future: Send + 'static,
 {
     listener
-        .serve(shutdown, Duration::from_secs(1), move |accepted| {
-            let service = service.clone();
-            async move {
-                let _ = accepted
-                    .connection
-                    .serve_http(accepted.stream, service)
-                    .await;
-            }
-        })
+        .serve_http(shutdown, Duration::from_secs(1), service)
         .await;
 }
 

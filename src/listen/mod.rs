@@ -194,6 +194,34 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// [`Listener::serve`] for an HTTP/1.1-or-2 service (admin, probes):
+    /// every connection served by a clone of `service`.
+    pub async fn serve_http<S, B>(self, shutdown: CancellationToken, drain: Duration, service: S)
+    where
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.serve(shutdown, drain, move |accepted| {
+            let service = service.clone();
+            async move {
+                let _ = accepted
+                    .connection
+                    .serve_http(accepted.stream, service)
+                    .await;
+            }
+        })
+        .await;
+    }
+}
+
 impl Connection {
     /// The listener's name.
     pub fn listener(&self) -> &'static str {
