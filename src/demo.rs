@@ -19,6 +19,10 @@ pub const SHOP_SERVICES: [(&str, &str); 5] = [
     ("users", "shop.users.v1.UsersService"),
 ];
 
+/// The shop services outside clients may call through the gateway (their
+/// routes are `exposure: public`); inventory and payments stay internal.
+pub const PUBLIC_SHOP_SERVICES: [&str; 3] = ["catalog", "orders", "users"];
+
 /// The reflection services a gateway routes to the service that answers
 /// grpcurl's `list` and `describe` there.
 pub const REFLECTION_SERVICES: [&str; 2] = [
@@ -107,6 +111,10 @@ pub struct Topology {
     pub insecure: bool,
     /// Extra flags for the gateway (e.g. `--ingress-tls-cert`).
     pub gateway_args: Vec<String>,
+    /// Make every default shop route public, inventory's and payments'
+    /// too: for tests that drive internal services from outside, never for
+    /// the demo.
+    pub expose_internal: bool,
 }
 
 /// How the control plane of a topology runs.
@@ -687,7 +695,13 @@ impl Topology {
         let mut routes: Vec<Route> = SHOP_SERVICES
             .iter()
             .filter(|(service, _)| has(service))
-            .map(|(service, grpc)| route(service, grpc, service))
+            .map(|(service, grpc)| {
+                let mut route = route(service, grpc, service);
+                if self.expose_internal || PUBLIC_SHOP_SERVICES.contains(service) {
+                    route.spec.exposure = Some("public".into());
+                }
+                route
+            })
             .collect();
         let reflection_target = if has("orders") {
             Some("orders")
@@ -696,7 +710,9 @@ impl Topology {
         };
         if let Some(target) = reflection_target.filter(|_| self.control_plane.is_none()) {
             for (i, grpc) in REFLECTION_SERVICES.iter().enumerate() {
-                routes.push(route(&format!("reflection-{i}"), grpc, target));
+                let mut route = route(&format!("reflection-{i}"), grpc, target);
+                route.spec.exposure = Some("public".into());
+                routes.push(route);
             }
         }
         routes
@@ -920,6 +936,9 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             concurrency: None,
             fault: None,
             load_balancer: None,
+            exposure: None,
+            external_headers: Vec::new(),
+            rate_limit: None,
         },
     }
 }

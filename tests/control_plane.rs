@@ -38,6 +38,8 @@ fn topology(instances: Vec<(&str, &str, &str)>) -> Topology {
             first_port: None,
             ..ControlPlaneSpec::default()
         }),
+        // These tests drive inventory from outside, through the gateway.
+        expose_internal: true,
         ..Topology::default()
     }
 }
@@ -82,7 +84,7 @@ fn served_by(mesh: &TestMesh, n: usize) -> HashMap<String, usize> {
 
 fn split_yaml(v1: u32, v2: u32) -> String {
     format!(
-        "kind: Route\nmetadata:\n  name: inventory\nspec:\n  match:\n    service: shop.inventory.v1.InventoryService\n  destination: inventory\n  split:\n    - {{ subset: v1, weight: {v1} }}\n    - {{ subset: v2, weight: {v2} }}\n"
+        "kind: Route\nmetadata:\n  name: inventory\nspec:\n  match:\n    service: shop.inventory.v1.InventoryService\n  destination: inventory\n  exposure: public\n  split:\n    - {{ subset: v1, weight: {v1} }}\n    - {{ subset: v2, weight: {v2} }}\n"
     )
 }
 

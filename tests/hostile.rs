@@ -559,6 +559,8 @@ async fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable(
             mesh::demo::InstanceSpec::new("inventory-2"),
         ],
     ));
+    // The test streams to inventory (internal in the demo) from outside.
+    topology.expose_internal = true;
     let mut mesh = TestMesh::start(&topology);
     let gateway = mesh.gateway_uri();
 
@@ -583,6 +585,7 @@ async fn a_burst_past_the_upstream_stream_limit_waits_a_bounded_time_then_fails_
     // Two streams to payments at once, two calls waiting: every charge
     // takes 1.5 s, so a burst of 24 finds the bound at once.
     let mut topology = support::secure_services(&["payments"]);
+    topology.expose_internal = true;
     topology.services[0].1[0] =
         mesh::demo::InstanceSpec::new("payments-1").app_args(["--latency-ms", "1500"]);
     topology.gateway_args = ["--upstream-max-streams", "2", "--upstream-max-waiting", "2"]

@@ -34,6 +34,8 @@ fn topology(services: Vec<(&str, Vec<InstanceSpec>)>) -> Topology {
             first_port: None,
             ..ControlPlaneSpec::default()
         }),
+        // These tests drive payments and inventory from outside.
+        expose_internal: true,
         ..Topology::default()
     }
 }
@@ -48,7 +50,7 @@ fn payments(n: usize, args: &[&str]) -> (&'static str, Vec<InstanceSpec>) {
 /// Applies a payments route with `policy` (YAML lines under `spec:`).
 fn apply_payments_route(mesh: &TestMesh, policy: &str) {
     let yaml = format!(
-        "kind: Route\nmetadata:\n  name: payments\nspec:\n  match:\n    service: shop.payments.v1.PaymentsService\n  destination: payments\n{policy}"
+        "kind: Route\nmetadata:\n  name: payments\nspec:\n  match:\n    service: shop.payments.v1.PaymentsService\n  destination: payments\n  exposure: public\n{policy}"
     );
     let (ok, out, err) = mesh.meshctl(&["apply", "-f", "-"], Some(&yaml));
     assert!(ok, "meshctl apply:\n{yaml}\n{out}\n{err}");

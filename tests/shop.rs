@@ -38,6 +38,8 @@ fn shop(payments: InstanceSpec) -> Topology {
             one("orders"),
         ],
         gateway: Some("127.0.0.1:0".parse().unwrap()),
+        // The test calls inventory (internal in the demo) from outside.
+        expose_internal: true,
         ..Topology::default()
     }
 }
@@ -145,6 +147,8 @@ async fn weighted_round_robin_splits_three_to_one() {
             ],
         )],
         gateway: Some("127.0.0.1:0".parse().unwrap()),
+        // The test calls inventory (internal in the demo) from outside.
+        expose_internal: true,
         ..Topology::default()
     };
     let mesh = TestMesh::start(&topology);
@@ -275,6 +279,8 @@ async fn client_and_bidi_streaming_pass_through() {
     let topology = Topology {
         services: vec![one("catalog"), one("inventory")],
         gateway: Some("127.0.0.1:0".parse().unwrap()),
+        // The test calls inventory (internal in the demo) from outside.
+        expose_internal: true,
         ..Topology::default()
     };
     let mesh = TestMesh::start(&topology);
@@ -331,13 +337,14 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
         )],
         gateway: Some("127.0.0.1:0".parse().unwrap()),
         extra_routes: vec![
-            route("orders", "shop.orders.v1.OrdersService", "orders"),
-            route(
+            public(route("orders", "shop.orders.v1.OrdersService", "orders")),
+            public(route(
                 "inventory",
                 "shop.inventory.v1.InventoryService",
                 "inventory",
-            ),
+            )),
         ],
+        expose_internal: true,
         extra_endpoints: vec![Endpoint {
             service: "inventory".into(),
             instance: "inventory-dead".into(),
@@ -358,13 +365,14 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
             .to_owned()
     };
 
-    // No route: the gateway routes no health service.
+    // No public route: the gateway routes no health service, and says so
+    // as it would for an internal one.
     let status = tonic_health::pb::health_client::HealthClient::new(gw.clone())
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await
         .expect_err("no route");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    assert_eq!(reason(&status), "no-route");
+    assert_eq!(reason(&status), "not-exposed");
     assert!(status.message().contains("/grpc.health.v1.Health/Check"));
 
     // No endpoints: orders is routed but nothing is registered.
@@ -423,7 +431,13 @@ async fn proxy_errors_are_grpc_statuses_with_reasons() {
 
     let errors =
         |reason: &str| mesh.counter("gateway", "mesh_proxy_errors_total", &[("reason", reason)]);
-    assert_eq!(errors("no-route"), 1.0);
+    assert_eq!(errors("not-exposed"), 1.0);
     assert_eq!(errors("no-endpoints"), 1.0);
     assert_eq!(errors("upstream-connect-failed"), 1.0);
+}
+
+/// `route` reachable from outside, through the gateway.
+fn public(mut route: mesh::model::Route) -> mesh::model::Route {
+    route.spec.exposure = Some("public".into());
+    route
 }

@@ -180,6 +180,7 @@ pub fn echo_route(variant: MeshRoute) -> anyhow::Result<Route> {
     let mut spec = serde_json::json!({
         "match": { "service": echo::GRPC_SERVICE },
         "destination": echo::SERVICE,
+        "exposure": "public",
     });
     if variant != MeshRoute::Plain {
         spec["timeout"] = "15s".into();
@@ -206,6 +207,7 @@ pub fn echo_route(variant: MeshRoute) -> anyhow::Result<Route> {
                 "headers": [{ "name": "x-canary", "exact": "true" }],
                 "split": [{ "subset": "v2", "weight": 1 }]
             }]);
+            spec["externalHeaders"] = serde_json::json!(["x-canary"]);
         }
         MeshRoute::Split => {
             spec["split"] = serde_json::json!([

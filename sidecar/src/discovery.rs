@@ -270,8 +270,10 @@ impl Subscriber {
             serde_json::from_str(&snapshot.table_json).map_err(|e| format!("table_json: {e}"))?;
         let reflection = match &self.reflection {
             Some(_) => Some(
-                MeshReflection::build(&snapshot.file_descriptor_sets, &snapshot.grpc_services)
-                    .map_err(|e| e.to_string())?,
+                MeshReflection::build(&snapshot.file_descriptor_sets, |service, method| {
+                    source.is_public(service, method)
+                })
+                .map_err(|e| e.to_string())?,
             ),
             None => None,
         };

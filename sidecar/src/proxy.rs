@@ -245,7 +245,7 @@ impl Proxy {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         call: &Call,
         service: &mut Option<Arc<str>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -316,7 +316,14 @@ impl Proxy {
             }
             Destination::Routed(table) => {
                 let table = table.load_full();
-                let (route, balancer) = match table.route(req.uri().path(), req.headers()) {
+                let found = if self.inner.direction == Direction::Ingress {
+                    // A `Uri` clone shares its bytes: no copy of the path.
+                    let uri = req.uri().clone();
+                    table.route_external(uri.path(), req.headers_mut())
+                } else {
+                    table.route(req.uri().path(), req.headers())
+                };
+                let (route, balancer) = match found {
                     Ok(found) => found,
                     Err(error) => {
                         crate::call::drain::drain(req.into_body());

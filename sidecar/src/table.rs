@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
-use mesh::model::{compile_header_regex, Bootstrap, Endpoint, HeaderMatch, Route};
+use mesh::model::{compile_header_regex, Bootstrap, Endpoint, Exposure, HeaderMatch, Route};
 use regex::Regex;
 
 use tokio::time::Instant;
@@ -58,6 +58,9 @@ pub struct RouteTable {
     /// The source, for `/config`.
     source: Bootstrap,
     version: String,
+    /// Every header a route rule matches on: what an outside client may
+    /// not set unless the route it calls allows it.
+    routing_headers: Vec<http::HeaderName>,
 }
 
 /// A route compiled: its rules' balancers, counters and policies.
@@ -69,6 +72,10 @@ pub struct CompiledRoute {
     pub counters: RouteCounters,
     /// Timeouts, retries, breakers, limits, faults.
     pub policy: Arc<RoutePolicy>,
+    /// Reachable from outside, through a gateway's ingress.
+    public: bool,
+    /// Routing headers outside clients may set on this route.
+    external_headers: Vec<http::HeaderName>,
 }
 
 #[derive(Debug)]
@@ -294,6 +301,7 @@ impl RouteTable {
             by_path: HashMap::new(),
             source: Bootstrap::default(),
             version: "none".to_owned(),
+            routing_headers: Vec::new(),
         }
     }
 
@@ -329,10 +337,20 @@ impl RouteTable {
             .map(|e| (e.service.as_str(), e.address.as_str()))
             .collect();
         pool.retain(&addresses);
+        let mut routing_headers: Vec<http::HeaderName> = source
+            .routes
+            .iter()
+            .flat_map(|r| &r.spec.rules)
+            .flat_map(|rule| &rule.headers)
+            .filter_map(|h| http::HeaderName::from_bytes(h.name.as_bytes()).ok())
+            .collect();
+        routing_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        routing_headers.dedup();
         Ok(Self {
             by_path,
             source,
             version,
+            routing_headers,
         })
     }
 
@@ -350,6 +368,36 @@ impl RouteTable {
             .find(|(matches, _)| matches.iter().all(|m| m.matches(headers)))
             .map_or(&route.default, |(_, b)| b);
         Ok((route, balancer))
+    }
+
+    /// Routes a call from outside the mesh (a gateway's ingress): only to
+    /// a public route (anything else is UNIMPLEMENTED, as if it did not
+    /// exist), after removing the routing headers the route does not take
+    /// from outside, so they neither steer this hop nor any behind it.
+    pub fn route_external(
+        &self,
+        path: &str,
+        headers: &mut HeaderMap,
+    ) -> Result<(&CompiledRoute, &Balancer), ProxyError> {
+        let route = self
+            .lookup(path)
+            .ok()
+            .filter(|route| route.public)
+            .ok_or_else(|| ProxyError::not_exposed(path))?;
+        for name in &self.routing_headers {
+            if !route.external_headers.contains(name) {
+                headers.remove(name);
+            }
+        }
+        self.route(path, headers)
+    }
+
+    /// The route a call of `path` to `service` takes, if it has one (an
+    /// inbound sidecar's view: the rate limits of its own routes).
+    pub fn route_to(&self, path: &str, service: &str) -> Option<&CompiledRoute> {
+        self.lookup(path)
+            .ok()
+            .filter(|route| &*route.policy.service == service)
     }
 
     fn lookup(&self, path: &str) -> Result<&CompiledRoute, ProxyError> {
@@ -408,6 +456,13 @@ fn compile_route(
         default: Balancer::new(service, &route.spec.split, endpoints, scope(None), states),
         counters: metrics.route_counters(direction, service, &route.metadata.name),
         policy: Arc::new(RoutePolicy::compile_in(route, states)?),
+        public: route.spec.exposure() == Exposure::Public,
+        external_headers: route
+            .spec
+            .external_headers
+            .iter()
+            .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect(),
     })
 }
 

@@ -96,6 +96,21 @@ impl Bootstrap {
         Ok(bootstrap)
     }
 
+    /// True if an outside client may call `service`/`method` through a
+    /// gateway: the route that takes the call (a method route before its
+    /// service's route, as the proxies route) is `exposure: public`.
+    pub fn is_public(&self, service: &str, method: &str) -> bool {
+        let takes = |route: &&super::Route| {
+            route.spec.matches.service == service
+                && route.spec.matches.method.as_deref().is_none_or(|m| m == method)
+        };
+        self.routes
+            .iter()
+            .filter(takes)
+            .max_by_key(|route| route.spec.matches.method.is_some())
+            .is_some_and(|route| route.spec.exposure() == super::Exposure::Public)
+    }
+
     /// Checks every endpoint and route, and the rules that span them:
     /// unique instance ids per service, unique route names, one route per
     /// gRPC path.

@@ -6,6 +6,7 @@ mod authz;
 mod bootstrap;
 mod endpoint;
 mod policy;
+mod rate_limit;
 pub(crate) mod route;
 mod validation;
 
@@ -20,8 +21,9 @@ pub use policy::{
     grpc_code, parse_byte_size, Backoff, ConcurrencyLimits, FaultAbort, FaultDelay, FaultInjection,
     OutlierDetection, RetryBudget, RetryPolicy, GRPC_CODES, MAX_BUFFER_RESPONSE,
 };
+pub use rate_limit::{Rate, RateLimit, RateOverride};
 pub use route::{
-    compile_header_regex, parse_duration, HeaderMatch, LoadBalancer, Route, RouteMatch,
+    compile_header_regex, parse_duration, Exposure, HeaderMatch, LoadBalancer, Route, RouteMatch,
     RouteMetadata, RouteRule, RouteSpec, WeightedSubset,
 };
 pub use validation::{is_dns_label, ValidationError};

@@ -19,11 +19,17 @@
 //!     - { subset: v1, weight: 90 }
 //!     - { subset: v2, weight: 10 }
 //!   loadBalancer: peak-ewma     # or weighted-round-robin (default), least-request
+//!   exposure: public            # reachable at the gateway; default: internal
+//!   externalHeaders: [x-canary] # routing headers outside clients may set
+//!   rateLimit:                  # enforced by the destination's sidecars
+//!     total: { requestsPerSecond: 500 }
+//!     perCaller: { requestsPerSecond: 20, burst: 40 }
 //! ```
 
 use serde::{Deserialize, Serialize};
 
 use super::policy::{ConcurrencyLimits, FaultInjection, OutlierDetection, RetryPolicy};
+use super::rate_limit::RateLimit;
 use super::validation::{is_dns_label, is_proto_ident, ValidationError};
 
 /// The `kind` every route document carries.
@@ -96,6 +102,51 @@ pub struct RouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub load_balancer: Option<String>,
+    /// Who may reach the route from outside the mesh: `public` (through a
+    /// gateway's ingress) or `internal` (the default: mesh callers only).
+    /// Kept as written, like `loadBalancer`, so a typo is refused with its
+    /// field path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<String>,
+    /// Headers the rules match on that an outside client may set at the
+    /// gateway (e.g. `x-canary` for a public canary); every other routing
+    /// header is removed from external requests, so the outside cannot
+    /// steer calls to subsets. Only on public routes.
+    #[serde(
+        default,
+        rename = "externalHeaders",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub external_headers: Vec<String>,
+    /// Local rate limits on the route's calls, applied by the
+    /// destination's sidecars; absent: none.
+    #[serde(default, rename = "rateLimit", skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Who may reach a route from outside the mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Exposure {
+    /// `internal`: only mesh callers; the gateway answers UNIMPLEMENTED,
+    /// as if the service did not exist, and its reflection hides it.
+    #[default]
+    Internal,
+    /// `public`: the gateway's ingress forwards outside calls to it.
+    Public,
+}
+
+impl Exposure {
+    /// Every exposure by its name in a route.
+    pub const NAMES: [(&'static str, Self); 2] =
+        [("internal", Self::Internal), ("public", Self::Public)];
+
+    /// The exposure called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, e)| *e)
+    }
 }
 
 /// How a route picks an endpoint within a subset.
@@ -229,6 +280,15 @@ impl RouteSpec {
             .unwrap_or_default()
     }
 
+    /// Whether the route is reachable from outside; internal when absent
+    /// (or, for a route that skipped `validate`, unknown).
+    pub fn exposure(&self) -> Exposure {
+        self.exposure
+            .as_deref()
+            .and_then(Exposure::from_name)
+            .unwrap_or_default()
+    }
+
     fn validate(&self) -> Result<(), ValidationError> {
         let service = &self.matches.service;
         if service.is_empty() || !service.split('.').all(is_proto_ident) {
@@ -282,8 +342,52 @@ impl RouteSpec {
                 ));
             }
         }
+        self.validate_exposure()?;
+        if let Some(limit) = &self.rate_limit {
+            limit.validate().map_err(|e| e.within("rateLimit"))?;
+        }
         validate_split(&self.split).map_err(|e| e.within("split"))
     }
+
+    fn validate_exposure(&self) -> Result<(), ValidationError> {
+        if let Some(name) = &self.exposure {
+            if Exposure::from_name(name).is_none() {
+                return Err(ValidationError::new(
+                    "exposure",
+                    format!("{name:?} is not an exposure (internal, public)"),
+                ));
+            }
+        }
+        if !self.external_headers.is_empty() && self.exposure() != Exposure::Public {
+            return Err(ValidationError::new(
+                "externalHeaders",
+                "only a route with `exposure: public` takes headers from outside",
+            ));
+        }
+        for (i, name) in self.external_headers.iter().enumerate() {
+            let field = || format!("externalHeaders[{i}]");
+            if !is_lowercase_header_name(name) {
+                return Err(ValidationError::new(
+                    field(),
+                    format!("{name:?} is not a lowercase HTTP header name"),
+                ));
+            }
+            if name.starts_with("x-mesh-") {
+                return Err(ValidationError::new(
+                    field(),
+                    format!("{name:?}: x-mesh-* headers are the mesh's own and never come from outside"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True for a header name as HTTP/2 carries it (lowercase, no pseudo-header).
+fn is_lowercase_header_name(name: &str) -> bool {
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && !name.bytes().any(|b| b.is_ascii_uppercase())
+        && !name.starts_with(':')
 }
 
 impl RouteRule {
@@ -304,10 +408,7 @@ impl RouteRule {
 
 impl HeaderMatch {
     fn validate(&self) -> Result<(), ValidationError> {
-        if http::HeaderName::from_bytes(self.name.as_bytes()).is_err()
-            || self.name.bytes().any(|b| b.is_ascii_uppercase())
-            || self.name.starts_with(':')
-        {
+        if !is_lowercase_header_name(&self.name) {
             return Err(ValidationError::new(
                 "name",
                 format!("{:?} is not a lowercase HTTP header name", self.name),

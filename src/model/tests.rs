@@ -182,3 +182,36 @@ fn load_balancer_defaults_to_round_robin_and_a_typo_names_its_field() {
     );
     assert_eq!(invalid_field(&text), "routes[0].spec.loadBalancer");
 }
+
+#[test]
+fn exposure_defaults_to_internal_and_external_headers_need_public() {
+    let base = "kind: Route\nmetadata: { name: r }\nspec:\n  match: { service: a.B }\n  destination: b\n";
+    let route: Route = serde_yaml_ng::from_str(base).expect("route");
+    assert_eq!(route.spec.exposure(), Exposure::Internal);
+    let public: Route =
+        serde_yaml_ng::from_str(&format!("{base}  exposure: public\n  externalHeaders: [x-canary]\n"))
+            .expect("route");
+    assert_eq!(public.validate(), Ok(()));
+    assert_eq!(public.spec.exposure(), Exposure::Public);
+    let cases = [
+        ("  exposure: open\n", "spec.exposure"),
+        ("  externalHeaders: [x-canary]\n", "spec.externalHeaders"),
+        (
+            "  exposure: public\n  externalHeaders: [X-Canary]\n",
+            "spec.externalHeaders[0]",
+        ),
+        (
+            "  exposure: public\n  externalHeaders: [x-mesh-auth-sub]\n",
+            "spec.externalHeaders[0]",
+        ),
+        (
+            "  rateLimit: { total: { requestsPerSecond: 0 } }\n",
+            "spec.rateLimit.total.requestsPerSecond",
+        ),
+    ];
+    for (extra, field) in cases {
+        let route: Route = serde_yaml_ng::from_str(&format!("{base}{extra}")).expect(extra);
+        let error = route.validate().expect_err(extra);
+        assert_eq!(error.field, field, "{extra}: {error}");
+    }
+}

@@ -25,6 +25,10 @@ pub type ProxyBody = Either<ResponseBody, tonic::body::Body>;
 /// (e.g. `no-route`), beside the human `grpc-message`.
 pub const ERROR_REASON_HEADER: &str = "x-mesh-error";
 
+/// How long a rate-limited caller should wait before its next call, in
+/// milliseconds (gRPC retry design A6).
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
 /// A failure the proxy answers itself. The `Display` form is the full
 /// message for people (logs, spans, `grpc-message` inside the mesh).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +142,31 @@ pub enum ProxyError {
         method: String,
         /// The mesh service called.
         service: Arc<str>,
+    },
+    /// A call from outside the mesh to a method no public route takes
+    /// (internal, or not there at all: the answer is the same, so the
+    /// outside learns nothing of what the mesh runs inside).
+    #[error("unknown method {path}")]
+    NotExposed {
+        /// The call's path.
+        path: String,
+    },
+    /// A call from outside the mesh with a bearer token that does not
+    /// verify (the detail is for the logs; clients get a short reason).
+    #[error("invalid credentials: {detail}")]
+    Unauthenticated {
+        /// Why the token was refused.
+        detail: String,
+    },
+    /// The caller went over a rate limit of the route.
+    #[error("route {route}: {scope} rate limit exceeded; retry in {retry_after:?}")]
+    RateLimited {
+        /// The route.
+        route: Arc<str>,
+        /// Which limit: `total` or `per-caller`.
+        scope: &'static str,
+        /// When the next call would pass.
+        retry_after: Duration,
     },
     /// Fault injection aborted the call.
     #[error("route {route}: aborted by fault injection")]
@@ -260,6 +289,20 @@ impl ProxyError {
         }
     }
 
+    /// No public route takes `path` (at a gateway's ingress).
+    pub fn not_exposed(path: &str) -> Self {
+        Self::NotExposed {
+            path: path.to_owned(),
+        }
+    }
+
+    /// The call's bearer token does not verify.
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::Unauthenticated {
+            detail: detail.into(),
+        }
+    }
+
     /// Fault injection aborted the call.
     pub fn fault_abort(route: &Arc<str>, code: i32) -> Self {
         Self::FaultAbort {
@@ -271,7 +314,11 @@ impl ProxyError {
     /// The gRPC status code the caller gets.
     pub fn code(&self) -> Code {
         match self {
-            Self::NoRoute { .. } | Self::MalformedPath { .. } => Code::Unimplemented,
+            Self::NoRoute { .. } | Self::MalformedPath { .. } | Self::NotExposed { .. } => {
+                Code::Unimplemented
+            }
+            Self::Unauthenticated { .. } => Code::Unauthenticated,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Self::Unauthorized { .. } => Code::PermissionDenied,
             Self::FaultAbort { code, .. } => Code::from_i32(*code),
@@ -303,6 +350,9 @@ impl ProxyError {
             Self::UpstreamQueueFull { .. } => "upstream-queue-full",
             Self::FaultAbort { .. } => "fault-injected",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::NotExposed { .. } => "not-exposed",
+            Self::Unauthenticated { .. } => "unauthenticated",
+            Self::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -327,6 +377,9 @@ impl ProxyError {
             | Self::PendingConnectLimit { .. }
             | Self::UpstreamQueueFull { .. }
             | Self::Unauthorized { .. }
+            | Self::NotExposed { .. }
+            | Self::Unauthenticated { .. }
+            | Self::RateLimited { .. }
             | Self::FaultAbort { .. } => true,
         }
     }
@@ -363,6 +416,9 @@ impl ProxyError {
     pub fn client_message(&self, redact: bool) -> String {
         if redact && self.reveals_address() {
             format!("upstream unavailable ({})", self.reason())
+        } else if redact && matches!(self, Self::Unauthenticated { .. }) {
+            // Which check failed helps an attacker more than a client.
+            "invalid or missing bearer token".to_owned()
         } else {
             self.message()
         }
@@ -390,6 +446,18 @@ impl ProxyError {
             headers.insert("grpc-message", message);
         }
         headers.insert(ERROR_REASON_HEADER, HeaderValue::from_static(self.reason()));
+        if let Self::RateLimited { retry_after, .. } = self {
+            // gRPC's retry design (A6): the client waits this long before
+            // trying again. At least 1 ms: 0 would mean "now".
+            let millis = retry_after.as_millis().clamp(1, u128::from(u32::MAX));
+            headers.insert(RETRY_PUSHBACK_HEADER, HeaderValue::from(millis as u64));
+        }
+        if matches!(self, Self::Unauthenticated { .. }) {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
         response
     }
 }

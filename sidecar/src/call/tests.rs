@@ -181,7 +181,7 @@ fn bootstrap(endpoints: &[SocketAddr], route_extra: &str) -> Bootstrap {
         ));
     }
     text.push_str(&format!(
-        "routes:\n  - kind: Route\n    metadata: {{ name: echo }}\n    spec:\n      match: {{ service: test.Echo }}\n      destination: echo\n{route_extra}"
+        "routes:\n  - kind: Route\n    metadata: {{ name: echo }}\n    spec:\n      match: {{ service: test.Echo }}\n      destination: echo\n      exposure: public\n{route_extra}"
     ));
     Bootstrap::parse(&text, Path::new("test.yaml")).expect("bootstrap")
 }
