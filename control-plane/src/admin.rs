@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use mesh::model::{AuthorizationPolicy, Route};
+use mesh::model::{AuthorizationPolicy, RequestAuthentication, Route};
+
+use crate::documents::Document;
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdmin;
 use mesh::proto::mesh::v1::{
     ApplyPolicyRequest, ApplyPolicyResponse, DefaultAuthorizationResponse, DeletePolicyRequest,
@@ -167,6 +169,83 @@ impl<S: Store> AdminService<S> {
         );
         self.metrics.audit(action);
     }
+
+    /// Applies a policy-like document (authorization policy, request
+    /// authentication): admins only, audited when it changed anything.
+    async fn apply_policy<D: Document>(
+        &self,
+        request: Request<ApplyPolicyRequest>,
+        action: &'static str,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let document: D = documents::parse(&request.policy_json)?;
+        let applied = documents::apply(&self.store, &document, request.expected_revision).await?;
+        if applied.changed {
+            let name = document.name();
+            tracing::info!(kind = D::NOUN, name, revision = applied.stored.revision, "applied");
+            self.audit(
+                &operator,
+                action,
+                name,
+                applied.previous,
+                applied.stored.revision,
+            );
+        }
+        Ok(Response::new(ApplyPolicyResponse {
+            policy: Some(StoredPolicy {
+                policy_json: applied.stored.json,
+                revision: applied.stored.revision,
+            }),
+            created: applied.created,
+            changed: applied.changed,
+        }))
+    }
+
+    async fn get_policy<D: Document>(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<StoredPolicy>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        let found = documents::get::<_, D>(&self.store, &request.get_ref().name).await?;
+        Ok(Response::new(StoredPolicy {
+            policy_json: found.json,
+            revision: found.revision,
+        }))
+    }
+
+    async fn list_policies<D: Document>(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.operator(&request, Role::Viewer)?;
+        let (valid, invalid) = documents::list::<_, D>(&self.store).await?;
+        Ok(Response::new(ListPoliciesResponse {
+            policies: valid
+                .into_iter()
+                .map(|d| StoredPolicy {
+                    policy_json: d.json,
+                    revision: d.revision,
+                })
+                .collect(),
+            invalid,
+        }))
+    }
+
+    async fn delete_policy<D: Document>(
+        &self,
+        request: Request<DeletePolicyRequest>,
+        action: &'static str,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let operator = self.operator(&request, Role::Admin)?;
+        let request = request.into_inner();
+        let (old, revision) =
+            documents::delete::<_, D>(&self.store, &request.name, request.expected_revision)
+                .await?;
+        tracing::info!(kind = D::NOUN, name = %request.name, "deleted");
+        self.audit(&operator, action, &request.name, old, revision);
+        Ok(Response::new(DeletePolicyResponse {}))
+    }
 }
 
 fn token_info(record: TokenRecord) -> TokenInfo {
@@ -273,83 +352,72 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ApplyPolicyRequest>,
     ) -> Result<Response<ApplyPolicyResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
-        let request = request.into_inner();
-        let policy: AuthorizationPolicy = documents::parse(&request.policy_json)?;
-        let applied = documents::apply(&self.store, &policy, request.expected_revision).await?;
-        if applied.changed {
-            let name = &policy.metadata.name;
-            tracing::info!(policy = %name, revision = applied.stored.revision, "authorization policy applied");
-            self.audit(
-                &operator,
-                "apply-authorization-policy",
-                name,
-                applied.previous,
-                applied.stored.revision,
-            );
-        }
-        Ok(Response::new(ApplyPolicyResponse {
-            policy: Some(StoredPolicy {
-                policy_json: applied.stored.json,
-                revision: applied.stored.revision,
-            }),
-            created: applied.created,
-            changed: applied.changed,
-        }))
+        self.apply_policy::<AuthorizationPolicy>(request, "apply-authorization-policy")
+            .await
     }
 
     async fn get_authorization_policy(
         &self,
         request: Request<GetPolicyRequest>,
     ) -> Result<Response<StoredPolicy>, Status> {
-        self.operator(&request, Role::Viewer)?;
-        let found =
-            documents::get::<_, AuthorizationPolicy>(&self.store, &request.get_ref().name).await?;
-        Ok(Response::new(StoredPolicy {
-            policy_json: found.json,
-            revision: found.revision,
-        }))
+        self.get_policy::<AuthorizationPolicy>(request).await
     }
 
     async fn list_authorization_policies(
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
-        let (valid, invalid) = documents::list::<_, AuthorizationPolicy>(&self.store).await?;
-        Ok(Response::new(ListPoliciesResponse {
-            policies: valid
-                .into_iter()
-                .map(|d| StoredPolicy {
-                    policy_json: d.json,
-                    revision: d.revision,
-                })
-                .collect(),
-            invalid,
-        }))
+        self.list_policies::<AuthorizationPolicy>(request).await
     }
 
     async fn delete_authorization_policy(
         &self,
         request: Request<DeletePolicyRequest>,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
-        let request = request.into_inner();
-        let (old, revision) = documents::delete::<_, AuthorizationPolicy>(
-            &self.store,
-            &request.name,
-            request.expected_revision,
-        )
-        .await?;
-        tracing::info!(policy = %request.name, "authorization policy deleted");
-        self.audit(
-            &operator,
-            "delete-authorization-policy",
-            &request.name,
-            old,
-            revision,
-        );
-        Ok(Response::new(DeletePolicyResponse {}))
+        self.delete_policy::<AuthorizationPolicy>(request, "delete-authorization-policy")
+            .await
+    }
+
+    async fn apply_request_authentication(
+        &self,
+        request: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyResponse>, Status> {
+        self.apply_policy::<RequestAuthentication>(request, "apply-request-authentication")
+            .await
+    }
+
+    async fn get_request_authentication(
+        &self,
+        request: Request<GetPolicyRequest>,
+    ) -> Result<Response<StoredPolicy>, Status> {
+        self.get_policy::<RequestAuthentication>(request).await
+    }
+
+    async fn list_request_authentications(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        self.list_policies::<RequestAuthentication>(request).await
+    }
+
+    async fn delete_request_authentication(
+        &self,
+        request: Request<DeletePolicyRequest>,
+    ) -> Result<Response<DeletePolicyResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let deleted = self
+            .delete_policy::<RequestAuthentication>(request, "delete-request-authentication")
+            .await?;
+        // Its fetched key set goes with it (public keys, but stale ones).
+        match self
+            .store
+            .delete(&crate::keys::jwks(&name), crate::store::Precondition::Any)
+            .await
+        {
+            Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
+            Err(error) => tracing::warn!(%error, "cannot delete the key set of {name:?}"),
+        }
+        Ok(deleted)
     }
 
     async fn get_default_authorization(

@@ -1,9 +1,9 @@
 //! Documents operators keep in the store by name (routes, authorization
-//! policies): parsed and validated before they are written (errors name
+//! policies, request authentications): parsed and validated before they are written (errors name
 //! the field), written compare-and-swap on their revision, read back as
 //! stored, listed with the invalid ones reported rather than hidden.
 
-use mesh::model::{AuthorizationPolicy, Route, ValidationError};
+use mesh::model::{AuthorizationPolicy, RequestAuthentication, Route, ValidationError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::Status;
@@ -42,6 +42,17 @@ impl Document for AuthorizationPolicy {
     }
     fn validate(&self) -> Result<(), ValidationError> {
         AuthorizationPolicy::validate(self)
+    }
+}
+
+impl Document for RequestAuthentication {
+    const NOUN: &'static str = "request authentication";
+    const PREFIX: &'static str = keys::REQUEST_AUTHENTICATIONS;
+    fn name(&self) -> &str {
+        &self.metadata.name
+    }
+    fn validate(&self) -> Result<(), ValidationError> {
+        RequestAuthentication::validate(self)
     }
 }
 

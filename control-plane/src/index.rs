@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use mesh::identity::TrustBundle;
-use mesh::model::{AuthorizationPolicy, Bootstrap, DefaultAuthorization, Route};
+use mesh::model::{
+    AuthorizationPolicy, Bootstrap, DefaultAuthorization, RequestAuthentication, Route,
+};
 use mesh::proto::mesh::v1::TableSnapshot;
 
 use crate::keys::{self, Key};
@@ -33,6 +35,9 @@ pub struct Index {
     policies: BTreeMap<String, Result<AuthorizationPolicy, String>>,
     /// The stored default authorization, as stored (checked when published).
     default_authorization: Option<(Revision, String)>,
+    request_authentications: BTreeMap<String, Result<RequestAuthentication, String>>,
+    /// Fetched key sets (JWKS JSON) by request authentication name.
+    jwks: BTreeMap<String, String>,
     unknown: BTreeSet<String>,
 }
 
@@ -164,7 +169,7 @@ impl Index {
     fn put(&mut self, kv: &KeyValue) {
         match keys::parse(&kv.key) {
             Key::Route(name) => {
-                let parsed = parse_route(&name, &kv.value);
+                let parsed = parse_document::<Route>(&name, &kv.value);
                 self.routes.insert(name, parsed);
             }
             Key::Endpoint(service, instance) => {
@@ -192,12 +197,20 @@ impl Index {
                 self.mtls_mode = Some((kv.mod_revision, value));
             }
             Key::AuthorizationPolicy(name) => {
-                let parsed = parse_policy(&name, &kv.value);
+                let parsed = parse_document::<AuthorizationPolicy>(&name, &kv.value);
                 self.policies.insert(name, parsed);
             }
             Key::DefaultAuthorization => {
                 let value = String::from_utf8_lossy(&kv.value).into_owned();
                 self.default_authorization = Some((kv.mod_revision, value));
+            }
+            Key::RequestAuthentication(name) => {
+                let parsed = parse_document::<RequestAuthentication>(&name, &kv.value);
+                self.request_authentications.insert(name, parsed);
+            }
+            Key::Jwks(name) => {
+                let value = String::from_utf8_lossy(&kv.value).into_owned();
+                self.jwks.insert(name, value);
             }
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
@@ -224,6 +237,12 @@ impl Index {
                 self.policies.remove(&name);
             }
             Key::DefaultAuthorization => self.default_authorization = None,
+            Key::RequestAuthentication(name) => {
+                self.request_authentications.remove(&name);
+            }
+            Key::Jwks(name) => {
+                self.jwks.remove(&name);
+            }
             Key::Replica(_) | Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
@@ -322,11 +341,33 @@ impl Index {
                 }
             },
         };
+        let mut request_authentications = Vec::new();
+        let mut jwks = BTreeMap::new();
+        for (name, parsed) in &self.request_authentications {
+            match parsed {
+                Ok(authn) => {
+                    request_authentications.push(authn.clone());
+                    match self.jwks.get(name) {
+                        Some(keys) => {
+                            jwks.insert(name.clone(), keys.clone());
+                        }
+                        None => problems.push(format!(
+                            "request authentication {name:?}: no key set fetched yet; its tokens are refused"
+                        )),
+                    }
+                }
+                Err(why) => {
+                    problems.push(format!("request authentication {name:?} skipped: {why}"))
+                }
+            }
+        }
         let table = Bootstrap {
             endpoints,
             routes,
             authorization_policies,
             default_authorization,
+            request_authentications,
+            jwks,
         };
         Published {
             revision: self.revision,
@@ -346,29 +387,17 @@ impl Index {
     }
 }
 
-fn parse_route(name: &str, value: &[u8]) -> Result<Route, String> {
-    let route: Route = serde_json::from_slice(value).map_err(|e| format!("not a route: {e}"))?;
-    route.validate().map_err(|e| e.to_string())?;
-    if route.metadata.name != name {
+fn parse_document<D: crate::documents::Document>(name: &str, value: &[u8]) -> Result<D, String> {
+    let document: D =
+        serde_json::from_slice(value).map_err(|e| format!("not a {}: {e}", D::NOUN))?;
+    document.validate().map_err(|e| e.to_string())?;
+    if document.name() != name {
         return Err(format!(
             "metadata.name {:?} does not match its key",
-            route.metadata.name
+            document.name()
         ));
     }
-    Ok(route)
-}
-
-fn parse_policy(name: &str, value: &[u8]) -> Result<AuthorizationPolicy, String> {
-    let policy: AuthorizationPolicy =
-        serde_json::from_slice(value).map_err(|e| format!("not an authorization policy: {e}"))?;
-    policy.validate().map_err(|e| e.to_string())?;
-    if policy.metadata.name != name {
-        return Err(format!(
-            "metadata.name {:?} does not match its key",
-            policy.metadata.name
-        ));
-    }
-    Ok(policy)
+    Ok(document)
 }
 
 fn parse_registration(service: &str, instance: &str, value: &[u8]) -> Result<Registration, String> {

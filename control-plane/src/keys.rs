@@ -19,6 +19,9 @@
 //! - `/mesh/authz/<name>`: a validated authorization policy (JSON).
 //! - `/mesh/config/default-authorization`: `all-authenticated` or `deny`
 //!   (absent: all-authenticated), for services no ALLOW policy names.
+//! - `/mesh/authn/<name>`: a validated request authentication (JSON).
+//! - `/mesh/jwks/<name>`: the key set a replica fetched for request
+//!   authentication `<name>` (JWKS JSON: public keys only).
 
 /// Everything the mesh stores is under this prefix.
 pub const ROOT: &str = "/mesh/";
@@ -43,6 +46,15 @@ pub const MTLS_MODE: &str = "/mesh/config/mtls";
 pub const AUTHORIZATION_POLICIES: &str = "/mesh/authz/";
 /// The mesh-wide default authorization.
 pub const DEFAULT_AUTHORIZATION: &str = "/mesh/config/default-authorization";
+/// Request authentications prefix.
+pub const REQUEST_AUTHENTICATIONS: &str = "/mesh/authn/";
+/// Fetched key sets prefix.
+pub const JWKS: &str = "/mesh/jwks/";
+
+/// The key of the key set fetched for request authentication `name`.
+pub fn jwks(name: &str) -> String {
+    format!("{JWKS}{name}")
+}
 
 /// The mesh-wide mTLS modes a store may hold: `off` is not one of them (a
 /// plaintext mesh is each process's explicit flag, never a pushed switch
@@ -127,6 +139,10 @@ pub enum Key {
     AuthorizationPolicy(String),
     /// The mesh-wide default authorization.
     DefaultAuthorization,
+    /// A request authentication, by name.
+    RequestAuthentication(String),
+    /// The key set fetched for a request authentication, by its name.
+    Jwks(String),
     /// Something else under the prefix (reported, ignored).
     Unknown(String),
 }
@@ -168,6 +184,15 @@ pub fn parse(key: &str) -> Key {
     {
         return Key::AuthorizationPolicy(name.to_owned());
     }
+    if let Some(name) = key
+        .strip_prefix(REQUEST_AUTHENTICATIONS)
+        .filter(|n| !n.is_empty())
+    {
+        return Key::RequestAuthentication(name.to_owned());
+    }
+    if let Some(name) = key.strip_prefix(JWKS).filter(|n| !n.is_empty()) {
+        return Key::Jwks(name.to_owned());
+    }
     if let Some(id) = key.strip_prefix(TOKENS).filter(|n| !n.is_empty()) {
         return Key::Token(id.to_owned());
     }
@@ -192,6 +217,11 @@ mod tests {
         assert_eq!(parse(&replica("r1")), Key::Replica("r1".into()));
         assert_eq!(parse(&token("ab12")), Key::Token("ab12".into()));
         assert_eq!(parse(RENEW_ISSUER), Key::RenewIssuer);
+        assert_eq!(parse(&jwks("users")), Key::Jwks("users".into()));
+        assert_eq!(
+            parse("/mesh/authn/users"),
+            Key::RequestAuthentication("users".into())
+        );
         assert!(matches!(parse("/mesh/endpoints/x"), Key::Unknown(_)));
         assert!(matches!(parse("/mesh/other"), Key::Unknown(_)));
     }

@@ -11,6 +11,7 @@
 //! - [`tokens`]: join tokens, kept hashed in the store.
 //! - [`keys`]: where each kind of state lives in the store.
 //! - [`registration`]: the stored shapes of endpoints and replica status.
+//! - [`jwks`]: fetches the key sets of request authentications.
 //! - [`index`]: the pure, synchronous view of the store that pushes are
 //!   built from; bad data is reported and skipped here.
 //! - [`watcher`]: keeps the index in step with the store (get, then watch
@@ -38,6 +39,7 @@ pub mod discovery;
 mod documents;
 pub mod identity;
 pub mod index;
+pub mod jwks;
 pub mod keys;
 pub mod metrics;
 pub mod push;

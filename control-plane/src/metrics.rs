@@ -53,6 +53,7 @@ pub struct Metrics {
     refused_registrations: Counter,
     tls_handshake_failures: Family<ReasonLabels, Counter>,
     issuer_expiry: Gauge,
+    jwks_fetches: Family<ResultLabels, Counter>,
     listeners: mesh::listen::ListenerStats,
 }
 
@@ -70,6 +71,7 @@ impl Default for Metrics {
         let refused_registrations = Counter::default();
         let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
         let issuer_expiry = Gauge::default();
+        let jwks_fetches = Family::<ResultLabels, Counter>::default();
         let mut registry = Registry::default();
         let listeners = mesh::listen::ListenerStats::default();
         listeners.register(registry.sub_registry_with_prefix("mesh_cp"));
@@ -92,6 +94,11 @@ impl Default for Metrics {
             "mesh_cp_tls_handshake_failures",
             "TLS handshakes that failed on the gRPC listener, by reason",
             tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "mesh_cp_jwks_fetches",
+            "Key set fetches for request authentications, by result (changed, unchanged, failed)",
+            jwks_fetches.clone(),
         );
         registry.register(
             "mesh_cp_issuer_expiry_seconds",
@@ -147,6 +154,7 @@ impl Default for Metrics {
             refused_registrations,
             tls_handshake_failures,
             issuer_expiry,
+            jwks_fetches,
             listeners,
         }
     }
@@ -210,6 +218,13 @@ impl Metrics {
     pub fn tls_handshake_failure(&self, reason: &'static str) {
         self.tls_handshake_failures
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A key set fetch ended with `result`.
+    pub fn jwks_fetch(&self, result: &'static str) {
+        self.jwks_fetches
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

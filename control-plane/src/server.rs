@@ -199,6 +199,13 @@ pub async fn run<S: Store>(
         .add_service(reflection().build_v1alpha()?);
     let result = match &settings.identity {
         None => {
+            tokio::spawn(crate::jwks::run(
+                store.clone(),
+                published.clone(),
+                None,
+                metrics.clone(),
+                background.clone(),
+            ));
             // The builder's tcp_nodelay covers only listeners tonic binds
             // itself: without it here, a push could wait for a delayed ACK.
             router
@@ -214,6 +221,13 @@ pub async fn run<S: Store>(
                 tls.clone(),
                 identity.authority.clone(),
                 published.clone(),
+                background.clone(),
+            ));
+            tokio::spawn(crate::jwks::run(
+                store.clone(),
+                published.clone(),
+                Some(tls.clone()),
+                metrics.clone(),
                 background.clone(),
             ));
             tokio::spawn(follow_issuer_files(

@@ -16,7 +16,10 @@
 //! - `handshake`: mutual TLS over the write-combining stream, for the
 //!   inbound listener and upstream connections.
 //! - `app_descriptors`: what the local app serves, from its reflection.
-//! - `mesh_reflection`: the gateway's mesh-wide reflection.
+//! - `mesh_reflection`: the gateway's mesh-wide reflection (public
+//!   methods only).
+//! - `authn`: bearer tokens (JWT) at the gateway's ingress.
+//! - `authz`: who may call the local app (inbound authorization).
 //! - `backoff`: exponential backoff with jitter.
 //! - `policy`: a route's timeouts, retries, breakers, limits and faults,
 //!   compiled.
@@ -47,6 +50,7 @@
 
 mod admin;
 mod app_descriptors;
+mod authn;
 mod authz;
 mod backoff;
 mod balance;

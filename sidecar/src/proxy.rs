@@ -319,7 +319,14 @@ impl Proxy {
                 let found = if self.inner.direction == Direction::Ingress {
                     // A `Uri` clone shares its bytes: no copy of the path.
                     let uri = req.uri().clone();
-                    table.route_external(uri.path(), req.headers_mut())
+                    let found = table.route_external(uri.path(), req.headers_mut());
+                    if let (Ok(_), Some(authenticator)) = (&found, table.authenticator()) {
+                        if let Err(refused) = authenticator.authenticate(req.headers_mut()) {
+                            crate::call::drain::drain(req.into_body());
+                            return Err(refused);
+                        }
+                    }
+                    found
                 } else {
                     table.route(req.uri().path(), req.headers())
                 };

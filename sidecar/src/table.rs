@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use mesh::identity::{MeshTls, SpiffeId};
 
+use crate::authn::Authenticator;
 use crate::balance::BalancerScope;
 pub use crate::balance::{Balancer, Pick};
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
@@ -61,6 +62,8 @@ pub struct RouteTable {
     /// Every header a route rule matches on: what an outside client may
     /// not set unless the route it calls allows it.
     routing_headers: Vec<http::HeaderName>,
+    /// Bearer token checks (gateway ingress, with request authentications).
+    authenticator: Option<Authenticator>,
 }
 
 /// A route compiled: its rules' balancers, counters and policies.
@@ -302,6 +305,7 @@ impl RouteTable {
             source: Bootstrap::default(),
             version: "none".to_owned(),
             routing_headers: Vec::new(),
+            authenticator: None,
         }
     }
 
@@ -346,11 +350,21 @@ impl RouteTable {
             .collect();
         routing_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         routing_headers.dedup();
+        let authenticator = if direction == Direction::Ingress {
+            let (authenticator, problems) = Authenticator::build(&source);
+            for problem in problems {
+                tracing::warn!(%problem, "bearer tokens: some keys are not usable");
+            }
+            authenticator
+        } else {
+            None
+        };
         Ok(Self {
             by_path,
             source,
             version,
             routing_headers,
+            authenticator,
         })
     }
 
@@ -390,6 +404,12 @@ impl RouteTable {
             }
         }
         self.route(path, headers)
+    }
+
+    /// The bearer token checks of the gateway's ingress, when the mesh has
+    /// request authentications.
+    pub fn authenticator(&self) -> Option<&Authenticator> {
+        self.authenticator.as_ref()
     }
 
     /// The route a call of `path` to `service` takes, if it has one (an

@@ -16,7 +16,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuthorizationPolicy, DefaultAuthorization, Endpoint, Route, ValidationError};
+use std::collections::BTreeMap;
+
+use super::{
+    AuthorizationPolicy, DefaultAuthorization, Endpoint, RequestAuthentication, Route,
+    ValidationError,
+};
 
 /// Everything a sidecar needs to route without a control plane.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +43,18 @@ pub struct Bootstrap {
     /// The answer for services no ALLOW policy names.
     #[serde(default, rename = "defaultAuthorization")]
     pub default_authorization: DefaultAuthorization,
+    /// Which bearer tokens gateways accept from outside callers.
+    #[serde(
+        default,
+        rename = "requestAuthentications",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub request_authentications: Vec<RequestAuthentication>,
+    /// The verification keys of each request authentication, by its name:
+    /// a JWKS JSON document (public keys only), as the control plane
+    /// fetched it. One that is missing or bad fails only its own tokens.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub jwks: BTreeMap<String, String>,
 }
 
 /// Why a bootstrap file was refused. Each variant names the file.
@@ -142,6 +159,20 @@ impl Bootstrap {
                 return Err(ValidationError::new(
                     format!("authorizationPolicies[{i}].metadata.name"),
                     format!("{:?} is listed twice", policy.metadata.name),
+                ));
+            }
+        }
+        for (i, authn) in self.request_authentications.iter().enumerate() {
+            authn
+                .validate()
+                .map_err(|e| e.within(&format!("requestAuthentications[{i}]")))?;
+            if self.request_authentications[..i]
+                .iter()
+                .any(|o| o.metadata.name == authn.metadata.name)
+            {
+                return Err(ValidationError::new(
+                    format!("requestAuthentications[{i}].metadata.name"),
+                    format!("{:?} is listed twice", authn.metadata.name),
                 ));
             }
         }

@@ -2,6 +2,7 @@
 //! discovers (endpoints), and their validation. Pure data, no I/O, so every
 //! component agrees on what is valid.
 
+mod authn;
 mod authz;
 mod bootstrap;
 mod endpoint;
@@ -14,6 +15,10 @@ pub use authz::{
     authorize, glob, AuthorizationAction, AuthorizationMode, AuthorizationPolicy,
     AuthorizationRule, AuthorizationSpec, Caller, CallerMatch, Decision, DefaultAuthorization,
     GatewayCaller, AUTHORIZATION_POLICY_KIND,
+};
+pub use authn::{
+    JwksSource, RequestAuthentication, RequestAuthenticationSpec, DEFAULT_CLOCK_SKEW,
+    DEFAULT_JWKS_REFRESH, REQUEST_AUTHENTICATION_KIND,
 };
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};

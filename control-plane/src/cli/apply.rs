@@ -9,7 +9,10 @@ use std::fmt;
 use std::io::Read;
 
 use anyhow::{bail, Context};
-use mesh::model::{AuthorizationPolicy, Route, AUTHORIZATION_POLICY_KIND};
+use mesh::model::{
+    AuthorizationPolicy, RequestAuthentication, Route, AUTHORIZATION_POLICY_KIND,
+    REQUEST_AUTHENTICATION_KIND,
+};
 use mesh::proto::mesh::v1::{
     ApplyPolicyRequest, ApplyRouteRequest, ApplyRouteResponse, GetPolicyRequest, GetRouteRequest,
 };
@@ -54,6 +57,17 @@ pub struct SourcedPolicy {
     pub policy: AuthorizationPolicy,
 }
 
+/// A valid request authentication and where it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcedAuthentication {
+    /// The file as named on the command line (`<stdin>` for `-`).
+    pub file: String,
+    /// 1-based position of the document in its file.
+    pub document: usize,
+    /// The request authentication.
+    pub authentication: RequestAuthentication,
+}
+
 /// Every valid document of one or more files, by kind.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Manifests {
@@ -61,6 +75,8 @@ pub struct Manifests {
     pub routes: Vec<SourcedRoute>,
     /// `kind: AuthorizationPolicy`.
     pub policies: Vec<SourcedPolicy>,
+    /// `kind: RequestAuthentication`.
+    pub authentications: Vec<SourcedAuthentication>,
 }
 
 /// Why one document cannot be applied, with enough to find it.
@@ -116,6 +132,7 @@ pub fn parse_manifests(file: &str, text: &str) -> (Manifests, Vec<DocumentError>
     // the field path and line (`spec: unknown field `splits`, ... at line 7`).
     let mut routes = Vec::new();
     let mut policies = Vec::new();
+    let mut authentications = Vec::new();
     let mut errors = Vec::new();
     let documents = serde_yaml_ng::Deserializer::from_str(text).take(values.len());
     for (i, (document, value)) in documents.zip(&values).enumerate() {
@@ -124,13 +141,27 @@ pub fn parse_manifests(file: &str, text: &str) -> (Manifests, Vec<DocumentError>
             file: file.to_owned(),
             document: i + 1,
             route: route_name(value),
-            kind: if kind == Some(AUTHORIZATION_POLICY_KIND) {
-                "authorization policy"
-            } else {
-                "route"
+            kind: match kind {
+                Some(AUTHORIZATION_POLICY_KIND) => "authorization policy",
+                Some(REQUEST_AUTHENTICATION_KIND) => "request authentication",
+                _ => "route",
             },
             message,
         };
+        if kind == Some(REQUEST_AUTHENTICATION_KIND) {
+            match RequestAuthentication::deserialize(document) {
+                Ok(authentication) => match authentication.validate() {
+                    Ok(()) => authentications.push(SourcedAuthentication {
+                        file: file.to_owned(),
+                        document: i + 1,
+                        authentication,
+                    }),
+                    Err(invalid) => errors.push(error(invalid.to_string())),
+                },
+                Err(invalid) => errors.push(error(invalid.to_string())),
+            }
+            continue;
+        }
         if kind == Some(AUTHORIZATION_POLICY_KIND) {
             match AuthorizationPolicy::deserialize(document) {
                 Ok(policy) => match policy.validate() {
@@ -167,7 +198,14 @@ pub fn parse_manifests(file: &str, text: &str) -> (Manifests, Vec<DocumentError>
             message: syntax_error.to_string(),
         });
     }
-    (Manifests { routes, policies }, errors)
+    (
+        Manifests {
+            routes,
+            policies,
+            authentications,
+        },
+        errors,
+    )
 }
 
 fn route_name(document: &serde_yaml_ng::Value) -> Option<String> {
@@ -255,7 +293,8 @@ impl fmt::Display for Outcome {
 /// Runs `meshctl apply`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::Result<()> {
     let manifests = read_manifests(&args.files)?;
-    let total = manifests.routes.len() + manifests.policies.len();
+    let total =
+        manifests.routes.len() + manifests.policies.len() + manifests.authentications.len();
     if args.expected_revision.is_some() && total != 1 {
         bail!("--expected-revision needs exactly one document, the files hold {total}");
     }
@@ -263,9 +302,41 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::R
     let mut failed = 0;
     // Policies first: a route that opens a path goes live after the
     // policies that guard it.
+    for a in &manifests.authentications {
+        let name = &a.authentication.metadata.name;
+        let json = serde_json::to_string(&a.authentication)?;
+        match apply_policy(
+            &mut client,
+            PolicyKind::Authentication,
+            name,
+            json,
+            args.expected_revision,
+        )
+        .await
+        {
+            Ok((outcome, revision)) => {
+                print(&format!(
+                    "requestauthentication/{name} {outcome} (revision {revision})\n"
+                ))?;
+            }
+            Err(error) => {
+                failed += 1;
+                eprintln!("request authentication {name:?}: {error:#}");
+            }
+        }
+    }
     for p in &manifests.policies {
         let name = &p.policy.metadata.name;
-        match apply_policy(&mut client, &p.policy, args.expected_revision).await {
+        let json = serde_json::to_string(&p.policy)?;
+        match apply_policy(
+            &mut client,
+            PolicyKind::Authorization,
+            name,
+            json,
+            args.expected_revision,
+        )
+        .await
+        {
             Ok((outcome, revision)) => {
                 print(&format!(
                     "authorizationpolicy/{name} {outcome} (revision {revision})\n"
@@ -318,6 +389,7 @@ fn read_manifests(files: &[String]) -> anyhow::Result<Manifests> {
         let (good, bad) = parse_manifests(&name, &text);
         manifests.routes.extend(good.routes);
         manifests.policies.extend(good.policies);
+        manifests.authentications.extend(good.authentications);
         errors.extend(bad);
     }
     errors.extend(duplicate_names(&manifests.routes));
@@ -328,6 +400,16 @@ fn read_manifests(files: &[String]) -> anyhow::Result<Manifests> {
             .iter()
             .map(|p| (p.policy.metadata.name.as_str(), p.file.as_str(), p.document)),
     ));
+    errors.extend(duplicates(
+        "request authentication",
+        manifests.authentications.iter().map(|a| {
+            (
+                a.authentication.metadata.name.as_str(),
+                a.file.as_str(),
+                a.document,
+            )
+        }),
+    ));
     if !errors.is_empty() {
         for error in &errors {
             eprintln!("{error}");
@@ -335,24 +417,42 @@ fn read_manifests(files: &[String]) -> anyhow::Result<Manifests> {
         let s = if errors.len() == 1 { "" } else { "s" };
         bail!("nothing applied: {} invalid document{s}", errors.len());
     }
-    if manifests.routes.is_empty() && manifests.policies.is_empty() {
+    if manifests.routes.is_empty()
+        && manifests.policies.is_empty()
+        && manifests.authentications.is_empty()
+    {
         bail!("no routes or policies in {}", files.join(", "));
     }
     Ok(manifests)
 }
 
-/// Writes one authorization policy, compare-and-swap like [`apply_one`].
+/// The policy-like kinds, written through their own admin calls.
+#[derive(Debug, Clone, Copy)]
+enum PolicyKind {
+    Authorization,
+    Authentication,
+}
+
+/// Writes one policy-like document (`json`), compare-and-swap like
+/// [`apply_one`].
 async fn apply_policy(
     client: &mut AdminClient,
-    policy: &AuthorizationPolicy,
+    kind: PolicyKind,
+    name: &str,
+    policy_json: String,
     expected_revision: Option<i64>,
 ) -> anyhow::Result<(Outcome, i64)> {
-    let name = &policy.metadata.name;
     let expected = match expected_revision {
         Some(revision) => revision,
         None => {
-            let request = GetPolicyRequest { name: name.clone() };
-            match client.get_authorization_policy(request).await {
+            let request = GetPolicyRequest {
+                name: name.to_owned(),
+            };
+            let stored = match kind {
+                PolicyKind::Authorization => client.get_authorization_policy(request).await,
+                PolicyKind::Authentication => client.get_request_authentication(request).await,
+            };
+            match stored {
                 Ok(stored) => stored.into_inner().revision,
                 Err(status) if status.code() == tonic::Code::NotFound => 0,
                 Err(status) => {
@@ -362,10 +462,14 @@ async fn apply_policy(
         }
     };
     let request = ApplyPolicyRequest {
-        policy_json: serde_json::to_string(policy).context("cannot encode the policy as JSON")?,
+        policy_json,
         expected_revision: Some(expected),
     };
-    let response = match client.apply_authorization_policy(request).await {
+    let applied = match kind {
+        PolicyKind::Authorization => client.apply_authorization_policy(request).await,
+        PolicyKind::Authentication => client.apply_request_authentication(request).await,
+    };
+    let response = match applied {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::Aborted => {
             bail!("conflict: {}", status.message())

@@ -1,4 +1,4 @@
-//! `meshctl delete route|authorizationpolicy NAME`.
+//! `meshctl delete route|authorizationpolicy|requestauthentication NAME`.
 
 use anyhow::{bail, Context};
 use mesh::proto::mesh::v1::DeleteRouteRequest;
@@ -21,6 +21,10 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: DeleteArgs) -> anyhow::
         bail!("a mesh service is its registered endpoints: it cannot be deleted, only described");
     }
     let mut client = control_plane.connect().await?;
+    if args.kind == RouteKind::Requestauthentication {
+        super::authentications::delete(&mut client, &args.name).await?;
+        return print(&format!("requestauthentication/{} deleted\n", args.name));
+    }
     if args.kind == RouteKind::Authorizationpolicy {
         super::policies::delete(&mut client, &args.name).await?;
         return print(&format!("authorizationpolicy/{} deleted\n", args.name));

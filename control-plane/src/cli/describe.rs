@@ -37,6 +37,17 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: DescribeArgs) -> anyhow
             .default;
         return super::output::print(&super::policies::callers(&args.name, &policies, &default));
     }
+    if args.kind == RouteKind::Requestauthentication {
+        let found = super::authentications::fetch(&mut client, Some(&args.name)).await?;
+        let mut text = super::authentications::table(&found).render();
+        text.push('\n');
+        text.push_str(&super::authentications::render(
+            &found,
+            super::output::OutputFormat::Yaml,
+            true,
+        )?);
+        return super::output::print(&text);
+    }
     if args.kind == RouteKind::Authorizationpolicy {
         let policies = super::policies::fetch(&mut client, Some(&args.name)).await?;
         let mut text = super::policies::table(&policies).render();

@@ -1,4 +1,5 @@
-//! `meshctl get routes|endpoints [NAME] [-o table|yaml|json]`.
+//! `meshctl get routes|endpoints|authorizationpolicies|requestauthentications
+//! [NAME] [-o table|yaml|json]`.
 
 use anyhow::Context;
 use mesh::model::{Route, WeightedSubset};
@@ -20,6 +21,9 @@ pub enum Resource {
     /// Authorization policies (all, or the one named).
     #[value(alias = "authorizationpolicy", alias = "authz")]
     Authorizationpolicies,
+    /// Request authentications (all, or the one named).
+    #[value(alias = "requestauthentication", alias = "authn")]
+    Requestauthentications,
 }
 
 /// Options of `meshctl get`.
@@ -76,6 +80,18 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: GetArgs) -> anyhow::Res
             }
             print(&super::policies::render(
                 &policies,
+                args.output,
+                args.name.is_some(),
+            )?)
+        }
+        Resource::Requestauthentications => {
+            let found = super::authentications::fetch(&mut client, args.name.as_deref()).await?;
+            if found.is_empty() && args.output == OutputFormat::Table {
+                eprintln!("No request authentications found.");
+                return Ok(());
+            }
+            print(&super::authentications::render(
+                &found,
                 args.output,
                 args.name.is_some(),
             )?)

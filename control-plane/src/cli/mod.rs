@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod authentications;
 pub mod check;
 pub mod connect;
 pub mod delete;
@@ -75,6 +76,9 @@ pub enum RouteKind {
     /// Authorization policies.
     #[value(alias = "authorizationpolicies", alias = "authz")]
     Authorizationpolicy,
+    /// Request authentications.
+    #[value(alias = "requestauthentications", alias = "authn")]
+    Requestauthentication,
     /// A mesh service: who may call which of its methods (describe only).
     #[value(alias = "services", alias = "svc")]
     Service,
