@@ -8,7 +8,12 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 
-use crate::model::{Bootstrap, Endpoint, Route, RouteMatch, RouteMetadata, RouteSpec};
+use serde::Deserialize;
+
+use crate::model::{
+    AuthorizationPolicy, Bootstrap, Endpoint, RequestAuthentication, Route, RouteMatch,
+    RouteMetadata, RouteSpec,
+};
 
 /// The shop's mesh services and the gRPC service each serves.
 pub const SHOP_SERVICES: [(&str, &str); 5] = [
@@ -115,6 +120,10 @@ pub struct Topology {
     /// too: for tests that drive internal services from outside, never for
     /// the demo.
     pub expose_internal: bool,
+    /// Apply the shop's security documents ([`shop_security`]: logins
+    /// through the users service, who may call what) through the control
+    /// plane, as `meshctl up` does.
+    pub shop_security: bool,
 }
 
 /// How the control plane of a topology runs.
@@ -430,6 +439,7 @@ impl Topology {
                 one("users"),
             ],
             gateway: Some(gateway),
+            shop_security: true,
             ..Self::default()
         }
     }
@@ -537,6 +547,12 @@ impl Topology {
                     "--outbound".into(),
                     format!("http://{outbound}"),
                 ];
+                // Without logins (no request authentication, or no
+                // identities to prove the gateway forwarded them) orders
+                // takes the customer from the request, as before logins.
+                if service == "orders" && !self.logins(secure) {
+                    app_args.extend(["--customer-from".to_owned(), "request".to_owned()]);
+                }
                 app_args.extend(instance.app_args.iter().cloned());
                 processes.push(ProcessSpec {
                     name: instance.id.clone(),
@@ -674,16 +690,34 @@ impl Topology {
                 etcd: self.control_plane.as_ref().is_some_and(|cp| cp.etcd),
             }
         });
+        let (authorization_policies, request_authentications) =
+            if self.shop_security && self.control_plane.is_some() {
+                shop_security()
+            } else {
+                (Vec::new(), Vec::new())
+            };
         Plan {
             processes,
             bootstrap: Bootstrap {
                 endpoints,
                 routes,
+                authorization_policies,
+                request_authentications,
                 ..Bootstrap::default()
             },
             control_planes,
             identity,
         }
+    }
+
+    /// True when customers log in: the users service runs, the shop's
+    /// request authentication is applied (through a control plane), and
+    /// identities prove to orders that the gateway verified the subject.
+    fn logins(&self, secure: bool) -> bool {
+        secure
+            && self.shop_security
+            && self.control_plane.is_some()
+            && self.services.iter().any(|(s, _)| s == "users")
     }
 
     /// A route per shop gRPC service to its mesh service. In static mode
@@ -790,6 +824,26 @@ impl PortAllocator {
     }
 }
 
+/// The shop's security documents (`k8s/base/security/shop.yaml`, which
+/// the Kubernetes deployment applies too): the users service's tokens are
+/// accepted at the gateway, and each service says who may call it.
+pub fn shop_security() -> (Vec<AuthorizationPolicy>, Vec<RequestAuthentication>) {
+    const SHOP_SECURITY: &str = include_str!("../k8s/base/security/shop.yaml");
+    let mut policies = Vec::new();
+    let mut authentications = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(SHOP_SECURITY) {
+        let value = serde_yaml_ng::Value::deserialize(document).expect("shop.yaml is YAML");
+        match value.get("kind").and_then(serde_yaml_ng::Value::as_str) {
+            Some(crate::model::AUTHORIZATION_POLICY_KIND) => {
+                policies.push(serde_yaml_ng::from_value(value).expect("a valid policy"))
+            }
+            _ => authentications
+                .push(serde_yaml_ng::from_value(value).expect("a valid request authentication")),
+        }
+    }
+    (policies, authentications)
+}
+
 /// Applies `routes` through the control plane at `uri` (whatever is
 /// stored is overwritten); returns the highest revision written.
 pub async fn apply_routes(
@@ -797,8 +851,24 @@ pub async fn apply_routes(
     routes: &[Route],
     identity: Option<&IdentityLayout>,
 ) -> Result<i64, tonic::Status> {
+    let documents = Bootstrap {
+        routes: routes.to_vec(),
+        ..Bootstrap::default()
+    };
+    apply_documents(uri, &documents, identity).await
+}
+
+/// Applies the request authentications, authorization policies and routes
+/// of `documents` through the control plane at `uri`, in that order (the
+/// guards before the paths they guard; whatever is stored is
+/// overwritten); returns the highest revision written.
+pub async fn apply_documents(
+    uri: &str,
+    documents: &Bootstrap,
+    identity: Option<&IdentityLayout>,
+) -> Result<i64, tonic::Status> {
     use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
-    use crate::proto::mesh::v1::ApplyRouteRequest;
+    use crate::proto::mesh::v1::{ApplyPolicyRequest, ApplyRouteRequest};
     let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     let channel = match identity {
@@ -820,12 +890,30 @@ pub async fn apply_routes(
     .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
     let mut client = MeshAdminClient::new(channel);
     let mut revision = 0;
-    for route in routes {
-        let route_json =
-            serde_json::to_string(route).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    for authentication in &documents.request_authentications {
+        let applied = client
+            .apply_request_authentication(ApplyPolicyRequest {
+                policy_json: json(authentication)?,
+                expected_revision: None,
+            })
+            .await?
+            .into_inner();
+        revision = revision.max(applied.policy.map_or(0, |p| p.revision));
+    }
+    for policy in &documents.authorization_policies {
+        let applied = client
+            .apply_authorization_policy(ApplyPolicyRequest {
+                policy_json: json(policy)?,
+                expected_revision: None,
+            })
+            .await?
+            .into_inner();
+        revision = revision.max(applied.policy.map_or(0, |p| p.revision));
+    }
+    for route in &documents.routes {
         let applied = client
             .apply_route(ApplyRouteRequest {
-                route_json,
+                route_json: json(route)?,
                 expected_revision: None,
             })
             .await?
@@ -833,6 +921,11 @@ pub async fn apply_routes(
         revision = revision.max(applied.route.map_or(0, |r| r.revision));
     }
     Ok(revision)
+}
+
+/// A document as the admin calls carry it.
+fn json<T: serde::Serialize>(document: &T) -> Result<String, tonic::Status> {
+    serde_json::to_string(document).map_err(|e| tonic::Status::internal(e.to_string()))
 }
 
 /// A single-member etcd on loopback with its own data directory: what

@@ -75,7 +75,11 @@ fn internal_services_are_unreachable_and_invisible_from_outside() {
         assert_eq!(headers["x-mesh-error"], "not-exposed", "{path}");
     }
     assert!(
-        mesh.counter("gateway", "mesh_proxy_errors_total", &[("reason", "not-exposed")]) >= 3.0
+        mesh.counter(
+            "gateway",
+            "mesh_proxy_errors_total",
+            &[("reason", "not-exposed")]
+        ) >= 3.0
     );
 
     // Reflection at the gateway lists public services only, and cannot

@@ -183,7 +183,12 @@ impl<S: Store> AdminService<S> {
         let applied = documents::apply(&self.store, &document, request.expected_revision).await?;
         if applied.changed {
             let name = document.name();
-            tracing::info!(kind = D::NOUN, name, revision = applied.stored.revision, "applied");
+            tracing::info!(
+                kind = D::NOUN,
+                name,
+                revision = applied.stored.revision,
+                "applied"
+            );
             self.audit(
                 &operator,
                 action,

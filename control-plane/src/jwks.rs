@@ -93,13 +93,18 @@ pub fn normalize(json: &str) -> Result<String, JwksError> {
     }
     let mut kept = Vec::with_capacity(keys.len());
     for key in keys {
-        let object = key.as_object().ok_or_else(|| invalid("a key is not an object"))?;
+        let object = key
+            .as_object()
+            .ok_or_else(|| invalid("a key is not an object"))?;
         let text = |member: &str| object.get(member).and_then(|v| v.as_str()).unwrap_or("");
         let kid = text("kid");
         if kid.is_empty() || kid.len() > 128 {
             return Err(invalid("every key needs a kid (1 to 128 characters)"));
         }
-        if let Some(member) = PRIVATE_MEMBERS.into_iter().find(|m| object.contains_key(*m)) {
+        if let Some(member) = PRIVATE_MEMBERS
+            .into_iter()
+            .find(|m| object.contains_key(*m))
+        {
             return Err(JwksError::PrivateKey {
                 kid: kid.to_owned(),
                 member,
@@ -328,7 +333,10 @@ mod tests {
     fn private_keys_and_unusable_sets_are_refused() {
         let private = EC.replace(r#""extra":1"#, r#""d":"c2VjcmV0""#);
         let error = normalize(&format!(r#"{{"keys":[{private}]}}"#)).expect_err("private");
-        assert!(matches!(error, JwksError::PrivateKey { member: "d", .. }), "{error}");
+        assert!(
+            matches!(error, JwksError::PrivateKey { member: "d", .. }),
+            "{error}"
+        );
         for bad in [
             "[]",
             r#"{"keys":[]}"#,

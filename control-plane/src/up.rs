@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mesh::demo::{
-    admin_get, apply_routes, ControlPlaneSpec, Plan, PortAllocator, ProcessSpec, Role, Topology,
+    admin_get, apply_documents, ControlPlaneSpec, Plan, PortAllocator, ProcessSpec, Role, Topology,
 };
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -187,13 +187,11 @@ async fn start_all(
         wait_ready(spec, running, deadline, shutdown, run_dir).await?;
     }
     if let Some(control_plane) = plan.control_planes.first() {
-        let revision = apply_routes(
-            control_plane,
-            &plan.bootstrap.routes,
-            plan.identity.as_ref(),
-        )
-        .await
-        .map_err(|s| anyhow::anyhow!("applying the shop's routes: {}", s.message()))?;
+        let revision = apply_documents(control_plane, &plan.bootstrap, plan.identity.as_ref())
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!("applying the shop's routes and policies: {}", s.message())
+            })?;
         wait_tables(plan, revision, deadline).await?;
     }
     Ok(())

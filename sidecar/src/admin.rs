@@ -217,6 +217,8 @@ impl Admin {
                     "version": table.version(),
                     "endpoints": table.source().endpoints,
                     "routes": table.source().routes,
+                    // Public keys only, as the control plane stored them.
+                    "jwks": table.source().jwks,
                 });
                 let mut response = Response::new(Full::new(Bytes::from(
                     serde_json::to_vec_pretty(&body).unwrap_or_default(),

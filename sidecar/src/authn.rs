@@ -85,7 +85,11 @@ impl Authenticator {
             let name = &authn.metadata.name;
             let spec = &authn.spec;
             let mut keys = HashMap::new();
-            match source.jwks.get(name).map(|json| serde_json::from_str::<JwkSet>(json)) {
+            match source
+                .jwks
+                .get(name)
+                .map(|json| serde_json::from_str::<JwkSet>(json))
+            {
                 None => problems.push(format!("request authentication {name}: no key set yet")),
                 Some(Err(e)) => problems.push(format!("request authentication {name}: {e}")),
                 Some(Ok(set)) => {
@@ -220,7 +224,9 @@ fn forwarded(
     };
     let subject = claims.get("sub").map(text).unwrap_or_default();
     if subject.is_empty() || subject.len() > 256 {
-        return Err(ProxyError::unauthenticated("the token's sub is empty or too long"));
+        return Err(ProxyError::unauthenticated(
+            "the token's sub is empty or too long",
+        ));
     }
     let subject = HeaderValue::from_str(&subject)
         .map_err(|_| ProxyError::unauthenticated("the token's sub is not printable"))?;
@@ -260,7 +266,11 @@ fn decoding_key(jwk: &Jwk) -> Result<(String, (DecodingKey, Algorithm)), String>
     let algorithm = match &jwk.algorithm {
         AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
         AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-        _ => return Err(format!("key {kid:?}: only ES256 and EdDSA keys are accepted")),
+        _ => {
+            return Err(format!(
+                "key {kid:?}: only ES256 and EdDSA keys are accepted"
+            ))
+        }
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
     Ok((kid, (key, algorithm)))

@@ -148,7 +148,12 @@ mod tests {
 
     use super::*;
 
-    fn file(name: &str, package: &str, deps: &[&str], services: &[(&str, &[&str])]) -> FileDescriptorProto {
+    fn file(
+        name: &str,
+        package: &str,
+        deps: &[&str],
+        services: &[(&str, &[&str])],
+    ) -> FileDescriptorProto {
         FileDescriptorProto {
             name: Some(name.into()),
             package: Some(package.into()),
@@ -175,8 +180,18 @@ mod tests {
     fn only_public_methods_and_the_files_they_need_are_shown() {
         let files: BTreeMap<String, FileDescriptorProto> = [
             file("common.proto", "shop.common", &[], &[]),
-            file("orders.proto", "shop.orders", &["common.proto"], &[("Orders", &["Place", "Purge"])]),
-            file("payments.proto", "shop.payments", &["secret.proto"], &[("Payments", &["Charge"])]),
+            file(
+                "orders.proto",
+                "shop.orders",
+                &["common.proto"],
+                &[("Orders", &["Place", "Purge"])],
+            ),
+            file(
+                "payments.proto",
+                "shop.payments",
+                &["secret.proto"],
+                &[("Payments", &["Charge"])],
+            ),
             file("secret.proto", "shop.secret", &[], &[]),
         ]
         .into_iter()

@@ -264,6 +264,12 @@ impl Proxy {
                 service: own,
             } => {
                 *service = Some(own.clone());
+                // The verified caller a gateway forwards means something
+                // only from a gateway: from anyone else it is removed, so
+                // no mesh service can speak for a logged-in customer.
+                if !from_gateway(req.extensions().get::<PeerIdentity>()) {
+                    remove_verified_caller(req.headers_mut());
+                }
                 if let Some(authorizer) = &self.inner.authorizer {
                     if let Err(refused) = authorizer.check(
                         req.uri().path(),
@@ -510,6 +516,17 @@ fn strip_internal_headers(headers: &mut http::HeaderMap) {
     for name in forged {
         headers.remove(&name);
     }
+}
+
+/// True when the peer's certificate proves a gateway identity.
+fn from_gateway(peer: Option<&PeerIdentity>) -> bool {
+    matches!(peer, Some(PeerIdentity(Some(id))) if matches!(id.workload(), mesh::identity::Workload::Gateway(_)))
+}
+
+/// Removes what a gateway forwards of a verified bearer token.
+fn remove_verified_caller(headers: &mut http::HeaderMap) {
+    headers.remove(crate::authn::SUBJECT_HEADER);
+    headers.remove(crate::authz::CLAIMS_HEADER);
 }
 
 /// What a call carries through the proxy for its span and metrics.

@@ -5,6 +5,7 @@
 //! ([`crate::telemetry::rpc`]).
 
 mod args;
+pub mod caller;
 mod outbound;
 mod served_by;
 mod server;

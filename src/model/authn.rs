@@ -224,8 +224,8 @@ impl JwksSource {
             }
         }
         if let Some(refresh) = &self.refresh {
-            let parsed =
-                parse_duration(refresh).map_err(|reason| ValidationError::new("refresh", reason))?;
+            let parsed = parse_duration(refresh)
+                .map_err(|reason| ValidationError::new("refresh", reason))?;
             if parsed < std::time::Duration::from_secs(1) {
                 return Err(ValidationError::new("refresh", "at least 1s"));
             }
@@ -276,7 +276,11 @@ mod tests {
                 "spec.jwks.method",
             ),
             ("refresh: 10s", "refresh: 10ms", "spec.jwks.refresh"),
-            ("forwardClaims: [role]", "forwardClaims: ['a b']", "spec.forwardClaims[0]"),
+            (
+                "forwardClaims: [role]",
+                "forwardClaims: ['a b']",
+                "spec.forwardClaims[0]",
+            ),
             (
                 "issuer: https://users.shop.mesh.local",
                 "issuer: ' '",

@@ -119,7 +119,12 @@ impl Bootstrap {
     pub fn is_public(&self, service: &str, method: &str) -> bool {
         let takes = |route: &&super::Route| {
             route.spec.matches.service == service
-                && route.spec.matches.method.as_deref().is_none_or(|m| m == method)
+                && route
+                    .spec
+                    .matches
+                    .method
+                    .as_deref()
+                    .is_none_or(|m| m == method)
         };
         self.routes
             .iter()

@@ -11,14 +11,14 @@ mod rate_limit;
 pub(crate) mod route;
 mod validation;
 
+pub use authn::{
+    JwksSource, RequestAuthentication, RequestAuthenticationSpec, DEFAULT_CLOCK_SKEW,
+    DEFAULT_JWKS_REFRESH, REQUEST_AUTHENTICATION_KIND,
+};
 pub use authz::{
     authorize, glob, AuthorizationAction, AuthorizationMode, AuthorizationPolicy,
     AuthorizationRule, AuthorizationSpec, Caller, CallerMatch, Decision, DefaultAuthorization,
     GatewayCaller, AUTHORIZATION_POLICY_KIND,
-};
-pub use authn::{
-    JwksSource, RequestAuthentication, RequestAuthenticationSpec, DEFAULT_CLOCK_SKEW,
-    DEFAULT_JWKS_REFRESH, REQUEST_AUTHENTICATION_KIND,
 };
 pub use bootstrap::{Bootstrap, BootstrapError};
 pub use endpoint::{Endpoint, MAX_ENDPOINT_WEIGHT};

@@ -375,7 +375,9 @@ impl RouteSpec {
             if name.starts_with("x-mesh-") {
                 return Err(ValidationError::new(
                     field(),
-                    format!("{name:?}: x-mesh-* headers are the mesh's own and never come from outside"),
+                    format!(
+                        "{name:?}: x-mesh-* headers are the mesh's own and never come from outside"
+                    ),
                 ));
             }
         }

@@ -185,12 +185,14 @@ fn load_balancer_defaults_to_round_robin_and_a_typo_names_its_field() {
 
 #[test]
 fn exposure_defaults_to_internal_and_external_headers_need_public() {
-    let base = "kind: Route\nmetadata: { name: r }\nspec:\n  match: { service: a.B }\n  destination: b\n";
+    let base =
+        "kind: Route\nmetadata: { name: r }\nspec:\n  match: { service: a.B }\n  destination: b\n";
     let route: Route = serde_yaml_ng::from_str(base).expect("route");
     assert_eq!(route.spec.exposure(), Exposure::Internal);
-    let public: Route =
-        serde_yaml_ng::from_str(&format!("{base}  exposure: public\n  externalHeaders: [x-canary]\n"))
-            .expect("route");
+    let public: Route = serde_yaml_ng::from_str(&format!(
+        "{base}  exposure: public\n  externalHeaders: [x-canary]\n"
+    ))
+    .expect("route");
     assert_eq!(public.validate(), Ok(()));
     assert_eq!(public.spec.exposure(), Exposure::Public);
     let cases = [

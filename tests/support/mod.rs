@@ -105,7 +105,7 @@ impl TestMesh {
         }
         mesh.wait_ready();
         if !mesh.plan.control_planes.is_empty() {
-            let revision = mesh.apply_routes(&mesh.plan.bootstrap.routes.clone());
+            let revision = mesh.apply_documents(&mesh.plan.bootstrap.clone());
             mesh.wait_for_version(revision);
         }
         mesh
@@ -119,6 +119,18 @@ impl TestMesh {
         let identity = self.plan.identity.clone();
         block_on(async move { mesh::demo::apply_routes(&uri, &routes, identity.as_ref()).await })
             .unwrap_or_else(|status| panic!("applying routes: {status:?}"))
+    }
+
+    /// Applies request authentications, policies and routes through the
+    /// first control-plane replica; returns the highest revision written.
+    pub fn apply_documents(&self, documents: &mesh::model::Bootstrap) -> i64 {
+        let uri = self.plan.control_planes[0].clone();
+        let documents = documents.clone();
+        let identity = self.plan.identity.clone();
+        block_on(
+            async move { mesh::demo::apply_documents(&uri, &documents, identity.as_ref()).await },
+        )
+        .unwrap_or_else(|status| panic!("applying documents: {status:?}"))
     }
 
     /// Waits until every running proxy runs a table of at least `revision`.

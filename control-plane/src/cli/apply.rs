@@ -293,8 +293,7 @@ impl fmt::Display for Outcome {
 /// Runs `meshctl apply`.
 pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::Result<()> {
     let manifests = read_manifests(&args.files)?;
-    let total =
-        manifests.routes.len() + manifests.policies.len() + manifests.authentications.len();
+    let total = manifests.routes.len() + manifests.policies.len() + manifests.authentications.len();
     if args.expected_revision.is_some() && total != 1 {
         bail!("--expected-revision needs exactly one document, the files hold {total}");
     }

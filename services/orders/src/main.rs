@@ -18,6 +18,7 @@
 
 mod book;
 mod compensation;
+mod customer;
 mod downstream;
 mod event_stream;
 mod pricing;
@@ -44,6 +45,17 @@ struct Args {
     #[arg(long, env = "ORDERS_CALL_TIMEOUT_MS", default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     call_timeout_ms: u64,
+    /// Whose orders a call places and reads: `subject`, the customer the
+    /// gateway verified from a bearer token (the body's `customer_id` must
+    /// be empty or the same); or `request`, the body's `customer_id` as
+    /// sent, for a shop without logins.
+    #[arg(
+        long,
+        env = "ORDERS_CUSTOMER_FROM",
+        value_enum,
+        default_value = "subject"
+    )]
+    customer_from: customer::CustomerFrom,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -65,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         downstream,
         sagas.clone(),
         shutdown.clone(),
+        args.customer_from,
     ));
     let served = mesh::app::serve(
         "orders",

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::book::{Begun, OrderBook, Outcome};
+use crate::customer::CustomerFrom;
 use crate::downstream::Downstream;
 use crate::event_stream::{self, EventStream};
 use crate::request;
@@ -43,12 +44,21 @@ pub struct Orders {
     watch_slots: Arc<Semaphore>,
     /// Ends watches at shutdown so the server can drain.
     shutdown: CancellationToken,
+    /// Whose orders a call may place and read.
+    customers: CustomerFrom,
 }
 
 impl Orders {
-    /// Orders placed through `downstream`, sagas spawned on `sagas`.
-    pub fn new(downstream: Downstream, sagas: TaskTracker, shutdown: CancellationToken) -> Self {
+    /// Orders placed through `downstream`, sagas spawned on `sagas`, each
+    /// call's customer taken from `customers`.
+    pub fn new(
+        downstream: Downstream,
+        sagas: TaskTracker,
+        shutdown: CancellationToken,
+        customers: CustomerFrom,
+    ) -> Self {
         Self {
+            customers,
             book: Arc::default(),
             downstream,
             sagas,
@@ -109,7 +119,12 @@ impl OrdersService for Orders {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let request = request::place_order(request.into_inner())?;
+        let customer = self
+            .customers
+            .customer(&request, &request.get_ref().customer_id)?;
+        let mut body = request.into_inner();
+        body.customer_id = customer;
+        let request = request::place_order(body)?;
         tracing::debug!(request_id = %request.request_id, customer_id = %request.customer_id, lines = request.lines.len(), "place order");
         let slot = Arc::clone(&self.saga_slots)
             .try_acquire_owned()
@@ -157,13 +172,15 @@ impl OrdersService for Orders {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let id = request.into_inner().order_id;
+        let id = request.get_ref().order_id.clone();
         check_order_id("order_id", &id)?;
         tracing::debug!(order_id = %id, "get order");
-        self.book
+        let order = self
+            .book
             .get(&id)
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("order {id} not found")))
+            .ok_or_else(|| Status::not_found(format!("order {id} not found")))?;
+        self.customers.may_read(&request, &order.customer_id)?;
+        Ok(Response::new(order))
     }
 
     type WatchOrderStream = EventStream;
@@ -172,9 +189,15 @@ impl OrdersService for Orders {
         &self,
         request: Request<WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        let id = request.into_inner().order_id;
+        let id = request.get_ref().order_id.clone();
         check_order_id("order_id", &id)?;
         tracing::debug!(order_id = %id, "watch order");
+        let owner = self
+            .book
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("order {id} not found")))?
+            .customer_id;
+        self.customers.may_read(&request, &owner)?;
         let slot = Arc::clone(&self.watch_slots)
             .try_acquire_owned()
             .map_err(|_| {

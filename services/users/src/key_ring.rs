@@ -8,7 +8,7 @@
 //!   interval before it signs anything, so a verifier that refreshed at
 //!   least once per interval already knows the kid of every new token.
 //! - **Retire after use.** The previous key stays published until every
-//!   token it signed has expired (token lifetime plus [`CLOCK_SKEW`]), so
+//!   token it signed has expired (token lifetime plus the clock skew), so
 //!   tokens issued just before a rotation keep working to their end.
 //!
 //! A ring is immutable: [`KeyRing::rotated`] makes the next one, which the
@@ -22,10 +22,12 @@ use ring::rand::SecureRandom;
 
 use crate::signing_key::{KeyError, SigningKey};
 
-/// How far verifiers' clocks may be behind ours: jsonwebtoken's default
-/// `leeway` (60 s) accepts a token that long after its `exp`, so a retired
-/// key stays published that much longer.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// How far verifiers' clocks may be behind ours unless told otherwise
+/// (`--clock-skew`): a verifier accepts a token up to that long after its
+/// `exp` (jsonwebtoken's default `leeway` is 60 s; the mesh gateway's
+/// `clockSkew` defaults to 30 s), so a retired key stays published that
+/// much longer.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// A key that stopped signing, published until its last token expired.
 #[derive(Debug, Clone)]
@@ -59,19 +61,17 @@ impl KeyRing {
     }
 
     /// The ring after a rotation at `now` (unix seconds): next signs,
-    /// current retires and stays published for `token_lifetime` +
-    /// [`CLOCK_SKEW`], a fresh key becomes next. The key retired by the
+    /// current retires and stays published for `retire_after` (a token's
+    /// lifetime plus the verifiers' clock skew), a fresh key becomes next. The key retired by the
     /// rotation before is dropped: the service checks at start-up that the
     /// rotation interval outlasts a token (see [`minimum_rotation_interval`]).
     pub fn rotated(
         &self,
         now: u64,
-        token_lifetime: Duration,
+        retire_after: Duration,
         rng: &dyn SecureRandom,
     ) -> Result<Self, KeyError> {
-        let publish_until = now
-            .saturating_add(token_lifetime.as_secs())
-            .saturating_add(CLOCK_SKEW.as_secs());
+        let publish_until = now.saturating_add(retire_after.as_secs());
         Ok(Self {
             current: self.next.clone(),
             next: Arc::new(SigningKey::generate(rng)?),
@@ -101,9 +101,9 @@ impl KeyRing {
 }
 
 /// The shortest rotation interval that never drops a key whose tokens are
-/// still accepted: one token lifetime plus [`CLOCK_SKEW`].
-pub fn minimum_rotation_interval(token_lifetime: Duration) -> Duration {
-    token_lifetime + CLOCK_SKEW
+/// still accepted: one token lifetime plus the verifiers' clock skew.
+pub fn minimum_rotation_interval(token_lifetime: Duration, clock_skew: Duration) -> Duration {
+    token_lifetime + clock_skew
 }
 
 #[cfg(test)]
@@ -130,7 +130,9 @@ mod tests {
         let rng = SystemRandom::new();
         let lifetime = Duration::from_secs(900);
         let first = KeyRing::generate(&rng).expect("ring");
-        let second = first.rotated(10_000, lifetime, &rng).expect("rotate");
+        let second = first
+            .rotated(10_000, lifetime + DEFAULT_CLOCK_SKEW, &rng)
+            .expect("rotate");
 
         // The announced key signs now; the old one is still published.
         assert_eq!(second.current().kid(), first.next.kid());
@@ -145,7 +147,7 @@ mod tests {
         );
         // Until the last token it signed (at 10_000, for 900 s) plus the
         // skew allowance is over, and not after.
-        let last = 10_000 + 900 + CLOCK_SKEW.as_secs();
+        let last = 10_000 + 900 + DEFAULT_CLOCK_SKEW.as_secs();
         assert_eq!(second.jwks(last).keys.len(), 3);
         assert_eq!(
             kids(&second.jwks(last + 1)),
@@ -153,7 +155,9 @@ mod tests {
         );
 
         // The next rotation drops the key retired by this one.
-        let third = second.rotated(20_000, lifetime, &rng).expect("rotate");
+        let third = second
+            .rotated(20_000, lifetime + DEFAULT_CLOCK_SKEW, &rng)
+            .expect("rotate");
         let kids_now = kids(&third.jwks(20_000)).join(",");
         assert!(!kids_now.contains(first.current().kid()));
         assert!(kids_now.contains(second.current().kid()));
@@ -162,7 +166,7 @@ mod tests {
     #[test]
     fn the_minimum_interval_covers_a_token_and_the_skew() {
         assert_eq!(
-            minimum_rotation_interval(Duration::from_secs(900)),
+            minimum_rotation_interval(Duration::from_secs(900), DEFAULT_CLOCK_SKEW),
             Duration::from_secs(960)
         );
     }

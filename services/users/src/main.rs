@@ -54,10 +54,16 @@ struct Args {
           value_parser = mesh::identity::parse_lifetime)]
     access_token_ttl: Duration,
     /// How often the signing key rotates (e.g. 1h). At least the token
-    /// lifetime plus 60 s, so a retired key outlives its tokens.
+    /// lifetime plus `--clock-skew`, so a retired key outlives its tokens.
     #[arg(long, env = "USERS_KEY_ROTATION_INTERVAL", default_value = "1h",
           value_parser = mesh::identity::parse_lifetime)]
     key_rotation_interval: Duration,
+    /// How far the verifiers' clocks may be behind (the gateway's
+    /// `clockSkew`): a retired key stays published this long after its
+    /// last token expired.
+    #[arg(long, env = "USERS_CLOCK_SKEW", default_value = "60s",
+          value_parser = mesh::identity::parse_lifetime)]
+    clock_skew: Duration,
     /// Emails whose accounts get the `admin` role when they register
     /// (comma-separated). The first to register an address gets it: in the
     /// demo, register these yourself first.
@@ -82,7 +88,7 @@ struct Args {
 /// Refuses a rotation interval under which a key could be dropped from
 /// the JWKS while tokens it signed are still valid.
 fn check_rotation(args: &Args) -> anyhow::Result<()> {
-    let minimum = key_ring::minimum_rotation_interval(args.access_token_ttl);
+    let minimum = key_ring::minimum_rotation_interval(args.access_token_ttl, args.clock_skew);
     anyhow::ensure!(
         args.key_rotation_interval >= minimum,
         "--key-rotation-interval {:?} is shorter than a token's lifetime plus the clock-skew \
@@ -117,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let rotation = tokio::spawn(rotation::rotate_keys(
         keys.clone(),
         args.key_rotation_interval,
-        args.access_token_ttl,
+        args.access_token_ttl + args.clock_skew,
         shutdown.clone(),
     ));
     let users = service::Users::new(

@@ -22,7 +22,7 @@ pub type SharedKeys = Arc<ArcSwap<KeyRing>>;
 pub async fn rotate_keys(
     keys: SharedKeys,
     every: Duration,
-    token_lifetime: Duration,
+    retire_after: Duration,
     shutdown: CancellationToken,
 ) {
     let rng = SystemRandom::new();
@@ -35,7 +35,7 @@ pub async fn rotate_keys(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match keys.load().rotated(unix_now(), token_lifetime, &rng) {
+        match keys.load().rotated(unix_now(), retire_after, &rng) {
             Ok(ring) => {
                 tracing::info!(
                     kid = ring.current().kid(),

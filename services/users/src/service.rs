@@ -18,11 +18,9 @@ use crate::rotation::SharedKeys;
 use crate::store::{InsertError, User, UserStore};
 use crate::token::{unix_now, Role, TokenPolicy};
 
-/// The request metadata carrying the caller's verified user id. The gateway
-/// sets it from a valid token's `sub` after stripping any such header from
-/// external requests, and only the gateway may call this service (the
-/// mesh's authorization policy): so here it is trusted as is.
-pub const AUTH_SUBJECT: &str = "x-mesh-auth-sub";
+/// The request metadata carrying the caller's verified user id (see
+/// [`mesh::app::caller`]).
+pub use mesh::app::caller::AUTH_SUBJECT;
 
 /// The one answer to a failed login, whether the email is unknown or the
 /// password wrong: telling them apart would let anyone probe for accounts.
@@ -120,17 +118,7 @@ fn to_proto(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Jwk> {
 
 /// The verified caller of a request, from [`AUTH_SUBJECT`].
 fn caller<T>(request: &Request<T>) -> Result<String, Status> {
-    let value = request.metadata().get(AUTH_SUBJECT).ok_or_else(|| {
-        Status::unauthenticated(
-            "no verified caller: call through the gateway with `authorization: Bearer <token>`",
-        )
-    })?;
-    let subject = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated(format!("{AUTH_SUBJECT}: not a user id")))?;
-    mesh::app::validate::required_id(AUTH_SUBJECT, subject)
-        .map_err(|s| Status::unauthenticated(s.message().to_owned()))?;
-    Ok(subject.to_owned())
+    mesh::app::caller::required_subject(request)
 }
 
 #[tonic::async_trait]

@@ -229,7 +229,9 @@ mod tests {
             .expect("sign");
 
         // One rotation: the previous key is still in the set.
-        let second = first.rotated(now, lifetime, &rng).expect("rotate");
+        let second = first
+            .rotated(now, lifetime + crate::key_ring::DEFAULT_CLOCK_SKEW, &rng)
+            .expect("rotate");
         let jwks = second.jwks(now);
         assert!(jwks.find(first.current().kid()).is_some());
         assert!(jwks.find(second.current().kid()).is_some());
@@ -241,7 +243,9 @@ mod tests {
 
         // Two rotations: the first key is gone, and so is trust in what it
         // signed, although the token itself has not expired.
-        let third = second.rotated(now, lifetime, &rng).expect("rotate");
+        let third = second
+            .rotated(now, lifetime + crate::key_ring::DEFAULT_CLOCK_SKEW, &rng)
+            .expect("rotate");
         let jwks = third.jwks(now);
         assert!(jwks.find(first.current().kid()).is_none());
         assert!(verify(&old.token, &jwks).is_err());

@@ -45,7 +45,8 @@ fn table(keys: &[&TestKey]) -> Bootstrap {
         },
     }))
     .expect("document");
-    let jwks = serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+    let jwks =
+        serde_json::json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
     Bootstrap {
         request_authentications: vec![authn],
         jwks: [("users".to_owned(), jwks.to_string())].into(),
@@ -115,27 +116,42 @@ fn bad_tokens_are_refused_and_no_token_is_anonymous() {
         c
     };
     let cases = [
-        ("expired", token(&k1, with(serde_json::json!({ "exp": unix_now() - 60 })))),
-        ("wrong audience", token(&k1, with(serde_json::json!({ "aud": "other" })))),
-        ("wrong issuer", token(&k1, with(serde_json::json!({ "iss": "https://evil" })))),
+        (
+            "expired",
+            token(&k1, with(serde_json::json!({ "exp": unix_now() - 60 }))),
+        ),
+        (
+            "wrong audience",
+            token(&k1, with(serde_json::json!({ "aud": "other" }))),
+        ),
+        (
+            "wrong issuer",
+            token(&k1, with(serde_json::json!({ "iss": "https://evil" }))),
+        ),
         ("forged signature", token(&forger, claims(300))),
         ("unknown key", token(&key("k9"), claims(300))),
-        ("no subject", token(&k1, with(serde_json::json!({ "sub": "" })))),
+        (
+            "no subject",
+            token(&k1, with(serde_json::json!({ "sub": "" }))),
+        ),
         ("not a JWT", "abc.def".to_owned()),
     ];
     for (what, token) in cases {
         let mut headers = bearer(&token);
-        let error = authenticator
-            .authenticate(&mut headers)
-            .expect_err(what);
+        let error = authenticator.authenticate(&mut headers).expect_err(what);
         assert_eq!(error.reason(), "unauthenticated", "{what}: {error}");
         assert!(headers.get(SUBJECT_HEADER).is_none(), "{what}");
     }
     let mut basic = HeaderMap::new();
-    basic.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic YTpi"));
+    basic.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Basic YTpi"),
+    );
     assert!(authenticator.authenticate(&mut basic).is_err());
     let mut anonymous = HeaderMap::new();
-    authenticator.authenticate(&mut anonymous).expect("anonymous");
+    authenticator
+        .authenticate(&mut anonymous)
+        .expect("anonymous");
     assert!(anonymous.get(SUBJECT_HEADER).is_none());
 }
 
