@@ -20,6 +20,7 @@
 //!   methods only).
 //! - `authn`: bearer tokens (JWT) at the gateway's ingress.
 //! - `authz`: who may call the local app (inbound authorization).
+//! - `rate_limit`: routes' local rate limits, at the destination's inbound.
 //! - `backoff`: exponential backoff with jitter.
 //! - `policy`: a route's timeouts, retries, breakers, limits and faults,
 //!   compiled.
@@ -69,6 +70,7 @@ mod outlier;
 mod policy;
 mod proxy;
 mod proxy_error;
+mod rate_limit;
 mod replay_body;
 mod response_body;
 mod response_labels;
@@ -254,6 +256,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                     to_app
                 }
             };
+            let to_app = to_app.with_rate_limits(rate_limit::InboundLimits::new(
+                settings.service_name().into(),
+                table.clone(),
+                metrics.rate_limits().clone(),
+            ));
             let stop = listeners_stop.clone();
             let inbound_tls = identity.clone().map(|identity| {
                 server::ListenerTls::Mesh(server::InboundTls {

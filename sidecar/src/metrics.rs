@@ -135,6 +135,7 @@ pub struct Metrics {
     identity: IdentityMetrics,
     listeners: mesh::listen::ListenerStats,
     authz: crate::authz::AuthzMetrics,
+    rate_limits: crate::rate_limit::RateLimitMetrics,
     /// How each direction's calls are labelled (indexed by
     /// [`Direction::index`]).
     labels: [ArcSwap<LabelIndex>; 3],
@@ -322,9 +323,12 @@ impl Default for Metrics {
         listeners.register(&mut registry);
         let authz = crate::authz::AuthzMetrics::default();
         authz.register(&mut registry);
+        let rate_limits = crate::rate_limit::RateLimitMetrics::default();
+        rate_limits.register(&mut registry);
         Self {
             listeners,
             authz,
+            rate_limits,
             registry,
             requests,
             responses,
@@ -448,6 +452,11 @@ impl Metrics {
     /// Inbound authorization decisions.
     pub fn authz(&self) -> &crate::authz::AuthzMetrics {
         &self.authz
+    }
+
+    /// The rate limits' counters.
+    pub fn rate_limits(&self) -> &crate::rate_limit::RateLimitMetrics {
+        &self.rate_limits
     }
 
     /// What the listeners did to connections (caps, timeouts).

@@ -111,6 +111,8 @@ struct ProxyInner {
     replay_budget: Arc<ReplayBudget>,
     /// Who may call the local app (inbound, with mTLS).
     authorizer: Option<crate::authz::Authorizer>,
+    /// How often callers may call the local app (inbound).
+    limits: Option<crate::rate_limit::InboundLimits>,
 }
 
 /// How one attempt went.
@@ -140,6 +142,7 @@ impl Proxy {
                 metrics,
                 replay_budget: ReplayBudget::new(ReplayBudget::DEFAULT_BYTES),
                 authorizer: None,
+                limits: None,
             }),
         }
     }
@@ -160,6 +163,16 @@ impl Proxy {
     pub fn with_authorizer(self, authorizer: crate::authz::Authorizer) -> Self {
         let mut inner = (*self.inner).clone();
         inner.authorizer = Some(authorizer);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same proxy, holding calls to the local app to the rate limits
+    /// of its routes (inbound).
+    pub fn with_rate_limits(self, limits: crate::rate_limit::InboundLimits) -> Self {
+        let mut inner = (*self.inner).clone();
+        inner.limits = Some(limits);
         Self {
             inner: Arc::new(inner),
         }
@@ -279,6 +292,16 @@ impl Proxy {
                     ) {
                         crate::call::drain::drain(req.into_body());
                         return Err(refused);
+                    }
+                }
+                if let Some(limits) = &self.inner.limits {
+                    if let Err(limited) = limits.check(
+                        req.uri().path(),
+                        req.headers(),
+                        req.extensions().get::<PeerIdentity>(),
+                    ) {
+                        crate::call::drain::drain(req.into_body());
+                        return Err(limited);
                     }
                 }
                 let attempt = attempt_span(&call.span, 1, upstream, None);

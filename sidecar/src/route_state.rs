@@ -30,6 +30,8 @@ pub enum Piece {
     },
     /// The cap on calls in flight, for its maximum.
     MaxRequests(usize),
+    /// The rate limiters, for their limits.
+    RateLimit(mesh::model::RateLimit),
     /// The cap on calls waiting for a connection, for its maximum.
     MaxPendingConnects(usize),
     /// Outlier detection's compiled policy (the breakers themselves live on

@@ -27,8 +27,9 @@ pub use crate::balance::{Balancer, Pick};
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
 use crate::policy::RoutePolicy;
 use crate::proxy_error::ProxyError;
+use crate::rate_limit::RouteLimiter;
 use crate::response_labels::{methods_of, LabelIndex};
-use crate::route_state::{RouteStates, StateBuilder};
+use crate::route_state::{Piece, RouteStates, StateBuilder};
 use crate::upstream::{Upstream, UpstreamPeer};
 
 /// A table that cannot be built from its source.
@@ -79,6 +80,15 @@ pub struct CompiledRoute {
     public: bool,
     /// Routing headers outside clients may set on this route.
     external_headers: Vec<http::HeaderName>,
+    /// Its rate limits, enforced by the destination's inbound sidecars.
+    rate_limiter: Option<Arc<RouteLimiter>>,
+}
+
+impl CompiledRoute {
+    /// The route's rate limiters, if it has limits.
+    pub fn rate_limiter(&self) -> Option<&RouteLimiter> {
+        self.rate_limiter.as_deref()
+    }
 }
 
 #[derive(Debug)]
@@ -476,6 +486,13 @@ fn compile_route(
         default: Balancer::new(service, &route.spec.split, endpoints, scope(None), states),
         counters: metrics.route_counters(direction, service, &route.metadata.name),
         policy: Arc::new(RoutePolicy::compile_in(route, states)?),
+        rate_limiter: route.spec.rate_limit.as_ref().map(|limit| {
+            states.get(
+                &route.metadata.name,
+                Piece::RateLimit(limit.clone()),
+                || Arc::new(RouteLimiter::new(limit)),
+            )
+        }),
         public: route.spec.exposure() == Exposure::Public,
         external_headers: route
             .spec

@@ -28,7 +28,7 @@ pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
 pub const MAX_OVERRIDES: usize = 1_000;
 
 /// The limits of one route; at least one of `total` or `perCaller`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// All callers together.
@@ -43,7 +43,7 @@ pub struct RateLimit {
 }
 
 /// A sustained rate and the burst allowed above it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
     /// Calls per second, sustained.
@@ -56,7 +56,7 @@ pub struct Rate {
 }
 
 /// One caller's own rate: exactly one of `service` or `subject`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateOverride {
     /// A mesh service calling from inside.

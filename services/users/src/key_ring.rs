@@ -23,10 +23,11 @@ use ring::rand::SecureRandom;
 use crate::signing_key::{KeyError, SigningKey};
 
 /// How far verifiers' clocks may be behind ours unless told otherwise
-/// (`--clock-skew`): a verifier accepts a token up to that long after its
+/// (`--clock-skew`'s default, 60 s): a verifier accepts a token up to that long after its
 /// `exp` (jsonwebtoken's default `leeway` is 60 s; the mesh gateway's
 /// `clockSkew` defaults to 30 s), so a retired key stays published that
 /// much longer.
+#[cfg(test)]
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// A key that stopped signing, published until its last token expired.

@@ -18,10 +18,6 @@ use crate::rotation::SharedKeys;
 use crate::store::{InsertError, User, UserStore};
 use crate::token::{unix_now, Role, TokenPolicy};
 
-/// The request metadata carrying the caller's verified user id (see
-/// [`mesh::app::caller`]).
-pub use mesh::app::caller::AUTH_SUBJECT;
-
 /// The one answer to a failed login, whether the email is unknown or the
 /// password wrong: telling them apart would let anyone probe for accounts.
 const LOGIN_REFUSED: &str = "invalid email or password";
@@ -116,7 +112,7 @@ fn to_proto(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Jwk> {
     })
 }
 
-/// The verified caller of a request, from [`AUTH_SUBJECT`].
+/// The verified caller of a request (see [`mesh::app::caller`]).
 fn caller<T>(request: &Request<T>) -> Result<String, Status> {
     mesh::app::caller::required_subject(request)
 }

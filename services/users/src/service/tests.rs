@@ -198,7 +198,7 @@ async fn the_profile_is_the_verified_callers_own() {
     let mut request = Request::new(GetProfileRequest {});
     request
         .metadata_mut()
-        .insert(AUTH_SUBJECT, id.parse().expect("ascii"));
+        .insert(mesh::app::caller::AUTH_SUBJECT, id.parse().expect("ascii"));
     let profile = users
         .get_profile(request)
         .await
@@ -211,9 +211,10 @@ async fn the_profile_is_the_verified_callers_own() {
     assert!(profile.created_at.is_some());
 
     let mut request = Request::new(GetProfileRequest {});
-    request
-        .metadata_mut()
-        .insert(AUTH_SUBJECT, "usr_nobody".parse().expect("ascii"));
+    request.metadata_mut().insert(
+        mesh::app::caller::AUTH_SUBJECT,
+        "usr_nobody".parse().expect("ascii"),
+    );
     let missing = users.get_profile(request).await.expect_err("unknown");
     assert_eq!(missing.code(), Code::NotFound);
 }
