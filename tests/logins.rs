@@ -265,6 +265,48 @@ async fn customers_log_in_and_order_as_themselves_only() {
         .upsert_products(upsert(&admin_token))
         .await
         .expect("an admin changes the catalog");
+
+    // The debug header: every proxy's decisions for an admin who asks,
+    // nothing for a customer who asks.
+    let debug = |token: &str| {
+        let mut request = with_token(
+            GetOrderRequest {
+                order_id: placed.order_id.clone(),
+            },
+            token,
+        );
+        request
+            .metadata_mut()
+            .insert("x-mesh-debug", "1".parse().expect("header"));
+        request
+    };
+    let answered = orders
+        .get_order(debug(&admin_token))
+        .await
+        .expect("admin reads");
+    let hops: Vec<String> = answered
+        .metadata()
+        .get_all("x-mesh-debug")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    assert_eq!(hops.len(), 2, "{hops:?}");
+    assert!(hops[0].starts_with("orders inbound: "), "{hops:?}");
+    assert!(
+        hops[0].contains("authz=allow policy=orders-callers"),
+        "{hops:?}"
+    );
+    assert!(hops[1].starts_with("gateway: authn=verified"), "{hops:?}");
+    assert!(hops[1].contains("route=orders"), "{hops:?}");
+    assert!(hops[1].contains("attempt=1 endpoint="), "{hops:?}");
+    let answered = orders
+        .get_order(debug(&alice_token))
+        .await
+        .expect("alice reads");
+    assert!(
+        answered.metadata().get("x-mesh-debug").is_none(),
+        "a customer saw the mesh's decisions"
+    );
 }
 
 /// A signing key of the test's own: its JWKS and tokens.

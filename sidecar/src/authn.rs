@@ -41,6 +41,7 @@ struct Issuer {
     validation: Validation,
     forward_claims: Vec<String>,
     forward_token: bool,
+    debug_claims: BTreeMap<String, String>,
 }
 
 /// What a verified token says, as forwarded.
@@ -49,6 +50,8 @@ struct Verified {
     subject: HeaderValue,
     claims: HeaderValue,
     forward_token: bool,
+    /// Its claims let it ask for the debug header.
+    may_debug: bool,
     /// Unix seconds after which the token is no longer good.
     expires: u64,
 }
@@ -117,6 +120,7 @@ impl Authenticator {
                 validation,
                 forward_claims: spec.forward_claims.clone(),
                 forward_token: spec.forward_original_token,
+                debug_claims: spec.debug_claims.clone(),
             });
         }
         (
@@ -129,10 +133,15 @@ impl Authenticator {
     }
 
     /// Checks the call's bearer token, if it has one, and puts what it
-    /// proves in `headers`; an error is the answer to send instead.
-    pub fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+    /// proves in `headers`; an error is the answer to send instead. `Some`
+    /// subject for a verified token, with whether its claims let it ask for
+    /// the debug header.
+    pub fn authenticate(
+        &self,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<(HeaderValue, bool)>, ProxyError> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-            return Ok(());
+            return Ok(None);
         };
         let token = value
             .to_str()
@@ -157,12 +166,15 @@ impl Authenticator {
         if !verified.forward_token {
             headers.remove(http::header::AUTHORIZATION);
         }
-        headers.insert(HeaderName::from_static(SUBJECT_HEADER), verified.subject);
+        headers.insert(
+            HeaderName::from_static(SUBJECT_HEADER),
+            verified.subject.clone(),
+        );
         headers.insert(
             HeaderName::from_static(crate::authz::CLAIMS_HEADER),
             verified.claims,
         );
-        Ok(())
+        Ok(Some((verified.subject, verified.may_debug)))
     }
 
     fn remembered(&self, token: &str) -> Option<Verified> {
@@ -242,6 +254,11 @@ fn forwarded(
     let claims_json = serde_json::Value::Object(forwarded).to_string();
     let claims_header = HeaderValue::from_str(&claims_json)
         .map_err(|_| ProxyError::unauthenticated("the token's claims are not printable"))?;
+    let may_debug = !issuer.debug_claims.is_empty()
+        && issuer
+            .debug_claims
+            .iter()
+            .all(|(name, want)| claims.get(name).is_some_and(|v| &text(v) == want));
     let expires = claims
         .get("exp")
         .and_then(serde_json::Value::as_u64)
@@ -251,6 +268,7 @@ fn forwarded(
         subject,
         claims: claims_header,
         forward_token: issuer.forward_token,
+        may_debug,
         expires,
     })
 }

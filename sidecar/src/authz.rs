@@ -120,6 +120,30 @@ impl Authorizer {
         })
     }
 
+    /// The table version the decisions are made with.
+    pub fn table_version(&self) -> String {
+        self.table.load().version().to_owned()
+    }
+
+    /// A decision in a few words, for the debug header.
+    pub fn explain(&self, decided: &Result<Decision, ProxyError>) -> String {
+        match decided {
+            Ok(decision) => format!(
+                "authz={} policy={} rule={}",
+                decision.label(),
+                decision
+                    .policy
+                    .as_deref()
+                    .or(decision.audit_denied_by.as_deref())
+                    .unwrap_or("default"),
+                decision
+                    .rule
+                    .map_or_else(|| "-".to_owned(), |r| r.to_string())
+            ),
+            Err(_) => "authz=deny".to_owned(),
+        }
+    }
+
     fn record(&self, decision: &Decision, method: &str, caller: Option<String>, span: &Span) {
         let label = decision.label();
         let policy = decision

@@ -31,6 +31,7 @@
 //! - `outcome`: an attempt in flight and its outcome, fed to the breaker.
 //! - `concurrency`: fail-fast caps on calls in flight.
 //! - `deadline`: the `grpc-timeout` header.
+//! - `debug`: the `x-mesh-debug` response header, for callers that may ask.
 //! - `balance`: picking an endpoint: smooth weighted round-robin,
 //!   least-request or peak-EWMA (power of two choices).
 //! - `route_state`: retry budgets, limits and rotations carried from one
@@ -59,6 +60,7 @@ mod call;
 mod coalesced_io;
 mod concurrency;
 mod deadline;
+mod debug;
 mod discovery;
 mod handshake;
 mod identity;

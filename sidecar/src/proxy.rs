@@ -184,8 +184,14 @@ impl Proxy {
     /// goes upstream in `traceparent`.
     async fn handle(self, mut req: Request<Incoming>) -> Response<ProxyBody> {
         let direction = self.inner.direction;
-        if direction == Direction::Ingress {
-            strip_internal_headers(req.headers_mut());
+        let debug_asked = crate::debug::requested(req.headers());
+        match direction {
+            Direction::Ingress => strip_internal_headers(req.headers_mut()),
+            // An app may not ask for the mesh's insides.
+            Direction::Outbound if debug_asked => {
+                req.headers_mut().remove(crate::debug::DEBUG_HEADER);
+            }
+            _ => {}
         }
         let side = match direction {
             Direction::Outbound => Side::Client,
@@ -209,6 +215,8 @@ impl Proxy {
             side,
             path,
             span: span.clone(),
+            debug_asked: debug_asked && direction != Direction::Outbound,
+            debug: std::sync::OnceLock::new(),
         };
         let mut service = None;
         let result = self
@@ -216,7 +224,12 @@ impl Proxy {
             .instrument(span.clone())
             .await;
         match result {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if let Some(trace) = call.debug.get() {
+                    trace.answer(response.headers_mut());
+                }
+                response
+            }
             Err(error) => {
                 // The full message (addresses and all) goes to the logs and
                 // the span; clients at the edge get a redacted one.
@@ -234,11 +247,12 @@ impl Proxy {
                 );
                 span.set_attribute("mesh.error", error.reason());
                 status::record(&span, side, i64::from(code), &error.message());
-                if direction == Direction::Ingress {
-                    error.response(true)
-                } else {
-                    error.into_response()
+                let mut response = error.response(direction == Direction::Ingress);
+                if let Some(trace) = call.debug.get() {
+                    trace.note(format!("error={}", error.reason()));
+                    trace.answer(response.headers_mut());
                 }
+                response
             }
         }
     }
@@ -280,16 +294,34 @@ impl Proxy {
                 // The verified caller a gateway forwards means something
                 // only from a gateway: from anyone else it is removed, so
                 // no mesh service can speak for a logged-in customer.
-                if !from_gateway(req.extensions().get::<PeerIdentity>()) {
+                let gateway = from_gateway(req.extensions().get::<PeerIdentity>());
+                if !gateway {
                     remove_verified_caller(req.headers_mut());
                 }
+                // Only a gateway forwards the debug header, and only for a
+                // caller that may ask.
+                if call.debug_asked && gateway {
+                    let trace = crate::debug::DebugTrace::new(format!("{own} inbound"));
+                    trace.note(format!(
+                        "table={}",
+                        self.inner
+                            .authorizer
+                            .as_ref()
+                            .map_or_else(String::new, |a| a.table_version())
+                    ));
+                    let _ = call.debug.set(trace);
+                }
                 if let Some(authorizer) = &self.inner.authorizer {
-                    if let Err(refused) = authorizer.check(
+                    let decided = authorizer.check(
                         req.uri().path(),
                         req.headers(),
                         req.extensions().get::<PeerIdentity>(),
                         &call.span,
-                    ) {
+                    );
+                    if let Some(trace) = call.debug.get() {
+                        trace.note(authorizer.explain(&decided));
+                    }
+                    if let Err(refused) = decided {
                         crate::call::drain::drain(req.into_body());
                         return Err(refused);
                     }
@@ -302,6 +334,9 @@ impl Proxy {
                     ) {
                         crate::call::drain::drain(req.into_body());
                         return Err(limited);
+                    }
+                    if let Some(trace) = call.debug.get() {
+                        trace.note("rate-limit=ok");
                     }
                 }
                 let attempt = attempt_span(&call.span, 1, upstream, None);
@@ -349,11 +384,29 @@ impl Proxy {
                     // A `Uri` clone shares its bytes: no copy of the path.
                     let uri = req.uri().clone();
                     let found = table.route_external(uri.path(), req.headers_mut());
+                    let mut authenticated = None;
                     if let (Ok(_), Some(authenticator)) = (&found, table.authenticator()) {
-                        if let Err(refused) = authenticator.authenticate(req.headers_mut()) {
-                            crate::call::drain::drain(req.into_body());
-                            return Err(refused);
+                        match authenticator.authenticate(req.headers_mut()) {
+                            Ok(verified) => authenticated = verified,
+                            Err(refused) => {
+                                crate::call::drain::drain(req.into_body());
+                                return Err(refused);
+                            }
                         }
+                    }
+                    if let Some((subject, true)) =
+                        authenticated.as_ref().filter(|_| call.debug_asked)
+                    {
+                        let trace = crate::debug::DebugTrace::new("gateway");
+                        trace.note(format!(
+                            "authn=verified sub={}",
+                            subject.to_str().unwrap_or("?")
+                        ));
+                        let _ = call.debug.set(trace);
+                        req.headers_mut().insert(
+                            crate::debug::DEBUG_HEADER,
+                            http::HeaderValue::from_static("1"),
+                        );
                     }
                     found
                 } else {
@@ -367,6 +420,16 @@ impl Proxy {
                     }
                 };
                 *service = Some(route.policy.service.clone());
+                if let Some(trace) = call.debug.get() {
+                    let rule = route
+                        .rule_of(balancer)
+                        .map_or_else(|| "default".to_owned(), |i| i.to_string());
+                    trace.note(format!(
+                        "table={} route={} rule={rule}",
+                        table.version(),
+                        route.policy.name
+                    ));
+                }
                 if !call.span.is_none() {
                     call.span
                         .set_attribute("mesh.service", route.policy.service.to_string());
@@ -558,6 +621,10 @@ struct Call {
     side: Side,
     path: GrpcPath,
     span: Span,
+    /// The caller asked for `x-mesh-debug` (not yet: may).
+    debug_asked: bool,
+    /// What this proxy decided, when the caller may see it.
+    debug: std::sync::OnceLock<crate::debug::DebugTrace>,
 }
 
 /// Copies what a retry needs of a request's head (extensions are local to

@@ -85,6 +85,13 @@ pub struct CompiledRoute {
 }
 
 impl CompiledRoute {
+    /// Which rule `balancer` belongs to (`None`: the default split).
+    pub fn rule_of(&self, balancer: &Balancer) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|(_, b)| std::ptr::eq(b, balancer))
+    }
+
     /// The route's rate limiters, if it has limits.
     pub fn rate_limiter(&self) -> Option<&RouteLimiter> {
         self.rate_limiter.as_deref()

@@ -14,6 +14,7 @@
 //!     # file: /etc/mesh/jwks/shop-users.json       # a file the control plane reads
 //!     refresh: 60s
 //!   forwardClaims: [role]                    # besides `sub`, sent on as verified
+//!   debugClaims: { role: admin }             # who may ask for x-mesh-debug
 //! ```
 //!
 //! The control plane fetches the key set (calling the method over mTLS as
@@ -81,6 +82,14 @@ pub struct RequestAuthenticationSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub forward_original_token: bool,
+    /// Claims (all must be equal) that let a caller ask for the mesh's
+    /// debug header (`x-mesh-debug: 1`); empty: no one may.
+    #[serde(
+        default,
+        rename = "debugClaims",
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub debug_claims: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a key set comes from: exactly one of `method` or `file`.
@@ -165,6 +174,14 @@ impl RequestAuthenticationSpec {
                 return Err(ValidationError::new(
                     format!("forwardClaims[{i}]"),
                     format!("{claim:?} is not a claim name (letters, digits, _ - . :)"),
+                ));
+            }
+        }
+        for name in self.debug_claims.keys() {
+            if name.is_empty() || name.len() > 64 {
+                return Err(ValidationError::new(
+                    "debugClaims",
+                    format!("{name:?} is not a claim name"),
                 ));
             }
         }

@@ -424,14 +424,9 @@ impl ProxyError {
         }
     }
 
-    /// The trailers-only response: HTTP 200, `content-type: application/grpc`,
-    /// `grpc-status` and `grpc-message` in the headers, an empty body that
-    /// ends the stream.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        self.response(false)
-    }
-
-    /// [`ProxyError::into_response`], with the message redacted for
+    /// The trailers-only response: HTTP 200, `content-type:
+    /// application/grpc`, `grpc-status` and `grpc-message` in the headers,
+    /// an empty body that ends the stream; the message redacted for
     /// clients outside the mesh when `redact`.
     pub fn response(&self, redact: bool) -> Response<ProxyBody> {
         let mut response = Response::new(Either::Right(tonic::body::Body::default()));
@@ -482,7 +477,7 @@ mod tests {
 
     #[test]
     fn trailers_only_response_carries_status_message_and_reason() {
-        let response = ProxyError::no_route("/a.B/C").into_response();
+        let response = ProxyError::no_route("/a.B/C").response(false);
         let h = response.headers();
         assert_eq!(h["grpc-status"], "12");
         assert_eq!(h["grpc-message"], "no route for /a.B/C");
@@ -492,7 +487,7 @@ mod tests {
 
     #[test]
     fn identity_mismatch_is_unavailable_with_its_reason() {
-        let response = ProxyError::peer_identity_mismatch("10.0.0.1:15006", "x").into_response();
+        let response = ProxyError::peer_identity_mismatch("10.0.0.1:15006", "x").response(false);
         let h = response.headers();
         assert_eq!(h["grpc-status"], "14");
         assert_eq!(h[ERROR_REASON_HEADER], "peer-identity-mismatch");

@@ -65,7 +65,15 @@ impl Proxy {
             let last = attempt >= attempts;
             let started = Instant::now();
             let try_budget = plan.try_budget(started)?;
-            let target = Target::new(route, pick(&tried, breakers)?, &call.span, attempt);
+            let picked = pick(&tried, breakers)?;
+            if let Some(trace) = call.debug.get() {
+                trace.note(format!(
+                    "attempt={attempt} endpoint={} subset={}",
+                    picked.upstream.addr(),
+                    picked.subset.as_deref().unwrap_or("*")
+                ));
+            }
+            let target = Target::new(route, picked, &call.span, attempt);
             tried.push(target.upstream.clone());
 
             // Connect before the body is taken: a call whose connect fails
@@ -84,6 +92,12 @@ impl Proxy {
                         return Err(error);
                     }
                     tracing::debug!(route = %policy.name, endpoint = target.upstream.addr(), %error, "connect failed; trying another endpoint");
+                    if let Some(trace) = call.debug.get() {
+                        trace.note(format!(
+                            "connect failed ({}): another endpoint",
+                            error.reason()
+                        ));
+                    }
                     failovers += 1;
                     attempt -= 1;
                     continue;
@@ -112,6 +126,9 @@ impl Proxy {
             let (outcome, answer) = match examined {
                 Examined::Judge(outcome, answer) => (outcome, answer),
                 Examined::Commit(answer) | Examined::ReadAhead(answer, _) => {
+                    if let Some(trace) = call.debug.get() {
+                        trace.note(format!("attempt={attempt} answered"));
+                    }
                     let observer = self.observer(call, &policy.service, target.span);
                     return Ok(answer.respond(permit.take(), plan.deadline(), observer));
                 }
@@ -126,6 +143,14 @@ impl Proxy {
                 jitter: rand::random::<f64>(),
             };
             tracing::debug!(route = %policy.name, attempt, ?outcome, "attempt to judge");
+            if let Some(trace) = call.debug.get() {
+                trace.note(match &outcome {
+                    judge::Outcome::Status(code) => format!("attempt={attempt} status={code}"),
+                    judge::Outcome::Failed(error) => {
+                        format!("attempt={attempt} failed={}", error.reason())
+                    }
+                });
+            }
             let wait = match judge::judge(outcome, &inputs, || self.take_retry(policy)) {
                 Verdict::Retry { wait } => wait,
                 Verdict::Fail(error) => return Err(error),
@@ -143,6 +168,9 @@ impl Proxy {
             };
             drop((answer, target));
             tracing::debug!(route = %policy.name, attempt, ?wait, "retrying");
+            if let Some(trace) = call.debug.get() {
+                trace.note(format!("retry after {}ms", wait.as_millis()));
+            }
             Box::pin(tokio::time::sleep(wait)).await;
         }
     }
