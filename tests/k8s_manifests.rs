@@ -2246,13 +2246,52 @@ fn network_policies(m: &Manifests) -> Vec<String> {
 
 /// The routes in the mesh-routes ConfigMap, by key.
 fn routes_of(m: &Manifests) -> Result<BTreeMap<String, Route>, Vec<String>> {
+    documents_of(m).map(|(routes, _)| routes)
+}
+
+/// The mesh-routes ConfigMap's documents: its routes (one per key) by key,
+/// and the keys of its security documents (request authentications and
+/// authorization policies, several per key), each checked as its kind.
+fn documents_of(
+    m: &Manifests,
+) -> Result<(BTreeMap<String, Route>, BTreeSet<String>), Vec<String>> {
     let Some(config) = m.config_map("mesh-routes") else {
         return Err(vec!["no mesh-routes ConfigMap".into()]);
     };
     let mut routes = BTreeMap::new();
+    let mut security = BTreeSet::new();
     let mut errors = Vec::new();
     for (key, text) in config["data"].as_object().into_iter().flatten() {
         let text = text.as_str().unwrap_or("");
+        let kinds: Vec<String> = serde_yaml_ng::Deserializer::from_str(text)
+            .filter_map(|d| serde_yaml_ng::Value::deserialize(d).ok())
+            .filter_map(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+            .collect();
+        if kinds.iter().any(|k| k != "Route") {
+            for document in serde_yaml_ng::Deserializer::from_str(text) {
+                let value = serde_yaml_ng::Value::deserialize(document);
+                let checked = value.map_err(|e| e.to_string()).and_then(|value| {
+                    match value.get("kind").and_then(|k| k.as_str()) {
+                        Some("AuthorizationPolicy") => {
+                            serde_yaml_ng::from_value::<mesh::model::AuthorizationPolicy>(value)
+                                .map_err(|e| e.to_string())
+                                .and_then(|p| p.validate().map_err(|e| e.to_string()))
+                        }
+                        Some("RequestAuthentication") => {
+                            serde_yaml_ng::from_value::<mesh::model::RequestAuthentication>(value)
+                                .map_err(|e| e.to_string())
+                                .and_then(|a| a.validate().map_err(|e| e.to_string()))
+                        }
+                        other => Err(format!("kind {other:?} does not belong here")),
+                    }
+                });
+                if let Err(e) = checked {
+                    errors.push(format!("{key} is not valid: {e}"));
+                }
+            }
+            security.insert(key.clone());
+            continue;
+        }
         match serde_yaml_ng::from_str::<Route>(text) {
             Err(e) => errors.push(format!("route {key} is not valid: {e}")),
             Ok(route) => match route.validate() {
@@ -2264,7 +2303,7 @@ fn routes_of(m: &Manifests) -> Result<BTreeMap<String, Route>, Vec<String>> {
         }
     }
     if errors.is_empty() {
-        Ok(routes)
+        Ok((routes, security))
     } else {
         Err(errors)
     }
@@ -2272,10 +2311,14 @@ fn routes_of(m: &Manifests) -> Result<BTreeMap<String, Route>, Vec<String>> {
 
 fn routes(m: &Manifests) -> Vec<String> {
     let mut v = Vec::new();
-    let routes = match routes_of(m) {
-        Ok(routes) => routes,
+    let (routes, security) = match documents_of(m) {
+        Ok(documents) => documents,
         Err(errors) => return errors,
     };
+    if security.is_empty() {
+        v.push("the mesh-routes ConfigMap holds no security documents".into());
+    }
+    let keys: BTreeSet<&String> = routes.keys().chain(&security).collect();
     // The Job applies every key of the ConfigMap, from where it is mounted.
     match m.workload("Job", "mesh-routes") {
         None => v.push("no mesh-routes Job".into()),
@@ -2316,15 +2359,15 @@ fn routes(m: &Manifests) -> Vec<String> {
                         "mesh-routes Job: the routes ConfigMap is not mounted in meshctl".into(),
                     ),
                     Some(dir) => {
-                        for key in routes.keys() {
+                        for key in &keys {
                             let path = format!("{}/{key}", dir.trim_end_matches('/'));
                             if !files.contains(path.as_str()) {
                                 v.push(format!("mesh-routes Job does not apply {path}"));
                             }
                         }
                         for file in &files {
-                            let key = file.rsplit('/').next().unwrap_or("");
-                            if !routes.contains_key(key) {
+                            let key = file.rsplit('/').next().unwrap_or("").to_owned();
+                            if !keys.contains(&key) {
                                 v.push(format!(
                                     "mesh-routes Job applies {file}, which is not in the ConfigMap"
                                 ));
