@@ -2213,7 +2213,13 @@ fn network_policies(m: &Manifests) -> Vec<String> {
             ));
         }
         for rule in to_inbound {
-            if let Err(e) = peers_only(m, rule, |p| p.running("sidecar").is_some()) {
+            // The users pods serve the token keys to the control plane too.
+            let jwks_source = w.id() == "Deployment users";
+            let allowed = |p: &Workload<'_>| {
+                p.running("sidecar").is_some()
+                    || (jwks_source && p.id() == "Deployment control-plane")
+            };
+            if let Err(e) = peers_only(m, rule, allowed) {
                 v.push(format!(
                     "{id}: the inbound port {inbound} is open to more than the mesh's proxies: {e}"
                 ));
