@@ -867,28 +867,8 @@ pub async fn apply_documents(
     documents: &Bootstrap,
     identity: Option<&IdentityLayout>,
 ) -> Result<i64, tonic::Status> {
-    use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
     use crate::proto::mesh::v1::{ApplyPolicyRequest, ApplyRouteRequest};
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    let channel = match identity {
-        None => endpoint.connect().await,
-        Some(identity) => {
-            let tls = identity
-                .operator_tls()
-                .map_err(|e| tonic::Status::unauthenticated(format!("operator credential: {e}")))?;
-            let peer = crate::identity::SpiffeId::new(
-                &identity.trust_domain,
-                crate::identity::Workload::ControlPlane,
-            )
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            endpoint
-                .connect_with_connector(crate::identity::transport::Connector::new(tls, peer))
-                .await
-        }
-    }
-    .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
-    let mut client = MeshAdminClient::new(channel);
+    let mut client = admin_client(uri, identity).await?;
     let mut revision = 0;
     for authentication in &documents.request_authentications {
         let applied = client
@@ -921,6 +901,38 @@ pub async fn apply_documents(
         revision = revision.max(applied.route.map_or(0, |r| r.revision));
     }
     Ok(revision)
+}
+
+/// A MeshAdmin client of the control plane at `uri`, as the plan's admin
+/// operator when the mesh has identities.
+pub async fn admin_client(
+    uri: &str,
+    identity: Option<&IdentityLayout>,
+) -> Result<
+    crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient<tonic::transport::Channel>,
+    tonic::Status,
+> {
+    use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
+    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let channel = match identity {
+        None => endpoint.connect().await,
+        Some(identity) => {
+            let tls = identity
+                .operator_tls()
+                .map_err(|e| tonic::Status::unauthenticated(format!("operator credential: {e}")))?;
+            let peer = crate::identity::SpiffeId::new(
+                &identity.trust_domain,
+                crate::identity::Workload::ControlPlane,
+            )
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            endpoint
+                .connect_with_connector(crate::identity::transport::Connector::new(tls, peer))
+                .await
+        }
+    }
+    .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
+    Ok(MeshAdminClient::new(channel))
 }
 
 /// A document as the admin calls carry it.
