@@ -24,6 +24,11 @@ pub const SHOP_SERVICES: [(&str, &str); 5] = [
     ("users", "shop.users.v1.UsersService"),
 ];
 
+/// The demo's admin account: the first to register this email gets the
+/// `admin` role (may change the catalog, read any order, ask for
+/// `x-mesh-debug`).
+pub const DEMO_ADMIN_EMAIL: &str = "admin@shop.example";
+
 /// The shop services outside clients may call through the gateway (their
 /// routes are `exposure: public`); inventory and payments stay internal.
 pub const PUBLIC_SHOP_SERVICES: [&str; 3] = ["catalog", "orders", "users"];
@@ -436,7 +441,11 @@ impl Topology {
                 one("orders"),
                 // One instance: accounts and signing keys live in its
                 // memory, so a second would know other users and keys.
-                one("users"),
+                // Whoever registers DEMO_ADMIN_EMAIL first is an admin.
+                (
+                    "users".into(),
+                    vec![InstanceSpec::new("users-1").app_args(["--admin-email", DEMO_ADMIN_EMAIL])],
+                ),
             ],
             gateway: Some(gateway),
             shop_security: true,
