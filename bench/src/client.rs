@@ -42,6 +42,7 @@ pub struct Call {
     body: Bytes,
     response_len: usize,
     grpc_timeout: Option<http::HeaderValue>,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Call {
@@ -90,12 +91,21 @@ impl Call {
             body: body.into(),
             response_len,
             grpc_timeout: None,
+            headers: Vec::new(),
         })
     }
 
     /// Sends `grpc-timeout: <timeout>` (e.g. `10S`) with every call.
     pub fn with_grpc_timeout(mut self, timeout: &str) -> anyhow::Result<Self> {
         self.grpc_timeout = Some(timeout.parse()?);
+        Ok(self)
+    }
+
+    /// Sends the header `name: value` with every call (e.g. a bearer
+    /// token), so variants that differ only in the proxies' configuration
+    /// send identical requests.
+    pub fn with_header(mut self, name: &str, value: &str) -> anyhow::Result<Self> {
+        self.headers.push((name.parse()?, value.parse()?));
         Ok(self)
     }
 
@@ -111,6 +121,9 @@ impl Call {
             request
                 .headers_mut()
                 .insert("grpc-timeout", timeout.clone());
+        }
+        for (name, value) in &self.headers {
+            request.headers_mut().append(name.clone(), value.clone());
         }
         let response = connection.send_request(request).await?;
         if response.status() != http::StatusCode::OK {

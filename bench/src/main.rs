@@ -8,6 +8,7 @@
 //! cargo run --release -p bench -- tail                  # p50..max at 2,000 calls/s
 //! cargo run --release -p bench -- balance               # one slow instance of four, per loadBalancer
 //! cargo run --release -p bench -- abuse --seconds 10    # the edge proxy under each attack, beside Envoy
+//! cargo run --release -p bench -- security              # authorization and JWT cost per call
 //! ```
 //!
 //! # Layout
@@ -36,6 +37,8 @@
 //!   until a route change reaches them all, and memory per subscriber.
 //! - [`abuse`]: the proxy facing strangers (the mesh's gateway, Envoy at
 //!   the edge) under one attack at a time, good clients beside it.
+//! - [`security`]: the proxies' CPU per call with 10 authorization
+//!   policies (50 rules) and a JWT check at the gateway, beside none.
 
 mod abuse;
 mod balance;
@@ -48,6 +51,7 @@ mod proc_stats;
 mod process;
 mod proxy_config;
 mod report;
+mod security;
 mod tail;
 mod topology;
 
@@ -98,6 +102,10 @@ enum Command {
     /// under idle connections, rapid reset, a CONTINUATION flood and
     /// random method names, with good clients calling beside the attack.
     Abuse(abuse::AbuseArgs),
+    /// The proxies' CPU per call through the gateway with 10 authorization
+    /// policies (50 rules) and a JWT check, interleaved with none; and one
+    /// uncached ES256 verification and one policy evaluation in-process.
+    Security(security::SecurityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Tail(args)) => until_signal(tail::run(args)).await,
             Some(Command::Balance(args)) => until_signal(balance::run(args)).await,
             Some(Command::Abuse(args)) => until_signal(abuse::run(args)).await,
+            Some(Command::Security(args)) => until_signal(security::run(args)).await,
             None => until_signal(datapath::run(cli.datapath)).await,
         }
     });

@@ -350,6 +350,80 @@ pub async fn start_edge(
     Ok(running)
 }
 
+/// The mesh for `bench security`: the gateway in front of the two echo
+/// sidecars (3:1), tables and certificates from one control-plane replica
+/// on etcd. With identities, because authorization is only enforced on
+/// callers that proved one; calls go in at the gateway's ingress, where
+/// JWTs are verified.
+pub struct SecureMesh {
+    /// The gateway and both echo sidecars, all measured.
+    pub running: Running,
+    /// The control plane's gRPC URI, to apply and delete documents.
+    pub control_plane: String,
+    /// The identity files (the operator's credential for the admin API).
+    pub identity: mesh::demo::IdentityLayout,
+    /// Every proxy's admin address (name, address): where `/config` says
+    /// which table it runs.
+    pub admins: Vec<(String, SocketAddr)>,
+}
+
+/// Starts [`SecureMesh`] with the route users run (retries, outlier
+/// detection) and waits until it serves calls through both instances.
+pub async fn start_security(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+) -> anyhow::Result<SecureMesh> {
+    let topology = Topology {
+        services: vec![(
+            echo::SERVICE.into(),
+            vec![
+                InstanceSpec::new("echo-1").weight(3),
+                InstanceSpec::new("echo-2").weight(1).version("v2"),
+            ],
+        )],
+        control_plane: Some(ControlPlaneSpec {
+            replicas: 1,
+            ..ControlPlaneSpec::default()
+        }),
+        gateway: Some(loopback(0)),
+        extra_routes: vec![echo_route(MeshRoute::default())?],
+        insecure: false,
+        ..Topology::default()
+    };
+    let launched = launch_planned(programs, ports, &topology).await?;
+    let mut running = launched.running;
+    wait_serving(&mut running, true)
+        .await
+        .context("security topology")?;
+    Ok(SecureMesh {
+        running,
+        control_plane: launched
+            .control_plane
+            .context("the security topology has no control plane")?,
+        identity: launched
+            .identity
+            .context("the security topology has no identities")?,
+        admins: launched.admins,
+    })
+}
+
+/// Waits until the proxy `name` (admin port `admin`) serves a `/config`
+/// that `ready` accepts, and returns it; `what` says what is awaited.
+pub async fn wait_for_config(
+    running: &mut Running,
+    name: &str,
+    admin: SocketAddr,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    poll_config(&mut running.processes, name, admin, what, ready).await
+}
+
+/// The table version a `/config` document names.
+pub fn config_version(config: &serde_json::Value) -> Option<i64> {
+    config["version"].as_str()?.parse().ok()
+}
+
 /// The name [`start_edge`] gives the proxy under attack.
 pub const EDGE_PROXY: &str = "edge";
 
@@ -377,16 +451,33 @@ fn envoy_command(config: &std::path::Path, _: &std::path::Path, _: &str) -> Vec<
     .to_vec()
 }
 
-/// Starts the processes of `topology`'s plan. With a control plane: the
-/// store and the control plane first, then the apps and sidecars, then
-/// the routes applied through the control plane, waiting for every
-/// sidecar to run them. Without: the static table written where the
-/// sidecars read it. Calls go to `client-1`'s sidecar.
+/// [`launch_planned`] for those that only call the mesh.
 async fn launch_mesh(
     programs: &Programs,
     ports: &mut PortAllocator,
     topology: &Topology,
 ) -> anyhow::Result<Running> {
+    Ok(launch_planned(programs, ports, topology).await?.running)
+}
+
+/// A launched plan, with what changing its documents later needs.
+struct Launched {
+    running: Running,
+    control_plane: Option<String>,
+    identity: Option<mesh::demo::IdentityLayout>,
+    admins: Vec<(String, SocketAddr)>,
+}
+
+/// Starts the processes of `topology`'s plan. With a control plane: the
+/// store and the control plane first, then the apps and sidecars, then
+/// the routes applied through the control plane, waiting for every
+/// sidecar to run them. Without: the static table written where the
+/// sidecars read it. Calls go to `client-1`'s sidecar.
+async fn launch_planned(
+    programs: &Programs,
+    ports: &mut PortAllocator,
+    topology: &Topology,
+) -> anyhow::Result<Launched> {
     let mut processes = ProcessGroup::new()?;
     let bootstrap = processes.dir().join("bootstrap.yaml");
     let plan = topology.plan(&mut || ports.next_port(), &bootstrap);
@@ -485,10 +576,19 @@ async fn launch_mesh(
         .iter()
         .filter_map(|s| Some((s.name.clone(), processes.pid(&s.name)?)))
         .collect();
-    Ok(Running {
-        target,
-        proxies,
-        processes,
+    let admins = sidecars
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.admin?)))
+        .collect();
+    Ok(Launched {
+        running: Running {
+            target,
+            proxies,
+            processes,
+        },
+        control_plane: plan.control_planes.first().cloned(),
+        identity: plan.identity.clone(),
+        admins,
     })
 }
 
@@ -499,21 +599,37 @@ async fn wait_for_table(
     admin: SocketAddr,
     revision: i64,
 ) -> anyhow::Result<()> {
+    let what = format!("table version {revision}");
+    poll_config(processes, name, admin, &what, |config| {
+        config_version(config).is_some_and(|v| v >= revision)
+    })
+    .await
+    .map(drop)
+}
+
+/// Polls a proxy's `/config` until `ready` accepts it (bounded by
+/// [`SERVING_TIMEOUT`]); fails early if a process of the group exits.
+async fn poll_config(
+    processes: &mut ProcessGroup,
+    name: &str,
+    admin: SocketAddr,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + SERVING_TIMEOUT;
     loop {
         processes.check_alive()?;
         let config = tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, "/config"))
             .await
             .context("config probe task")?;
-        let version = config
+        let config = config
             .ok()
-            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-            .and_then(|json| json["version"].as_str()?.parse::<i64>().ok());
-        if version.is_some_and(|v| v >= revision) {
-            return Ok(());
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());
+        if let Some(config) = config.filter(|c| ready(c)) {
+            return Ok(config);
         }
         if Instant::now() > deadline {
-            bail!("{name} never ran table version {revision} (has {version:?})");
+            bail!("{name} never ran {what} within {SERVING_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
