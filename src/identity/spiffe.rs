@@ -33,14 +33,18 @@ pub enum Workload {
 pub struct SpiffeId {
     trust_domain: String,
     workload: Workload,
+    /// The URI form, made once: policies match on it per call.
+    uri: String,
 }
 
 impl SpiffeId {
     /// An identity in `trust_domain`; checks both parts.
     pub fn new(trust_domain: &str, workload: Workload) -> Result<Self, SpiffeIdError> {
+        let uri = format!("spiffe://{trust_domain}/{}", workload_path(&workload));
         let id = Self {
             trust_domain: trust_domain.to_owned(),
             workload,
+            uri,
         };
         id.check()?;
         Ok(id)
@@ -120,15 +124,26 @@ impl SpiffeId {
     }
 }
 
+/// The path of a workload's SPIFFE ID.
+fn workload_path(workload: &Workload) -> String {
+    match workload {
+        Workload::Service(name) => format!("svc/{name}"),
+        Workload::Gateway(name) => format!("gateway/{name}"),
+        Workload::ControlPlane => "control-plane".to_owned(),
+        Workload::Operator(name) => format!("operator/{name}"),
+    }
+}
+
+impl SpiffeId {
+    /// The URI (`spiffe://<trust-domain>/<path>`), without formatting it.
+    pub fn as_str(&self) -> &str {
+        &self.uri
+    }
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "spiffe://{}/", self.trust_domain)?;
-        match &self.workload {
-            Workload::Service(name) => write!(f, "svc/{name}"),
-            Workload::Gateway(name) => write!(f, "gateway/{name}"),
-            Workload::ControlPlane => f.write_str("control-plane"),
-            Workload::Operator(name) => write!(f, "operator/{name}"),
-        }
+        f.write_str(&self.uri)
     }
 }
 

@@ -303,7 +303,7 @@ impl CallerMatch {
             return matches!(identity.workload(), Workload::Service(name) if service == "*" || name == service);
         }
         if let Some(pattern) = &self.identity {
-            return glob(pattern, &identity.to_string());
+            return glob(pattern, identity.as_str());
         }
         if let Some(gateway) = &self.gateway {
             let is_gateway = matches!(identity.workload(), Workload::Gateway(_));

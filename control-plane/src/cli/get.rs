@@ -133,7 +133,7 @@ pub fn render_routes(
     }
 }
 
-/// NAME, GRPC SERVICE, DESTINATION, SPLIT, RULES, REVISION.
+/// NAME, GRPC SERVICE, DESTINATION, SPLIT, RULES, EXPOSURE, REVISION.
 pub fn routes_table(routes: &[RevisionedRoute]) -> Table {
     let mut table = Table::new([
         "NAME",
@@ -141,6 +141,7 @@ pub fn routes_table(routes: &[RevisionedRoute]) -> Table {
         "DESTINATION",
         "SPLIT",
         "RULES",
+        "EXPOSURE",
         "REVISION",
     ]);
     for RevisionedRoute { route, revision } in routes {
@@ -155,6 +156,11 @@ pub fn routes_table(routes: &[RevisionedRoute]) -> Table {
             route.spec.destination.clone(),
             split_summary(&route.spec.split),
             route.spec.rules.len().to_string(),
+            match route.spec.exposure() {
+                mesh::model::Exposure::Public => "public",
+                mesh::model::Exposure::Internal => "internal",
+            }
+            .to_owned(),
             revision.to_string(),
         ]);
     }
@@ -244,6 +250,7 @@ metadata: { name: catalog }
 spec:
   match: { service: shop.catalog.v1.CatalogService }
   destination: catalog
+  exposure: public
 ---
 kind: Route
 metadata: { name: inventory-reserve }
@@ -275,9 +282,9 @@ spec:
     fn routes_table_summarises_match_split_and_rules() {
         assert_eq!(
             routes_table(&routes()).render(),
-            "NAME                GRPC SERVICE                                 DESTINATION   SPLIT         RULES   REVISION\n\
-             catalog             shop.catalog.v1.CatalogService               catalog       *             0       7\n\
-             inventory-reserve   shop.inventory.v1.InventoryService/Reserve   inventory     v1:90,v2:10   1       12\n"
+            "NAME                GRPC SERVICE                                 DESTINATION   SPLIT         RULES   EXPOSURE   REVISION\n\
+             catalog             shop.catalog.v1.CatalogService               catalog       *             0       public     7\n\
+             inventory-reserve   shop.inventory.v1.InventoryService/Reserve   inventory     v1:90,v2:10   1       internal   12\n"
         );
     }
 
