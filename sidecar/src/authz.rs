@@ -93,15 +93,19 @@ impl Authorizer {
     ) -> Result<Decision, ProxyError> {
         let identity = peer.and_then(|p| p.0.as_ref());
         let from_gateway = identity.is_some_and(|id| matches!(id.workload(), Workload::Gateway(_)));
-        let claims = from_gateway.then(|| gateway_claims(headers)).flatten();
+        let table = self.table.load();
+        let source = table.source();
+        // Parsed only when a rule of this service's policies asks for claims.
+        let claims = (from_gateway
+            && claims_needed(&source.authorization_policies, &self.service))
+        .then(|| gateway_claims(headers))
+        .flatten();
         let caller = Caller {
             identity,
             claims: claims.as_ref(),
             permissive: self.mode.get() == MeshMtlsMode::Permissive,
         };
         let method = path.strip_prefix('/').unwrap_or(path);
-        let table = self.table.load();
-        let source = table.source();
         let decision = authorize(
             &source.authorization_policies,
             source.default_authorization,
@@ -180,6 +184,16 @@ impl Authorizer {
             }
         }
     }
+}
+
+/// True when a policy of `service` has a rule on gateway callers' claims.
+fn claims_needed(policies: &[mesh::model::AuthorizationPolicy], service: &str) -> bool {
+    policies
+        .iter()
+        .filter(|p| p.spec.service == service)
+        .flat_map(|p| &p.spec.rules)
+        .flat_map(|r| &r.from)
+        .any(|f| f.gateway.as_ref().is_some_and(|g| !g.claims.is_empty()))
 }
 
 /// The claims in `x-mesh-auth-claims` (a JSON object; non-string values
