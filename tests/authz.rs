@@ -24,15 +24,7 @@ spec:
 
 /// Applies the policy in `mode` with meshctl; waits until every proxy runs it.
 fn apply_policy(mesh: &TestMesh, mode: &str) {
-    let file = mesh.dir().join(format!("policy-{mode}.yaml"));
-    std::fs::write(&file, POLICY.replace("MODE", mode)).expect("write policy");
-    let (ok, stdout, stderr) = mesh.meshctl(&["apply", "-f", file.to_str().expect("path")], None);
-    assert!(ok, "meshctl apply: {stdout}{stderr}");
-    let revision: i64 = stdout
-        .rsplit("(revision ")
-        .next()
-        .and_then(|r| r.trim().trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("a revision in {stdout:?}"));
+    let revision = mesh.meshctl_apply(&POLICY.replace("MODE", mode));
     mesh.wait_for_version(revision);
 }
 

@@ -90,9 +90,7 @@ fn split_yaml(v1: u32, v2: u32) -> String {
 
 /// Applies YAML with meshctl; returns the revision it reports.
 fn apply(mesh: &TestMesh, yaml: &str) -> i64 {
-    let (ok, out, err) = mesh.meshctl(&["apply", "-f", "-"], Some(yaml));
-    assert!(ok, "meshctl apply failed:\n{out}\n{err}");
-    revision_in(&out)
+    mesh.meshctl_apply(yaml)
 }
 
 fn revision_in(out: &str) -> i64 {

@@ -2258,9 +2258,10 @@ fn routes_of(m: &Manifests) -> Result<BTreeMap<String, Route>, Vec<String>> {
 /// The mesh-routes ConfigMap's documents: its routes (one per key) by key,
 /// and the keys of its security documents (request authentications and
 /// authorization policies, several per key), each checked as its kind.
-fn documents_of(
-    m: &Manifests,
-) -> Result<(BTreeMap<String, Route>, BTreeSet<String>), Vec<String>> {
+/// Routes by key, and the keys of security documents.
+type Documents = (BTreeMap<String, Route>, BTreeSet<String>);
+
+fn documents_of(m: &Manifests) -> Result<Documents, Vec<String>> {
     let Some(config) = m.config_map("mesh-routes") else {
         return Err(vec!["no mesh-routes ConfigMap".into()]);
     };

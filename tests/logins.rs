@@ -358,8 +358,7 @@ async fn expired_foreign_and_forged_tokens_are_refused_at_the_gateway() {
         "kind: RequestAuthentication\nmetadata: {{ name: test-issuer }}\nspec:\n  issuer: https://test.issuer\n  audiences: [shop]\n  jwks: {{ file: {} }}\n  clockSkew: 5s\n",
         jwks_file.display()
     );
-    let (ok, _, stderr) = mesh.meshctl(&["apply", "-f", "-"], Some(&authentication));
-    assert!(ok, "apply: {stderr}");
+    mesh.meshctl_apply(&authentication);
     wait_for_key(&mesh, "test-issuer", "test-key");
 
     let gateway = support::channel(mesh.gateway_uri()).await;
@@ -431,8 +430,7 @@ async fn key_rotation_at_the_users_service_fails_no_call() {
         "6s",
     ]);
     let fast_refresh = "kind: RequestAuthentication\nmetadata: { name: shop-users }\nspec:\n  issuer: https://users.shop.mesh.local\n  audiences: [shop]\n  jwks: { method: shop.users.v1.UsersService/GetJwks, refresh: 1s }\n  forwardClaims: [role]\n  clockSkew: 2s\n";
-    let (ok, _, stderr) = mesh.meshctl(&["apply", "-f", "-"], Some(fast_refresh));
-    assert!(ok, "apply: {stderr}");
+    mesh.meshctl_apply(fast_refresh);
     let gateway = support::channel(mesh.gateway_uri()).await;
     let (user, token) = sign_up(&gateway, "carol@shop.test").await;
     wait_for_key(&mesh, "shop-users", &kid(&token));

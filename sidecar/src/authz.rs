@@ -96,10 +96,9 @@ impl Authorizer {
         let table = self.table.load();
         let source = table.source();
         // Parsed only when a rule of this service's policies asks for claims.
-        let claims = (from_gateway
-            && claims_needed(&source.authorization_policies, &self.service))
-        .then(|| gateway_claims(headers))
-        .flatten();
+        let claims = (from_gateway && claims_needed(&source.authorization_policies, &self.service))
+            .then(|| gateway_claims(headers))
+            .flatten();
         let caller = Caller {
             identity,
             claims: claims.as_ref(),

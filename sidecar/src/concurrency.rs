@@ -2,20 +2,22 @@
 //! cap a call is refused at once (UNAVAILABLE), so an overloaded upstream
 //! sheds load rather than building a queue that only adds latency.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Counts calls in flight against a maximum.
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Counts calls in flight against a maximum: a semaphore only ever tried,
+/// never awaited.
 #[derive(Debug)]
 pub struct ConcurrencyLimit {
     max: usize,
-    in_flight: AtomicUsize,
+    places: Arc<Semaphore>,
 }
 
 /// Holds one place under a [`ConcurrencyLimit`] until dropped.
 #[derive(Debug)]
 pub struct Permit {
-    limit: Arc<ConcurrencyLimit>,
+    _place: OwnedSemaphorePermit,
 }
 
 impl ConcurrencyLimit {
@@ -23,31 +25,22 @@ impl ConcurrencyLimit {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
-            in_flight: AtomicUsize::new(0),
+            places: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
         })
     }
 
     /// A place if one is free; never waits.
     pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.max {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Permit {
-            limit: self.clone(),
-        })
+        self.places
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|place| Permit { _place: place })
     }
 
     /// The cap.
     pub fn max(&self) -> usize {
         self.max
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.limit.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

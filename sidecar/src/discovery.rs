@@ -86,6 +86,14 @@ impl Subscriber {
                         self.node.grpc_services = found.grpc_services;
                         self.node.file_descriptor_set = found.file_descriptor_set;
                     }
+                    // An app that serves no reflection (most existing gRPC
+                    // servers) joins without descriptors: routed by path
+                    // like any other, only the gateway cannot describe it.
+                    Err(app_descriptors::ReflectionError::Status(status))
+                        if status.code() == tonic::Code::Unimplemented =>
+                    {
+                        tracing::info!("the app serves no gRPC reflection: registering without its descriptors (routes work; gateways cannot describe it; method metrics say `other`)");
+                    }
                     Err(error) => {
                         tracing::info!(%error, "waiting for the app's reflection before registering");
                         if sleep_or_stop(backoff.next(), &stop).await {

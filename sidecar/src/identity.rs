@@ -75,9 +75,9 @@ pub enum IdentityError {
     #[error("the certificate names {found}, but this proxy is {expected}")]
     WrongIdentity {
         /// Who this proxy is.
-        expected: SpiffeId,
+        expected: Box<SpiffeId>,
         /// Whom the certificate names.
-        found: SpiffeId,
+        found: Box<SpiffeId>,
     },
     /// The control plane could not be reached or refused.
     #[error("control plane {replica}: {message}")]
@@ -205,8 +205,8 @@ impl Identity {
         let found = &credential.info().id;
         if *found != self.id {
             return Err(IdentityError::WrongIdentity {
-                expected: self.id.clone(),
-                found: found.clone(),
+                expected: Box::new(self.id.clone()),
+                found: Box::new(found.clone()),
             });
         }
         let not_after = unix(credential.info().not_after);

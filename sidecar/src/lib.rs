@@ -16,6 +16,7 @@
 //! - `handshake`: mutual TLS over the write-combining stream, for the
 //!   inbound listener and upstream connections.
 //! - `app_descriptors`: what the local app serves, from its reflection.
+//! - `app_health`: whether the local app is ready (gRPC health, TCP, none).
 //! - `mesh_reflection`: the gateway's mesh-wide reflection (public
 //!   methods only).
 //! - `authn`: bearer tokens (JWT) at the gateway's ingress.
@@ -52,6 +53,7 @@
 
 mod admin;
 mod app_descriptors;
+mod app_health;
 mod authn;
 mod authz;
 mod backoff;
@@ -359,10 +361,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             }
         },
     };
+    let app_health = app.map(|addr| {
+        app_health::AppHealth::new(settings.app_health, addr, admin::APP_HEALTH_TIMEOUT)
+    });
     let admin = admin::Admin::new(
         table,
         metrics,
-        app,
+        app_health,
         admin::Drain { membership, delay },
         identity,
         inbound_mode,

@@ -117,6 +117,12 @@ pub struct Settings {
     /// The local app's gRPC address (sidecar mode).
     #[arg(long, env = "MESH_APP_ADDR", default_value = "127.0.0.1:50051")]
     pub app_addr: SocketAddr,
+    /// How `/ready` tells the app is ready: `grpc` (its grpc.health.v1
+    /// answers SERVING; an app without a health service, answering
+    /// UNIMPLEMENTED, is checked by TCP connect instead), `tcp` (a connect
+    /// succeeds) or `none` (ready with the sidecar).
+    #[arg(long, env = "MESH_APP_HEALTH", value_enum, default_value_t)]
+    pub app_health: crate::app_health::AppHealthMode,
     /// The mesh service this instance belongs to (sidecar mode), e.g. `orders`.
     #[arg(long, env = "MESH_SERVICE")]
     pub service: Option<String>,

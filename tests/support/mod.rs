@@ -53,7 +53,8 @@ fn ensure_built() {
     });
 }
 
-fn bin(program: &str) -> PathBuf {
+/// A workspace binary, built first if need be.
+pub fn bin(program: &str) -> PathBuf {
     ensure_built();
     let path = bin_dir().join(program);
     assert!(
@@ -131,6 +132,18 @@ impl TestMesh {
             async move { mesh::demo::apply_documents(&uri, &documents, identity.as_ref()).await },
         )
         .unwrap_or_else(|status| panic!("applying documents: {status:?}"))
+    }
+
+    /// Applies `yaml` (any documents meshctl takes) with `meshctl apply -f
+    /// -`, as a person would; returns the revision it reports last.
+    pub fn meshctl_apply(&self, yaml: &str) -> i64 {
+        let (ok, out, err) = self.meshctl(&["apply", "-f", "-"], Some(yaml));
+        assert!(ok, "meshctl apply failed:\n{yaml}\n{out}\n{err}");
+        out.rsplit("(revision ")
+            .next()
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no revision in meshctl output: {out}"))
     }
 
     /// Waits until every running proxy runs a table of at least `revision`.

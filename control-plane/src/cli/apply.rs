@@ -301,49 +301,32 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::R
     let mut failed = 0;
     // Policies first: a route that opens a path goes live after the
     // policies that guard it.
-    for a in &manifests.authentications {
-        let name = &a.authentication.metadata.name;
-        let json = serde_json::to_string(&a.authentication)?;
-        match apply_policy(
-            &mut client,
-            PolicyKind::Authentication,
-            name,
-            json,
-            args.expected_revision,
-        )
-        .await
-        {
+    let policies = manifests
+        .authentications
+        .iter()
+        .map(|a| {
+            let json = serde_json::to_string(&a.authentication);
+            (
+                PolicyKind::Authentication,
+                &a.authentication.metadata.name,
+                json,
+            )
+        })
+        .chain(manifests.policies.iter().map(|p| {
+            let json = serde_json::to_string(&p.policy);
+            (PolicyKind::Authorization, &p.policy.metadata.name, json)
+        }));
+    for (kind, name, json) in policies {
+        match apply_policy(&mut client, kind, name, json?, args.expected_revision).await {
             Ok((outcome, revision)) => {
                 print(&format!(
-                    "requestauthentication/{name} {outcome} (revision {revision})\n"
+                    "{}/{name} {outcome} (revision {revision})\n",
+                    kind.resource()
                 ))?;
             }
             Err(error) => {
                 failed += 1;
-                eprintln!("request authentication {name:?}: {error:#}");
-            }
-        }
-    }
-    for p in &manifests.policies {
-        let name = &p.policy.metadata.name;
-        let json = serde_json::to_string(&p.policy)?;
-        match apply_policy(
-            &mut client,
-            PolicyKind::Authorization,
-            name,
-            json,
-            args.expected_revision,
-        )
-        .await
-        {
-            Ok((outcome, revision)) => {
-                print(&format!(
-                    "authorizationpolicy/{name} {outcome} (revision {revision})\n"
-                ))?;
-            }
-            Err(error) => {
-                failed += 1;
-                eprintln!("authorization policy {name:?}: {error:#}");
+                eprintln!("{} {name:?}: {error:#}", kind.noun());
             }
         }
     }
@@ -430,6 +413,24 @@ fn read_manifests(files: &[String]) -> anyhow::Result<Manifests> {
 enum PolicyKind {
     Authorization,
     Authentication,
+}
+
+impl PolicyKind {
+    /// As kubectl names resources in its output.
+    fn resource(self) -> &'static str {
+        match self {
+            Self::Authorization => "authorizationpolicy",
+            Self::Authentication => "requestauthentication",
+        }
+    }
+
+    /// In messages.
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Authorization => "authorization policy",
+            Self::Authentication => "request authentication",
+        }
+    }
 }
 
 /// Writes one policy-like document (`json`), compare-and-swap like

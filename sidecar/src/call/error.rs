@@ -457,18 +457,14 @@ impl ProxyError {
     }
 }
 
-/// Percent-encodes a `grpc-message` (spec: every byte outside 0x20..=0x7E,
-/// and `%` itself).
+/// What a `grpc-message` carries percent-encoded (gRPC over HTTP/2:
+/// every byte outside 0x20..=0x7E, and `%` itself; bytes of non-ASCII
+/// characters always are).
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Percent-encodes a `grpc-message`.
 pub fn percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string()
 }
 
 #[cfg(test)]
