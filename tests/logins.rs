@@ -307,6 +307,48 @@ async fn customers_log_in_and_order_as_themselves_only() {
         answered.metadata().get("x-mesh-debug").is_none(),
         "a customer saw the mesh's decisions"
     );
+
+    // An operator's certificate may ask a sidecar directly (here: why it
+    // refuses the operator, who is no gateway); a service's may not.
+    let inbound = mesh.serving("orders-1-sidecar");
+    let ask = |tls| {
+        let order_id = placed.order_id.clone();
+        async move {
+            let channel = support::mtls_channel(inbound, tls, "orders").await;
+            let mut request = tonic::Request::new(GetOrderRequest { order_id });
+            request
+                .metadata_mut()
+                .insert("x-mesh-debug", "1".parse().expect("header"));
+            OrdersServiceClient::new(channel).get_order(request).await
+        }
+    };
+    let operator = mesh
+        .plan
+        .identity
+        .as_ref()
+        .expect("identities")
+        .operator_tls()
+        .expect("the operator's credential");
+    let refused = ask(operator)
+        .await
+        .expect_err("the operator is not a gateway");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let hops: Vec<&str> = refused
+        .metadata()
+        .get_all("x-mesh-debug")
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(hops.len(), 1, "{hops:?}");
+    assert!(hops[0].starts_with("orders inbound: "), "{hops:?}");
+    assert!(hops[0].contains("authz=deny"), "{hops:?}");
+    let refused = ask(mesh.workload_tls("catalog"))
+        .await
+        .expect_err("catalog may not call orders");
+    assert!(
+        refused.metadata().get("x-mesh-debug").is_none(),
+        "a service saw the mesh's decisions"
+    );
 }
 
 /// A signing key of the test's own: its JWKS and tokens.

@@ -8,9 +8,10 @@
 //! Who may ask: at a gateway, a caller whose verified token carries the
 //! claims its `RequestAuthentication` names in `debugClaims`; behind a
 //! gateway, a call the gateway forwarded the header with (it forwards it
-//! only for such a caller, and removes it from everyone else's). An app's
-//! own outbound calls, and other mesh callers, cannot ask: the header would
-//! tell them the mesh's insides.
+//! only for such a caller, and removes it from everyone else's); at a
+//! sidecar's inbound port, an operator's certificate (meshctl's identity)
+//! calling it directly. An app's own outbound calls, and other mesh
+//! callers, cannot ask: the header would tell them the mesh's insides.
 
 use std::sync::Mutex;
 

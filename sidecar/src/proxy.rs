@@ -299,8 +299,13 @@ impl Proxy {
                     remove_verified_caller(req.headers_mut());
                 }
                 // Only a gateway forwards the debug header, and only for a
-                // caller that may ask.
-                if call.debug_asked && gateway {
+                // caller that may ask; an operator's certificate may ask
+                // itself (meshctl's identity calling the inbound port).
+                let operator = matches!(
+                    req.extensions().get::<PeerIdentity>(),
+                    Some(PeerIdentity(Some(id))) if matches!(id.workload(), mesh::identity::Workload::Operator(_))
+                );
+                if call.debug_asked && (gateway || operator) {
                     let trace = crate::debug::DebugTrace::new(format!("{own} inbound"));
                     trace.note(format!(
                         "table={}",
