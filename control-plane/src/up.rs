@@ -403,10 +403,29 @@ fn print_welcome(plan: &Plan, run_dir: &Path, otlp_endpoint: Option<&str>) {
     println!("  meshctl describe route catalog");
     println!("  grpcurl -plaintext {gateway} list");
     println!("  grpcurl -plaintext {gateway} describe shop.orders.v1.OrdersService");
-    println!(
-        "  grpcurl -plaintext -d '{{\"request_id\":\"r1\",\"customer_id\":\"alice\",\"lines\":[{{\"sku\":\"sku-espresso-beans\",\"quantity\":2}}]}}' {gateway} shop.orders.v1.OrdersService/PlaceOrder"
-    );
-    println!("  grpcurl -plaintext -d '{{\"order_id\":\"<id from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
+    if plan.identity.is_some() {
+        // Logins: orders places the order for the token's subject.
+        println!(
+            "  grpcurl -plaintext -d '{{\"email\":\"ann@example.com\",\"password\":\"correct horse battery\"}}' {gateway} shop.users.v1.UsersService/Register"
+        );
+        println!(
+            "  TOKEN=$(grpcurl -plaintext -d '{{\"email\":\"ann@example.com\",\"password\":\"correct horse battery\"}}' {gateway} shop.users.v1.UsersService/Login | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"accessToken\"])')"
+        );
+        println!(
+            "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"request_id\":\"r1\",\"lines\":[{{\"sku\":\"sku-espresso-beans\",\"quantity\":2}}]}}' {gateway} shop.orders.v1.OrdersService/PlaceOrder"
+        );
+        println!("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"order_id\":\"<orderId from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
+        println!(
+            "  ({} is an admin once registered: its token may change the catalog and ask for x-mesh-debug: 1)",
+            mesh::demo::DEMO_ADMIN_EMAIL
+        );
+    } else {
+        // No identities, so no logins: the customer is the body's.
+        println!(
+            "  grpcurl -plaintext -d '{{\"request_id\":\"r1\",\"customer_id\":\"alice\",\"lines\":[{{\"sku\":\"sku-espresso-beans\",\"quantity\":2}}]}}' {gateway} shop.orders.v1.OrdersService/PlaceOrder"
+        );
+        println!("  grpcurl -plaintext -d '{{\"order_id\":\"<orderId from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
+    }
     println!("  grpcurl -plaintext -v -d '{{\"sku\":\"sku-espresso-beans\"}}' {gateway} shop.catalog.v1.CatalogService/GetProduct   # x-served-by alternates");
     match otlp_endpoint {
         Some(endpoint) => println!(
