@@ -10,6 +10,8 @@
 //! - [`app`]: what every shop service needs to be a good mesh citizen:
 //!   standard flags, health, reflection, the `x-served-by` header, the
 //!   outbound channel to its sidecar and graceful shutdown.
+//! - [`backoff`]: the one exponential backoff with jitter (reconnects,
+//!   retries, ejection times).
 //! - [`demo`]: the demo shop as a plan of processes and their table, run
 //!   by `meshctl up` and by the end-to-end tests alike.
 //! - [`identity`]: SPIFFE identities, certificates and mutual TLS between
@@ -23,6 +25,7 @@
 //! - [`shutdown`]: the process-wide shutdown signal (SIGTERM and SIGINT).
 
 pub mod app;
+pub mod backoff;
 pub mod demo;
 pub mod identity;
 pub mod listen;

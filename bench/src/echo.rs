@@ -70,11 +70,6 @@ impl EchoService for Echo {
 
 /// Serves the echo service until SIGTERM or SIGINT.
 pub async fn run(args: EchoServerArgs) -> anyhow::Result<()> {
-    let telemetry = mesh::telemetry::init(
-        SERVICE,
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
     anyhow::ensure!(
         args.delay_ms <= MAX_DELAY_MS,
         "--delay-ms: at most {MAX_DELAY_MS}"
@@ -82,17 +77,13 @@ pub async fn run(args: EchoServerArgs) -> anyhow::Result<()> {
     let echo = Echo {
         delay: std::time::Duration::from_millis(args.delay_ms),
     };
-    let shutdown = mesh::shutdown::on_signal()?;
-    let served = mesh::app::serve(
-        SERVICE,
-        &args.app,
-        &[GRPC_SERVICE],
-        tonic::service::Routes::new(EchoServiceServer::new(echo)),
-        shutdown,
-    )
-    .await;
-    telemetry.shutdown().await;
-    served?;
+    mesh::app::run(SERVICE, &args.app, |_shutdown| async {
+        Ok::<_, std::convert::Infallible>(mesh::app::App::new(
+            &[GRPC_SERVICE],
+            tonic::service::Routes::new(EchoServiceServer::new(echo)),
+        ))
+    })
+    .await?;
     Ok(())
 }
 

@@ -176,7 +176,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         StoreKind::Etcd => {
             let tls = etcd_tls(&args)?;
             // etcd may start after us (or be restarting): keep trying.
-            let mut wait = Duration::from_millis(100);
+            let mut backoff =
+                mesh::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
             let store = loop {
                 match EtcdStore::connect_with(&args.etcd, Duration::from_secs(3), tls.as_ref())
                     .await
@@ -185,10 +186,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     Err(error) => {
                         tracing::warn!(etcd = %args.etcd.join(","), %error, "cannot reach etcd; retrying");
                         tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
+                            () = tokio::time::sleep(backoff.next_wait()) => {}
                             () = shutdown.cancelled() => return Ok(()),
                         }
-                        wait = (wait * 2).min(Duration::from_secs(3));
                     }
                 }
             };

@@ -69,8 +69,14 @@ pub async fn run<S: Store>(
                 tracing::warn!(%error, "store unavailable; retrying");
             }
         }
-        let wait =
-            Duration::from_millis(100 * 2u64.pow(failures.min(5))).min(Duration::from_secs(3));
+        let wait = mesh::backoff::jittered(
+            mesh::backoff::exponential(
+                Duration::from_millis(200),
+                Duration::from_secs(3),
+                failures,
+            ),
+            rand::random::<f64>(),
+        );
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => return,

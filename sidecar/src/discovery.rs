@@ -26,12 +26,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_descriptors;
-use crate::backoff::Backoff;
 use crate::identity::{error_chain, Identity};
 use crate::mesh_reflection::MeshReflection;
 use crate::server::InboundMode;
 use crate::settings::MeshMtlsMode;
 use crate::table::LiveTable;
+use mesh::backoff::Backoff;
 
 /// How long reading the app's reflection may take.
 const REFLECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,7 +96,7 @@ impl Subscriber {
                     }
                     Err(error) => {
                         tracing::info!(%error, "waiting for the app's reflection before registering");
-                        if sleep_or_stop(backoff.next(), &stop).await {
+                        if sleep_or_stop(backoff.next_wait(), &stop).await {
                             return;
                         }
                         continue;
@@ -118,7 +118,7 @@ impl Subscriber {
                     }
                 }
             }
-            if sleep_or_stop(backoff.next(), &stop).await {
+            if sleep_or_stop(backoff.next_wait(), &stop).await {
                 return;
             }
         }

@@ -26,9 +26,9 @@ use tokio::sync::watch;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::metrics::IdentityMetrics;
 use crate::settings::Settings;
+use mesh::backoff::Backoff;
 
 /// Renewal starts at this share of the certificate's lifetime (Linkerd's
 /// rule: time for several retries before expiry).
@@ -363,7 +363,7 @@ impl Identity {
                 }
                 Err(error) => {
                     self.metrics.record_renewal(false);
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     let remaining = self
                         .tls
                         .credential()

@@ -22,7 +22,6 @@
 //! - `authn`: bearer tokens (JWT) at the gateway's ingress.
 //! - `authz`: who may call the local app (inbound authorization).
 //! - `rate_limit`: routes' local rate limits, at the destination's inbound.
-//! - `backoff`: exponential backoff with jitter.
 //! - `policy`: a route's timeouts, retries, breakers, limits and faults,
 //!   compiled.
 //! - `replay_body`: request bodies kept (up to a cap) so a retry can resend.
@@ -56,7 +55,6 @@ mod app_descriptors;
 mod app_health;
 mod authn;
 mod authz;
-mod backoff;
 mod balance;
 mod call;
 mod coalesced_io;

@@ -186,11 +186,10 @@ impl Breaker {
             return None;
         }
         s.ejections += 1;
-        let doubling = 1u32 << (s.ejections - 1).min(16);
-        let length = policy
-            .base_ejection
-            .saturating_mul(doubling)
-            .min(policy.max_ejection);
+        // Exact, not jittered: an operator reads the ejection time off the
+        // policy.
+        let length =
+            mesh::backoff::exponential(policy.base_ejection, policy.max_ejection, s.ejections);
         s.mode = Mode::Ejected {
             until: now + length,
         };

@@ -359,9 +359,11 @@ impl Upstream {
                     State::BackingOff { failures, .. } => failures + 1,
                     _ => 1,
                 };
-                let wait = BASE_BACKOFF
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(MAX_BACKOFF);
+                // Half the ceiling at least (a dead app is not retried by
+                // every call), the other half jittered.
+                let ceiling = mesh::backoff::exponential(BASE_BACKOFF, MAX_BACKOFF, failures);
+                let wait =
+                    ceiling / 2 + mesh::backoff::jittered(ceiling / 2, rand::random::<f64>());
                 tracing::warn!(upstream = %self.addr, %error, ?wait, "connect failed");
                 *state = State::BackingOff {
                     until: Instant::now() + wait,

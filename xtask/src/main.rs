@@ -13,7 +13,8 @@
 
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask up [meshctl up flags] | cargo xtask test [cargo test flags]";
+const USAGE: &str =
+    "usage: cargo xtask up [meshctl up flags] | cargo xtask test [cargo test flags]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         // Only the demo's tools, then a build, then the mesh (in the
         // foreground: Ctrl-C stops it).
         Some("up") => {
-            r#"SETUP_FOR=demo source .ci/setup && "$CARGO" build --workspace && exec target/debug/meshctl up "$@""#
+            r#"SETUP_FOR=demo source .ci/setup && "$CARGO" build --workspace && exec "${CARGO_TARGET_DIR:-target}/debug/meshctl" up "$@""#
         }
         Some("test") => r#"source .ci/setup && exec "$CARGO" test --workspace "$@""#,
         Some("-h" | "--help" | "help") => {

@@ -26,24 +26,14 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = mesh::telemetry::init(
-        "catalog",
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
-    let shutdown = mesh::shutdown::on_signal()?;
-
-    let server = CatalogServiceServer::new(service::Catalog::new(store::ProductStore::seeded()));
-    let served = mesh::app::serve(
-        "catalog",
-        &args.app,
-        &[<CatalogServiceServer<service::Catalog> as tonic::server::NamedService>::NAME],
-        tonic::service::Routes::new(server),
-        shutdown,
-    )
-    .await;
-    // Flush spans even when serving failed: they may say why.
-    telemetry.shutdown().await;
-    served?;
+    mesh::app::run("catalog", &args.app, |_shutdown| async {
+        let server =
+            CatalogServiceServer::new(service::Catalog::new(store::ProductStore::seeded()));
+        Ok::<_, std::convert::Infallible>(mesh::app::App::new(
+            &[<CatalogServiceServer<service::Catalog> as tonic::server::NamedService>::NAME],
+            tonic::service::Routes::new(server),
+        ))
+    })
+    .await?;
     Ok(())
 }

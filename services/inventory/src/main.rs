@@ -31,25 +31,15 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = mesh::telemetry::init(
-        "inventory",
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
-    let shutdown = mesh::shutdown::on_signal()?;
-
-    let store = store::Inventory::new(seed::SKUS.iter().map(|sku| (*sku, args.seed_stock)));
-    let server = InventoryServiceServer::new(service::InventoryApi::new(store, shutdown.clone()));
-    let served = mesh::app::serve(
-        "inventory",
-        &args.app,
-        &[<InventoryServiceServer<service::InventoryApi> as tonic::server::NamedService>::NAME],
-        tonic::service::Routes::new(server),
-        shutdown,
-    )
-    .await;
-    // Flush spans even when serving failed: they may say why.
-    telemetry.shutdown().await;
-    served?;
+    let seed_stock = args.seed_stock;
+    mesh::app::run("inventory", &args.app, |shutdown| async move {
+        let store = store::Inventory::new(seed::SKUS.iter().map(|sku| (*sku, seed_stock)));
+        let server = InventoryServiceServer::new(service::InventoryApi::new(store, shutdown));
+        Ok::<_, std::convert::Infallible>(mesh::app::App::new(
+            &[<InventoryServiceServer<service::InventoryApi> as tonic::server::NamedService>::NAME],
+            tonic::service::Routes::new(server),
+        ))
+    })
+    .await?;
     Ok(())
 }

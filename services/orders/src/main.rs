@@ -61,46 +61,40 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = mesh::telemetry::init(
-        "orders",
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
-    let shutdown = mesh::shutdown::on_signal()?;
-
-    let channel = mesh::app::outbound_channel(&args.app.outbound)
-        .context("outbound channel to the sidecar")?;
-    let downstream =
-        downstream::Downstream::new(channel, Duration::from_millis(args.call_timeout_ms));
-    let sagas = TaskTracker::new();
-    let server = OrdersServiceServer::new(service::Orders::new(
-        downstream,
-        sagas.clone(),
-        shutdown.clone(),
-        args.customer_from,
-    ));
-    let served = mesh::app::serve(
-        "orders",
-        &args.app,
-        &[<OrdersServiceServer<service::Orders> as tonic::server::NamedService>::NAME],
-        tonic::service::Routes::new(server),
-        shutdown,
-    )
-    .await;
-
-    // Sagas outlive the calls that started them: let the running ones
-    // confirm or compensate before the process ends.
-    sagas.close();
+    let outbound = args.app.outbound.clone();
+    let (call_timeout_ms, customer_from) = (args.call_timeout_ms, args.customer_from);
     let grace = Duration::from_secs(args.app.shutdown_grace_seconds);
-    if tokio::time::timeout(grace, sagas.wait()).await.is_err() {
-        tracing::error!(
-            running = sagas.len(),
-            ?grace,
-            "sagas still running at exit: their orders may hold stock or money"
-        );
-    }
-    // Last, so the sagas' spans go out too.
-    telemetry.shutdown().await;
-    served?;
+    mesh::app::run("orders", &args.app, |shutdown| async move {
+        let channel =
+            mesh::app::outbound_channel(&outbound).context("outbound channel to the sidecar")?;
+        let downstream =
+            downstream::Downstream::new(channel, Duration::from_millis(call_timeout_ms));
+        let sagas = TaskTracker::new();
+        let server = OrdersServiceServer::new(service::Orders::new(
+            downstream,
+            sagas.clone(),
+            shutdown,
+            customer_from,
+        ));
+        Ok::<_, anyhow::Error>(
+            mesh::app::App::new(
+                &[<OrdersServiceServer<service::Orders> as tonic::server::NamedService>::NAME],
+                tonic::service::Routes::new(server),
+            )
+            // Sagas outlive the calls that started them: let the running
+            // ones confirm or compensate before the process ends.
+            .finishing(async move {
+                sagas.close();
+                if tokio::time::timeout(grace, sagas.wait()).await.is_err() {
+                    tracing::error!(
+                        running = sagas.len(),
+                        ?grace,
+                        "sagas still running at exit: their orders may hold stock or money"
+                    );
+                }
+            }),
+        )
+    })
+    .await?;
     Ok(())
 }

@@ -1,15 +1,9 @@
 //! Validation of `PlaceOrder` requests: every field checked and named
 //! before an order exists, so the saga only ever runs on well-formed input.
 
-use std::collections::HashSet;
-
 use mesh::proto::shop::orders::v1::{OrderLine, PlaceOrderRequest};
 use tonic::Status;
 
-/// Longest SKU accepted (the catalog's limit).
-pub const MAX_SKU_LEN: usize = 64;
-/// Most lines in one order: the saga prices every line with its own call.
-pub const MAX_LINES: usize = 100;
 /// Most units of one line.
 pub const MAX_QUANTITY: i32 = 1_000;
 
@@ -20,7 +14,7 @@ pub struct OrderRequest {
     pub request_id: String,
     /// Who orders.
     pub customer_id: String,
-    /// 1 to [`MAX_LINES`] lines of distinct SKUs, 1 to [`MAX_QUANTITY`]
+    /// 1 to [`mesh::app::validate::MAX_LINES`] (the saga prices each with a call of its own) lines of distinct SKUs, 1 to [`MAX_QUANTITY`]
     /// units each.
     pub lines: Vec<OrderLine>,
 }
@@ -45,37 +39,10 @@ use mesh::app::validate::required_id as id;
 pub fn place_order(request: PlaceOrderRequest) -> Result<OrderRequest, Status> {
     id("request_id", &request.request_id)?;
     id("customer_id", &request.customer_id)?;
-    if request.lines.is_empty() {
-        return Err(Status::invalid_argument(
-            "lines: at least one line is needed",
-        ));
-    }
-    if request.lines.len() > MAX_LINES {
-        return Err(Status::invalid_argument(format!(
-            "lines: {} lines, at most {MAX_LINES}",
-            request.lines.len()
-        )));
-    }
-    let mut seen = HashSet::new();
-    for (i, line) in request.lines.iter().enumerate() {
-        let sku = &line.sku;
-        if sku.is_empty() || sku.len() > MAX_SKU_LEN || !sku.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Status::invalid_argument(format!(
-                "lines[{i}].sku: {sku:?} is not a sku (1 to {MAX_SKU_LEN} printable ASCII characters)"
-            )));
-        }
-        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            return Err(Status::invalid_argument(format!(
-                "lines[{i}].quantity: {} is outside 1..={MAX_QUANTITY}",
-                line.quantity
-            )));
-        }
-        if !seen.insert(sku.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "lines[{i}].sku: {sku} appears twice; merge the lines"
-            )));
-        }
-    }
+    mesh::app::validate::lines(
+        request.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+        MAX_QUANTITY,
+    )?;
     Ok(OrderRequest {
         request_id: request.request_id,
         customer_id: request.customer_id,
@@ -126,7 +93,9 @@ mod tests {
         assert!(error(request(&[("a", MAX_QUANTITY + 1)])).starts_with("lines[0].quantity"));
         assert!(error(request(&[("a", 1), ("a", 2)])).starts_with("lines[1].sku"));
         assert!(error(request(&[("", 1)])).starts_with("lines[0].sku"));
-        let many: Vec<String> = (0..=MAX_LINES).map(|i| format!("s{i}")).collect();
+        let many: Vec<String> = (0..=mesh::app::validate::MAX_LINES)
+            .map(|i| format!("s{i}"))
+            .collect();
         let many: Vec<(&str, i32)> = many.iter().map(|s| (s.as_str(), 1)).collect();
         assert!(error(request(&many)).starts_with("lines:"));
     }

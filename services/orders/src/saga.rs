@@ -248,7 +248,7 @@ impl Saga {
     }
 
     /// Gets every line's product from the catalog, concurrently (an order
-    /// has at most `request::MAX_LINES` lines), and prices the order.
+    /// has at most `mesh::app::validate::MAX_LINES` lines), and prices the order.
     async fn price(&self) -> Result<Priced, Status> {
         let lines = &self.request.lines;
         let mut calls = JoinSet::new();

@@ -38,33 +38,22 @@ struct Args {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let telemetry = mesh::telemetry::init(
-        "payments",
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
-    let shutdown = mesh::shutdown::on_signal()?;
-
-    let drill = drill::Drill::new(args.failure_rate, Duration::from_millis(args.latency_ms))?;
-    if drill.is_active() {
-        tracing::warn!(
-            failure_rate = args.failure_rate,
-            latency_ms = args.latency_ms,
-            "drill active: charges and refunds are slowed or failed on purpose"
-        );
-    }
-    let server =
-        PaymentsServiceServer::new(service::Payments::new(ledger::Ledger::default(), drill));
-    let served = mesh::app::serve(
-        "payments",
-        &args.app,
-        &[<PaymentsServiceServer<service::Payments> as tonic::server::NamedService>::NAME],
-        tonic::service::Routes::new(server),
-        shutdown,
-    )
-    .await;
-    // Flush spans even when serving failed: they may say why.
-    telemetry.shutdown().await;
-    served?;
+    mesh::app::run("payments", &args.app, |_shutdown| async {
+        let drill = drill::Drill::new(args.failure_rate, Duration::from_millis(args.latency_ms))?;
+        if drill.is_active() {
+            tracing::warn!(
+                failure_rate = args.failure_rate,
+                latency_ms = args.latency_ms,
+                "drill active: charges and refunds are slowed or failed on purpose"
+            );
+        }
+        let server =
+            PaymentsServiceServer::new(service::Payments::new(ledger::Ledger::default(), drill));
+        Ok::<_, drill::BadFailureRate>(mesh::app::App::new(
+            &[<PaymentsServiceServer<service::Payments> as tonic::server::NamedService>::NAME],
+            tonic::service::Routes::new(server),
+        ))
+    })
+    .await?;
     Ok(())
 }

@@ -102,57 +102,48 @@ fn check_rotation(args: &Args) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     check_rotation(&args)?;
-    let telemetry = mesh::telemetry::init(
-        "users",
-        args.app.log_format,
-        args.app.otlp_endpoint.as_deref(),
-    )?;
-    let shutdown = mesh::shutdown::on_signal()?;
-
-    let keys: rotation::SharedKeys = Arc::new(ArcSwap::from_pointee(
-        key_ring::KeyRing::generate(&SystemRandom::new()).context("signing keys")?,
-    ));
-    tracing::info!(
-        kid = keys.load().current().kid(),
-        issuer = %args.issuer,
-        audience = %args.audience,
-        token_ttl = ?args.access_token_ttl,
-        rotation = ?args.key_rotation_interval,
-        "signing keys ready"
-    );
-    let rotation = tokio::spawn(rotation::rotate_keys(
-        keys.clone(),
-        args.key_rotation_interval,
-        args.access_token_ttl + args.clock_skew,
-        shutdown.clone(),
-    ));
-    let users = service::Users::new(
-        store::UserStore::new(args.max_users as usize),
-        password::Passwords::new(args.max_concurrent_hashes as usize)
-            .context("password hashing")?,
-        keys,
-        token::TokenPolicy {
-            issuer: args.issuer.clone(),
-            audience: args.audience.clone(),
-            lifetime: args.access_token_ttl,
-        },
-        &args.admin_emails,
-    );
-    let served = mesh::app::serve(
-        "users",
-        &args.app,
-        &[<UsersServiceServer<service::Users> as tonic::server::NamedService>::NAME],
-        tonic::service::Routes::new(UsersServiceServer::new(users)),
-        shutdown.clone(),
-    )
-    .await;
-    // The rotation task ends with the shutdown signal; on a serve error
-    // (port taken) that signal has not fired yet.
-    shutdown.cancel();
-    let _ = rotation.await;
-    // Flush spans even when serving failed: they may say why.
-    telemetry.shutdown().await;
-    served?;
+    mesh::app::run("users", &args.app, |shutdown| async move {
+        let keys: rotation::SharedKeys = Arc::new(ArcSwap::from_pointee(
+            key_ring::KeyRing::generate(&SystemRandom::new()).context("signing keys")?,
+        ));
+        tracing::info!(
+            kid = keys.load().current().kid(),
+            issuer = %args.issuer,
+            audience = %args.audience,
+            token_ttl = ?args.access_token_ttl,
+            rotation = ?args.key_rotation_interval,
+            "signing keys ready"
+        );
+        // Ends with the shutdown signal.
+        let rotation = tokio::spawn(rotation::rotate_keys(
+            keys.clone(),
+            args.key_rotation_interval,
+            args.access_token_ttl + args.clock_skew,
+            shutdown,
+        ));
+        let users = service::Users::new(
+            store::UserStore::new(args.max_users as usize),
+            password::Passwords::new(args.max_concurrent_hashes as usize)
+                .context("password hashing")?,
+            keys,
+            token::TokenPolicy {
+                issuer: args.issuer.clone(),
+                audience: args.audience.clone(),
+                lifetime: args.access_token_ttl,
+            },
+            &args.admin_emails,
+        );
+        Ok::<_, anyhow::Error>(
+            mesh::app::App::new(
+                &[<UsersServiceServer<service::Users> as tonic::server::NamedService>::NAME],
+                tonic::service::Routes::new(UsersServiceServer::new(users)),
+            )
+            .finishing(async move {
+                let _ = rotation.await;
+            }),
+        )
+    })
+    .await?;
     Ok(())
 }
 

@@ -65,9 +65,7 @@ impl RetryRules<'_> {
     /// The ceiling of the wait before retry number `retry` (1-based):
     /// doubling from the base, capped.
     pub fn backoff_ceiling(&self, retry: u32) -> Duration {
-        self.backoff_base
-            .saturating_mul(1 << retry.saturating_sub(1).min(16))
-            .min(self.backoff_max)
+        mesh::backoff::exponential(self.backoff_base, self.backoff_max, retry)
     }
 }
 
@@ -117,9 +115,7 @@ pub fn judge(outcome: Outcome, inputs: &Inputs<'_>, withdraw: impl FnOnce() -> b
     if !retryable || inputs.attempt >= retry.attempts || !inputs.can_replay {
         return give_up(outcome);
     }
-    let mut wait = retry
-        .backoff_ceiling(inputs.attempt)
-        .mul_f64(inputs.jitter.clamp(0.0, 1.0));
+    let mut wait = mesh::backoff::jittered(retry.backoff_ceiling(inputs.attempt), inputs.jitter);
     if let Some(deadline) = inputs.plan.deadline() {
         let left = deadline.saturating_duration_since(inputs.now);
         if left.is_zero() {
