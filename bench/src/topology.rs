@@ -110,6 +110,18 @@ pub async fn start(
     Ok(running)
 }
 
+/// The echo service as every mesh topology runs it: echo-1 (weight 3, v1)
+/// and echo-2 (weight 1, v2).
+fn echo_pair() -> (String, Vec<InstanceSpec>) {
+    (
+        echo::SERVICE.into(),
+        vec![
+            InstanceSpec::new("echo-1").weight(3),
+            InstanceSpec::new("echo-2").weight(1).version("v2"),
+        ],
+    )
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
@@ -235,13 +247,7 @@ async fn start_mesh(
 ) -> anyhow::Result<Running> {
     let topology = Topology {
         services: vec![
-            (
-                echo::SERVICE.into(),
-                vec![
-                    InstanceSpec::new("echo-1").weight(3),
-                    InstanceSpec::new("echo-2").weight(1).version("v2"),
-                ],
-            ),
+            echo_pair(),
             // The client's sidecar; its app (an idle echo server) only
             // answers the health checks that make the sidecar ready.
             ("client".into(), vec![InstanceSpec::new("client-1")]),
@@ -310,13 +316,7 @@ pub async fn start_edge(
     let mut running = match kind {
         Kind::Mesh => {
             let topology = Topology {
-                services: vec![(
-                    echo::SERVICE.into(),
-                    vec![
-                        InstanceSpec::new("echo-1").weight(3),
-                        InstanceSpec::new("echo-2").weight(1).version("v2"),
-                    ],
-                )],
+                services: vec![echo_pair()],
                 gateway: Some(loopback(0)),
                 extra_routes: vec![echo_route(MeshRoute::default())?],
                 // Static mode: no control plane, hence no identities.
@@ -374,13 +374,7 @@ pub async fn start_security(
     ports: &mut PortAllocator,
 ) -> anyhow::Result<SecureMesh> {
     let topology = Topology {
-        services: vec![(
-            echo::SERVICE.into(),
-            vec![
-                InstanceSpec::new("echo-1").weight(3),
-                InstanceSpec::new("echo-2").weight(1).version("v2"),
-            ],
-        )],
+        services: vec![echo_pair()],
         control_plane: Some(ControlPlaneSpec {
             replicas: 1,
             ..ControlPlaneSpec::default()
