@@ -118,10 +118,10 @@ impl PaymentsService for Payments {
     async fn charge(&self, request: Request<ChargeRequest>) -> Result<Response<Payment>, Status> {
         // A drill makes the instance unhealthy: it fails before it even
         // looks at the request.
-        self.drill
-            .disturb()
-            .await
-            .inspect_err(|_| tracing::debug!("charge failed by the drill"))?;
+        let mut waiting = Abandoned::watch("charge");
+        let disturbed = self.drill.disturb().await;
+        waiting.over();
+        disturbed.inspect_err(|_| tracing::debug!("charge failed by the drill"))?;
         let charge = charge(request.into_inner())?;
         tracing::debug!(key = %charge.idempotency_key, amount_minor = charge.amount_minor, currency = %charge.currency, "charge");
         let key = charge.idempotency_key.clone();
@@ -167,6 +167,38 @@ impl PaymentsService for Payments {
             .get(&payment_id)
             .map(|p| Response::new(payment(p)))
             .ok_or_else(|| LedgerError::UnknownPayment(payment_id).into())
+    }
+}
+
+/// Says in the log when a caller abandons a call (cancels it, or its
+/// deadline passes) while the drill delays it, before it reached the
+/// ledger: an operator, and the deadline test, see that nothing was
+/// recorded for it.
+struct Abandoned {
+    call: &'static str,
+    over: bool,
+}
+
+impl Abandoned {
+    /// Watches `call` until [`Abandoned::over`].
+    fn watch(call: &'static str) -> Self {
+        Self { call, over: false }
+    }
+
+    /// The wait is over: the call goes on (or fails) on its own.
+    fn over(&mut self) {
+        self.over = true;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.over && !std::thread::panicking() {
+            tracing::info!(
+                call = self.call,
+                "call abandoned by its caller before it reached the ledger: nothing recorded"
+            );
+        }
     }
 }
 
