@@ -40,8 +40,8 @@
 //! - `proxy`: the forwarding service behind each gRPC listener.
 //! - `call`: the per-call path: plan (deadline, per-try, fault), judge
 //!   (return, fail or retry), read-ahead of responses, typed proxy errors.
-//! - `proxy_error`: the old path of the proxy's errors (now in `call`).
-//! - `server`: accept loops with graceful drain.
+//! - `server`: what the listeners serve (h2c or mutual TLS, the peer's
+//!   identity on each request); accepting and limits are `mesh::listen`'s.
 //! - `admin`: the admin listener (loopback: `/config`, `/endpoints`,
 //!   `/identity`, `/metrics`, `POST`/`DELETE /drain`, `/live`, `/ready`) and
 //!   the probe listener (`/live`, `/ready`, `/metrics`, read-only).
@@ -71,7 +71,6 @@ mod outcome;
 mod outlier;
 mod policy;
 mod proxy;
-mod proxy_error;
 mod rate_limit;
 mod replay_body;
 mod response_body;
@@ -104,7 +103,7 @@ use crate::settings::{Mode, MtlsMode, Settings};
 use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::Upstream;
 
-pub use crate::proxy_error::ERROR_REASON_HEADER;
+pub use crate::call::error::ERROR_REASON_HEADER;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

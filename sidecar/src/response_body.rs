@@ -187,7 +187,7 @@ pub fn reset_trailers(message: &str) -> HeaderMap {
             .unwrap_or_else(|_| HeaderValue::from_static("upstream reset the stream")),
     );
     trailers.insert(
-        crate::proxy_error::ERROR_REASON_HEADER,
+        crate::call::error::ERROR_REASON_HEADER,
         HeaderValue::from_static("upstream-reset"),
     );
     trailers
@@ -201,7 +201,7 @@ fn deadline_trailers() -> HeaderMap {
         HeaderValue::from_static("deadline exceeded while streaming the response"),
     );
     trailers.insert(
-        crate::proxy_error::ERROR_REASON_HEADER,
+        crate::call::error::ERROR_REASON_HEADER,
         HeaderValue::from_static("deadline-exceeded"),
     );
     trailers
@@ -304,7 +304,7 @@ mod tests {
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(trailers["grpc-status"], "14");
         assert_eq!(
-            trailers[crate::proxy_error::ERROR_REASON_HEADER],
+            trailers[crate::call::error::ERROR_REASON_HEADER],
             "upstream-reset"
         );
         let message = trailers["grpc-message"].to_str().unwrap();

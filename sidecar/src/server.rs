@@ -26,11 +26,11 @@ use mesh::listen::{Accepted, Listener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::error::ProxyBody;
 use crate::coalesced_io::CoalescedIo;
 use crate::handshake::{self, FirstBytes};
 use crate::identity::Identity;
 use crate::proxy::Proxy;
-use crate::proxy_error::ProxyBody;
 use crate::settings::MeshMtlsMode;
 
 /// The mesh-wide mTLS mode in force, shared by discovery (which applies

@@ -1,6 +1,8 @@
-//! The routing table: a [`Bootstrap`] (or, later, a control-plane push)
-//! compiled once into lookup structures that requests read without locks or
-//! allocation.
+//! The routing table: a [`Bootstrap`] (a static file, or what the control
+//! plane pushed) compiled once into lookup structures that requests read
+//! without locks: routes by gRPC path with their balancers and policies,
+//! which routes the edge may reach (`exposure`, `externalHeaders`), rate
+//! limiters, and at a gateway the bearer-token verifier.
 //!
 //! What outlives one table is kept beside it in [`LiveTable`]: connection
 //! slots ([`UpstreamPool`]: breakers, calls in flight, round-trip times)
@@ -24,9 +26,9 @@ use mesh::identity::{MeshTls, SpiffeId};
 use crate::authn::Authenticator;
 use crate::balance::BalancerScope;
 pub use crate::balance::{Balancer, Pick};
+use crate::call::error::ProxyError;
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
 use crate::policy::RoutePolicy;
-use crate::proxy_error::ProxyError;
 use crate::rate_limit::RouteLimiter;
 use crate::response_labels::{methods_of, LabelIndex};
 use crate::route_state::{Piece, RouteStates, StateBuilder};

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use mesh::model::{Endpoint, LoadBalancer, WeightedSubset};
 use tokio::time::Instant;
 
+use crate::call::error::ProxyError;
 use crate::outlier::Admission;
-use crate::proxy_error::ProxyError;
 use crate::route_state::{Piece, StateBuilder};
 use crate::upstream::Upstream;
 

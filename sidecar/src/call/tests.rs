@@ -26,9 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::call::error::ERROR_REASON_HEADER;
 use crate::metrics::{Direction, Metrics, StateSnapshot};
 use crate::proxy::{Destination, Proxy};
-use crate::proxy_error::ERROR_REASON_HEADER;
 use crate::replay_body::ReplayBudget;
 use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::{StreamLimits, Upstream};
