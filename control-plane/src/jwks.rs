@@ -232,13 +232,7 @@ async fn fetch(
         .service_and_method()
         .ok_or_else(|| JwksError::NoEndpoint("no jwks.method or jwks.file".into()))?;
     let destination = table
-        .routes
-        .iter()
-        .filter(|r| {
-            r.spec.matches.service == service
-                && r.spec.matches.method.as_deref().is_none_or(|m| m == method)
-        })
-        .max_by_key(|r| r.spec.matches.method.is_some())
+        .route_for(service, method)
         .map(|r| r.spec.destination.clone())
         .ok_or_else(|| JwksError::NoEndpoint(format!("no route takes {service}/{method}")))?;
     let endpoints: Vec<&str> = table

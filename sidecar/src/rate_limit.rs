@@ -241,6 +241,9 @@ impl InboundLimits {
         peer: Option<&PeerIdentity>,
     ) -> Result<(), ProxyError> {
         let table = self.table.load();
+        if !table.has_rate_limits() {
+            return Ok(());
+        }
         let Some(route) = table.route_to(path, &self.service) else {
             return Ok(());
         };

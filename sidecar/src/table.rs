@@ -67,6 +67,8 @@ pub struct RouteTable {
     routing_headers: Vec<http::HeaderName>,
     /// Bearer token checks (gateway ingress, with request authentications).
     authenticator: Option<Authenticator>,
+    /// Some route has a rate limit (else inbound calls skip the lookup).
+    rate_limited: bool,
 }
 
 /// A route compiled: its rules' balancers, counters and policies.
@@ -325,6 +327,7 @@ impl RouteTable {
             version: "none".to_owned(),
             routing_headers: Vec::new(),
             authenticator: None,
+            rate_limited: false,
         }
     }
 
@@ -378,12 +381,14 @@ impl RouteTable {
         } else {
             None
         };
+        let rate_limited = by_path.values().any(|r| r.rate_limiter.is_some());
         Ok(Self {
             by_path,
             source,
             version,
             routing_headers,
             authenticator,
+            rate_limited,
         })
     }
 
@@ -429,6 +434,11 @@ impl RouteTable {
     /// request authentications.
     pub fn authenticator(&self) -> Option<&Authenticator> {
         self.authenticator.as_ref()
+    }
+
+    /// True when some route has a rate limit.
+    pub fn has_rate_limits(&self) -> bool {
+        self.rate_limited
     }
 
     /// The route a call of `path` to `service` takes, if it has one (an

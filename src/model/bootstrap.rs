@@ -113,23 +113,22 @@ impl Bootstrap {
         Ok(bootstrap)
     }
 
-    /// True if an outside client may call `service`/`method` through a
-    /// gateway: the route that takes the call (a method route before its
-    /// service's route, as the proxies route) is `exposure: public`.
-    pub fn is_public(&self, service: &str, method: &str) -> bool {
-        let takes = |route: &&super::Route| {
-            route.spec.matches.service == service
-                && route
-                    .spec
-                    .matches
-                    .method
-                    .as_deref()
-                    .is_none_or(|m| m == method)
-        };
+    /// The route that takes a call of `service`/`method`: its method route
+    /// before its service's route, as the proxies route.
+    pub fn route_for(&self, service: &str, method: &str) -> Option<&Route> {
         self.routes
             .iter()
-            .filter(takes)
+            .filter(|route| {
+                let matches = &route.spec.matches;
+                matches.service == service && matches.method.as_deref().is_none_or(|m| m == method)
+            })
             .max_by_key(|route| route.spec.matches.method.is_some())
+    }
+
+    /// True if an outside client may call `service`/`method` through a
+    /// gateway: the route that takes the call is `exposure: public`.
+    pub fn is_public(&self, service: &str, method: &str) -> bool {
+        self.route_for(service, method)
             .is_some_and(|route| route.spec.exposure() == super::Exposure::Public)
     }
 
