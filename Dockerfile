@@ -14,13 +14,8 @@ ARG DEBIAN_RELEASE=bookworm
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# protoc: etcd-client's build script compiles etcd's protos with it, and
-# they import google/protobuf/*.proto, which libprotobuf-dev has (the mesh's
-# own protos are compiled by protox, in Rust). Versions: the Debian release's.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
-    && rm -rf /var/lib/apt/lists/*
+# No protoc: every .proto (the mesh's and the vendored etcd-client's) is
+# compiled by protox, in Rust.
 WORKDIR /src
 
 # 1. Dependencies. Every target cargo discovers needs a file: stub libs and
@@ -30,6 +25,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY sidecar/Cargo.toml sidecar/
 COPY control-plane/Cargo.toml control-plane/
+COPY ca/Cargo.toml ca/
+COPY meshctl/Cargo.toml meshctl/
+COPY xtask/Cargo.toml xtask/
+# Third-party code patched in for crates.io's (whole: it is a dependency).
+COPY vendor vendor
 COPY services/catalog/Cargo.toml services/catalog/
 COPY services/inventory/Cargo.toml services/inventory/
 COPY services/payments/Cargo.toml services/payments/
@@ -37,18 +37,15 @@ COPY services/orders/Cargo.toml services/orders/
 COPY services/users/Cargo.toml services/users/
 COPY bench/Cargo.toml bench/
 RUN set -eu; \
-    mkdir -p src sidecar/src control-plane/src/bin bench/src; \
+    mkdir -p src sidecar/src control-plane/src ca/src meshctl/src xtask/src bench/src; \
     echo 'fn main() {}' > build.rs; \
-    touch src/lib.rs sidecar/src/lib.rs control-plane/src/lib.rs; \
-    echo 'fn main() {}' > sidecar/src/main.rs; \
-    echo 'fn main() {}' > control-plane/src/main.rs; \
-    echo 'fn main() {}' > control-plane/src/bin/meshctl.rs; \
-    echo 'fn main() {}' > bench/src/main.rs; \
+    touch src/lib.rs sidecar/src/lib.rs control-plane/src/lib.rs ca/src/lib.rs meshctl/src/lib.rs; \
+    for bin in sidecar control-plane meshctl xtask bench; do echo 'fn main() {}' > "$bin/src/main.rs"; done; \
     for service in catalog inventory payments orders users; do \
         mkdir -p "services/$service/src"; \
         echo 'fn main() {}' > "services/$service/src/main.rs"; \
     done; \
-    cargo build --release --locked --workspace --exclude bench --bins
+    cargo build --release --locked --workspace --exclude bench --exclude xtask --bins
 
 # 2. The mesh itself, with the same command (same features, same profile),
 #    so every dependency artifact of step 1 is reused.
@@ -57,8 +54,8 @@ COPY . .
 # keeps them): touch the sources, so cargo cannot take the stubs' builds for
 # fresh ones and ship empty binaries (the last line checks that it did not).
 RUN set -eu; \
-    find build.rs src sidecar control-plane services bench -name '*.rs' -exec touch {} +; \
-    cargo build --release --locked --workspace --exclude bench --bins; \
+    find build.rs src sidecar control-plane ca meshctl xtask services bench -name '*.rs' -exec touch {} +; \
+    cargo build --release --locked --workspace --exclude bench --exclude xtask --bins; \
     mkdir -p /out; \
     for bin in sidecar control-plane meshctl catalog inventory payments orders users; do \
         cp "target/release/$bin" /out/; \

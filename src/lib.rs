@@ -12,8 +12,6 @@
 //!   outbound channel to its sidecar and graceful shutdown.
 //! - [`backoff`]: the one exponential backoff with jitter (reconnects,
 //!   retries, ejection times).
-//! - [`demo`]: the demo shop as a plan of processes and their table, run
-//!   by `meshctl up` and by the end-to-end tests alike.
 //! - [`identity`]: SPIFFE identities, certificates and mutual TLS between
 //!   mesh processes (trust bundles and credentials that rotate live).
 //! - [`telemetry`]: logs and OpenTelemetry traces for every binary (one
@@ -26,7 +24,6 @@
 
 pub mod app;
 pub mod backoff;
-pub mod demo;
 pub mod identity;
 pub mod listen;
 pub mod logging;

@@ -7,12 +7,13 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::TestMesh;
 
 /// A request with an empty body to an admin port: `(status, body)`.
 fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    mesh::demo::admin_request(addr, method, path)
+    let method: http::Method = method.parse().expect("an HTTP method");
+    meshctl::demo::admin_request(addr, method.clone(), path)
         .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 

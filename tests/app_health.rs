@@ -129,7 +129,7 @@ fn sidecar(app: SocketAddr, app_health: &str, dir: &std::path::Path) -> Sidecar 
 fn ready(sidecar: &Sidecar) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(answer) = mesh::demo::admin_get(sidecar.admin, "/ready") {
+        if let Ok(answer) = meshctl::demo::admin_get(sidecar.admin, "/ready") {
             return answer;
         }
         assert!(

@@ -2,16 +2,19 @@
 //! replicas, sidecars registering over discovery streams, meshctl and
 //! grpcurl as a user runs them. Failures are real SIGKILLs.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use mesh::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
 use mesh::proto::mesh::v1::{ApplyRouteRequest, GetRouteRequest, ListRoutesRequest};
 use mesh::proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
 use mesh::proto::shop::inventory::v1::GetStockRequest;
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, have_tool, TestMesh};
 use tonic::transport::Channel;
 
@@ -103,7 +106,7 @@ fn revision_in(out: &str) -> i64 {
 
 /// A MeshAdmin client of the first replica, as the admin operator; call
 /// inside a runtime.
-fn admin(uri: &str, identity: Option<&mesh::demo::IdentityLayout>) -> MeshAdminClient<Channel> {
+fn admin(uri: &str, identity: Option<&meshctl::demo::IdentityLayout>) -> MeshAdminClient<Channel> {
     MeshAdminClient::new(support::admin_channel(uri, identity))
 }
 
@@ -446,7 +449,8 @@ fn drain_and_sigterm_deregister_first_keep_serving_and_exit_in_time() {
         .unwrap()
         .admin
         .unwrap();
-    let (status, _) = mesh::demo::admin_request(admin, "POST", "/drain").expect("POST /drain");
+    let (status, _) =
+        meshctl::demo::admin_request(admin, http::Method::POST, "/drain").expect("POST /drain");
     assert_eq!(status, 200);
     // Deregistered by the drain itself: the sidecar still runs and keeps
     // its lease alive, so expiry cannot have removed it.
@@ -454,7 +458,7 @@ fn drain_and_sigterm_deregister_first_keep_serving_and_exit_in_time() {
         !registered(&mesh, "inventory-2"),
         "deregistered when /drain answered"
     );
-    let (ready, _) = mesh::demo::admin_get(admin, "/ready").unwrap();
+    let (ready, _) = meshctl::demo::admin_get(admin, "/ready").unwrap();
     assert_eq!(ready, 503, "a draining sidecar is not ready");
     // Called as a peer of the mesh would (the inbound port is mTLS).
     let inbound = mesh.serving("inventory-2-sidecar");

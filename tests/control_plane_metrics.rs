@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{admin_get, ControlPlaneSpec, Topology};
+use meshctl::demo::{admin_get, ControlPlaneSpec, Topology};
 use support::TestMesh;
 
 /// Samples of a text exposition by `name{labels}`, checking every line's

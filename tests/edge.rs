@@ -5,8 +5,8 @@
 
 mod support;
 
-use mesh::demo::InstanceSpec;
 use mesh::model::{HeaderMatch, Route, RouteRule, WeightedSubset};
+use meshctl::demo::InstanceSpec;
 use std::net::SocketAddr;
 
 use support::{block_on, grpcurl, run_grpcurl, TestMesh};
@@ -114,7 +114,7 @@ fn internal_services_are_unreachable_and_invisible_from_outside() {
     }
 
     // Made public, inventory is reachable and listed.
-    let mut inventory = mesh::demo::route(
+    let mut inventory = meshctl::demo::route(
         "inventory",
         "shop.inventory.v1.InventoryService",
         "inventory",
@@ -138,7 +138,7 @@ fn internal_services_are_unreachable_and_invisible_from_outside() {
 /// Catalog with a canary rule on `x-canary` (v2) and everything else on
 /// v1, public, taking `external` headers from outside.
 fn canary_route(external: &[&str]) -> Route {
-    let mut route = mesh::demo::route("catalog", "shop.catalog.v1.CatalogService", "catalog");
+    let mut route = meshctl::demo::route("catalog", "shop.catalog.v1.CatalogService", "catalog");
     route.spec.exposure = Some("public".into());
     route.spec.rules = vec![RouteRule {
         headers: vec![HeaderMatch {

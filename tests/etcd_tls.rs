@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh::demo::admin_get;
 use mesh::identity::certificate::certificates_from_pem;
+use meshctl::demo::admin_get;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use support::{block_on, have_tool, TestMesh};
@@ -209,7 +209,7 @@ fn control_plane_reconnects_over_tls_after_etcd_is_killed() {
     let uri = mesh.plan.control_planes[0].clone();
     let identity = mesh.plan.identity.clone();
     let mut routes = mesh.plan.bootstrap.routes.clone();
-    routes.push(mesh::demo::route(
+    routes.push(meshctl::demo::route(
         "after-restart",
         "shop.catalog.v1.AfterRestart",
         "catalog",
@@ -218,9 +218,9 @@ fn control_plane_reconnects_over_tls_after_etcd_is_killed() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let revision = loop {
         let (uri, routes, identity) = (uri.clone(), routes.clone(), identity.clone());
-        match block_on(
-            async move { mesh::demo::apply_routes(&uri, &routes, identity.as_ref()).await },
-        ) {
+        match block_on(async move {
+            meshctl::demo::apply_routes(&uri, &routes, identity.as_ref()).await
+        }) {
             Ok(revision) => break revision,
             Err(status) => {
                 assert!(

@@ -3,7 +3,7 @@
 
 mod support;
 
-use mesh::demo::{InstanceSpec, Topology};
+use meshctl::demo::{InstanceSpec, Topology};
 use support::{grpcurl, run_grpcurl, TestMesh};
 
 #[test]

@@ -555,8 +555,8 @@ async fn an_upstream_killed_mid_stream_ends_the_callers_stream_with_unavailable(
     topology.services.push((
         "inventory".to_owned(),
         vec![
-            mesh::demo::InstanceSpec::new("inventory-1"),
-            mesh::demo::InstanceSpec::new("inventory-2"),
+            meshctl::demo::InstanceSpec::new("inventory-1"),
+            meshctl::demo::InstanceSpec::new("inventory-2"),
         ],
     ));
     // The test streams to inventory (internal in the demo) from outside.
@@ -587,7 +587,7 @@ async fn a_burst_past_the_upstream_stream_limit_waits_a_bounded_time_then_fails_
     let mut topology = support::secure_services(&["payments"]);
     topology.expose_internal = true;
     topology.services[0].1[0] =
-        mesh::demo::InstanceSpec::new("payments-1").app_args(["--latency-ms", "1500"]);
+        meshctl::demo::InstanceSpec::new("payments-1").app_args(["--latency-ms", "1500"]);
     topology.gateway_args = ["--upstream-max-streams", "2", "--upstream-max-waiting", "2"]
         .map(str::to_owned)
         .to_vec();

@@ -37,6 +37,9 @@
 //! Needs `kubectl` (its built-in kustomize); skipped without it, except
 //! under `CI=true`.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -44,8 +47,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mesh::demo::SHOP_SERVICES;
 use mesh::model::Route;
+use meshctl::demo::SHOP_SERVICES;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

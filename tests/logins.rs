@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use mesh::proto::shop::catalog::v1::Product;
 use mesh::proto::shop::orders::v1::orders_service_client::OrdersServiceClient;
@@ -22,6 +21,7 @@ use mesh::proto::shop::orders::v1::{
 };
 use mesh::proto::shop::users::v1::users_service_client::UsersServiceClient;
 use mesh::proto::shop::users::v1::{GetProfileRequest, LoginRequest, RegisterRequest};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use support::TestMesh;
 use tonic::transport::Channel;

@@ -4,6 +4,9 @@
 //! mesh) without a restart while mTLS callers keep working, and
 //! `meshctl mtls set strict` closes them again. Only admins may switch.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -18,7 +21,7 @@ fn identity_mode(mesh: &TestMesh) -> String {
         .unwrap()
         .admin
         .unwrap();
-    let (status, body) = mesh::demo::admin_get(admin, "/identity").expect("GET /identity");
+    let (status, body) = meshctl::demo::admin_get(admin, "/identity").expect("GET /identity");
     assert_eq!(status, 200, "{body}");
     let view: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     view["mtls"].as_str().unwrap_or_default().to_owned()

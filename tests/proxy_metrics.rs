@@ -6,9 +6,9 @@ mod support;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
-use mesh::demo::{InstanceSpec, Topology};
 use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use mesh::proto::shop::catalog::v1::GetProductRequest;
+use meshctl::demo::{InstanceSpec, Topology};
 use support::TestMesh;
 use tonic::transport::Channel;
 
@@ -106,7 +106,7 @@ async fn metrics_parse_and_count_the_calls() {
         assert_eq!(status.code(), tonic::Code::NotFound);
     }
     let admin = mesh.plan.process("gateway").unwrap().admin.unwrap();
-    let (_, text) = mesh::demo::admin_get(admin, "/metrics").unwrap();
+    let (_, text) = meshctl::demo::admin_get(admin, "/metrics").unwrap();
     let Some(samples) = parse(&text) else { return };
     let method = [
         ("direction", "ingress"),
@@ -152,7 +152,7 @@ async fn metrics_parse_and_count_the_calls() {
         .unwrap()
         .admin
         .unwrap();
-    let (_, text) = mesh::demo::admin_get(admin, "/metrics").unwrap();
+    let (_, text) = meshctl::demo::admin_get(admin, "/metrics").unwrap();
     let samples = parse(&text).expect("parsed");
     assert_eq!(
         sample(

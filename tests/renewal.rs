@@ -2,13 +2,16 @@
 //! and a mesh that keeps serving while every control-plane replica is
 //! SIGKILLed, renewing again when one returns.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, TestMesh};
 
 /// Short enough that a test sees several renewals (at 70-75 %: every

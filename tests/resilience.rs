@@ -1,12 +1,14 @@
 //! Resilience end to end: route policies applied with meshctl through the
 //! control plane (real etcd), real failing processes, SIGKILL mid-load.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use mesh::proto::shop::catalog::v1::GetProductRequest;
 use mesh::proto::shop::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -15,6 +17,7 @@ use mesh::proto::shop::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh::proto::shop::orders::v1::{OrderLine, OrderStatus, PlaceOrderRequest};
 use mesh::proto::shop::payments::v1::payments_service_client::PaymentsServiceClient;
 use mesh::proto::shop::payments::v1::{ChargeRequest, GetPaymentRequest, PaymentStatus};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, have_tool, TestMesh};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -114,7 +117,7 @@ fn payments_attempts(mesh: &TestMesh, instances: usize) -> f64 {
 fn gateway_endpoint_state(mesh: &TestMesh, instance: &str) -> String {
     let address = mesh.serving(&format!("{instance}-sidecar")).to_string();
     let admin = mesh.plan.process("gateway").unwrap().admin.unwrap();
-    let (_, body) = mesh::demo::admin_get(admin, "/endpoints").unwrap();
+    let (_, body) = meshctl::demo::admin_get(admin, "/endpoints").unwrap();
     let views: serde_json::Value = serde_json::from_str(&body).unwrap();
     views
         .as_array()

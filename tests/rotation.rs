@@ -4,17 +4,20 @@
 //! no process restarted, and `meshctl check` tells a healthy mesh from one
 //! whose certificates are about to expire.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use mesh::identity::certificate::certificates_from_pem;
 use mesh::identity::{ClientAuth, MeshTls, SpiffeId, TrustBundle};
 use mesh::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
 use mesh::proto::mesh::v1::{GetTrustBundleRequest, StatusRequest, StatusResponse};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, TestMesh};
 
 const DOMAIN: &str = mesh::identity::DEFAULT_TRUST_DOMAIN;
@@ -274,7 +277,7 @@ fn the_anchor_rotates_under_load_with_no_failed_call_and_no_restart() {
     }
     for proxy in mesh.proxies() {
         let admin = mesh.plan.process(&proxy).unwrap().admin.unwrap();
-        let (code, body) = mesh::demo::admin_get(admin, "/identity").unwrap();
+        let (code, body) = meshctl::demo::admin_get(admin, "/identity").unwrap();
         assert_eq!(code, 200, "{body}");
         let view: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(view["trust_anchors"], 1, "{proxy}: {view}");

@@ -2,16 +2,19 @@
 //! certificates from its own CA, real etcd, real processes), and clients
 //! that try what an attacker on the network would.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};
 
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use mesh::identity::{csr, ClientAuth, MeshTls, SpiffeId, TrustBundle, Workload};
 use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
 use mesh::proto::mesh::v1::identity_client::IdentityClient;
 use mesh::proto::mesh::v1::sidecar_message::Message;
 use mesh::proto::mesh::v1::{CertifyRequest, Hello, Node, SidecarMessage};
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, TestMesh};
 
 const DOMAIN: &str = mesh::identity::DEFAULT_TRUST_DOMAIN;

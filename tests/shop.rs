@@ -1,10 +1,12 @@
 //! End-to-end: the shop on real processes, every call through real sidecars.
 
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
 
-use mesh::demo::{route, InstanceSpec, Topology};
 use mesh::model::Endpoint;
 use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
 use mesh::proto::shop::catalog::v1::Product;
@@ -16,6 +18,7 @@ use mesh::proto::shop::orders::v1::{
 };
 use mesh::proto::shop::payments::v1::payments_service_client::PaymentsServiceClient;
 use mesh::proto::shop::payments::v1::{ChargeRequest, GetPaymentRequest};
+use meshctl::demo::{route, InstanceSpec, Topology};
 use support::TestMesh;
 use tonic::transport::Channel;
 use tonic::Code;

@@ -10,9 +10,9 @@ mod support;
 
 use std::time::Duration;
 
-use mesh::demo::Topology;
 use mesh::proto::shop::orders::v1::orders_service_client::OrdersServiceClient;
 use mesh::proto::shop::orders::v1::{OrderLine, OrderStatus, PlaceOrderRequest};
+use meshctl::demo::Topology;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use support::otlp::{descends_from, OtlpReceiver, ReceivedSpan};
 use support::TestMesh;
@@ -361,8 +361,8 @@ async fn a_failed_saga_marks_its_spans_as_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
-    use mesh::demo::InstanceSpec;
     use mesh::model::RetryPolicy;
+    use meshctl::demo::InstanceSpec;
 
     let receiver = OtlpReceiver::start();
     let one = |name: &str| {
@@ -372,7 +372,7 @@ async fn proxies_add_a_span_per_hop_and_one_per_attempt() {
         )
     };
     let mut retrying =
-        mesh::demo::route("payments", "shop.payments.v1.PaymentsService", "payments");
+        meshctl::demo::route("payments", "shop.payments.v1.PaymentsService", "payments");
     retrying.spec.retries = Some(
         serde_json::from_value::<RetryPolicy>(serde_json::json!({ "attempts": 2 }))
             .expect("a retry policy"),

@@ -8,11 +8,11 @@ mod support;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use mesh::demo::{InstanceSpec, Topology};
 use mesh::proto::shop::users::v1::users_service_client::UsersServiceClient;
 use mesh::proto::shop::users::v1::{
     GetJwksRequest, GetJwksResponse, GetProfileRequest, LoginRequest, RegisterRequest,
 };
+use meshctl::demo::{InstanceSpec, Topology};
 use support::{block_on, channel, TestMesh};
 use tonic::transport::Channel;
 use tonic::Code;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use mesh::demo::PortAllocator;
 use mesh::model::LoadBalancer;
+use meshctl::demo::PortAllocator;
 
 use crate::client::Call;
 use crate::load::{self, OpenLoop};

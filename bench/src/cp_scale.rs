@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use mesh::demo::{ControlPlaneSpec, PortAllocator, Role, Topology};
 use mesh::model::Route;
 use mesh::proto::mesh::v1::sidecar_message::Message as SidecarPayload;
 use mesh::proto::mesh::v1::{Ack, Hello, Node, SidecarMessage};
+use meshctl::demo::{ControlPlaneSpec, PortAllocator, Role, Topology};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -151,7 +151,7 @@ pub async fn run(args: CpScaleArgs) -> anyhow::Result<()> {
 
 /// The route the benchmark changes.
 fn scale_route(timeout: &str) -> anyhow::Result<Route> {
-    let mut route = mesh::demo::route("scale", crate::echo::GRPC_SERVICE, "sim");
+    let mut route = meshctl::demo::route("scale", crate::echo::GRPC_SERVICE, "sim");
     route.spec.timeout = Some(timeout.to_owned());
     route.validate().context("the scale route")?;
     Ok(route)
@@ -201,7 +201,7 @@ async fn measure(
         .first()
         .context("no control-plane URI")?
         .clone();
-    mesh::demo::apply_routes(&uri, &[scale_route("1s")?], None)
+    meshctl::demo::apply_routes(&uri, &[scale_route("1s")?], None)
         .await
         .context("applying the first route")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -271,7 +271,7 @@ async fn measure(
         proc_stats::cpu_ticks(bench_pid),
     );
     let changed = Instant::now();
-    let revision = mesh::demo::apply_routes(&uri, &[scale_route("2s")?], None)
+    let revision = meshctl::demo::apply_routes(&uri, &[scale_route("2s")?], None)
         .await
         .context("changing the route")?;
     let revision = u64::try_from(revision).context("a negative revision")?;
@@ -320,9 +320,8 @@ async fn measure(
 
 /// `mesh_cp_connected_sidecars` from the replica's `/metrics`.
 async fn connected_sidecars(admin: SocketAddr) -> Option<u64> {
-    let (_, text) = tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, "/metrics"))
+    let (_, text) = meshctl::demo::admin_call(admin, http::Method::GET, "/metrics")
         .await
-        .ok()?
         .ok()?;
     text.lines()
         .find(|l| l.starts_with("mesh_cp_connected_sidecars"))

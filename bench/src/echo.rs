@@ -17,7 +17,7 @@ pub const GRPC_SERVICE: &str = "bench.v1.EchoService";
 pub const MAX_STREAM_REPLIES: u32 = 10_000;
 
 /// Flags of `bench echo-server`: the standard app flags, so a
-/// [`mesh::demo::Topology`] plan can start it like a shop service.
+/// [`meshctl::demo::Topology`] plan can start it like a shop service.
 #[derive(Debug, clap::Args)]
 pub struct EchoServerArgs {
     #[command(flatten)]

@@ -58,7 +58,7 @@ impl Programs {
         let path = self.bin_dir.join(name);
         if !path.is_file() {
             bail!(
-                "{} is missing: build it with `cargo build --release -p sidecar -p control-plane` \
+                "{} is missing: build it with `cargo build --release -p sidecar -p control-plane -p meshctl` \
                  (or point --bin-dir at the directory that has it)",
                 path.display()
             );
@@ -157,11 +157,7 @@ impl ProcessGroup {
         let path = path.to_owned();
         loop {
             self.check_alive()?;
-            let probe = path.clone();
-            let answered =
-                tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, &probe))
-                    .await
-                    .context("readiness probe task")?;
+            let answered = meshctl::demo::admin_call(admin, http::Method::GET, &path).await;
             if matches!(answered, Ok((200, _))) {
                 return Ok(());
             }

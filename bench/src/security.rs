@@ -33,9 +33,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use mesh::demo::PortAllocator;
 use mesh::model::{AuthorizationPolicy, Bootstrap, RequestAuthentication};
 use mesh::proto::mesh::v1::DeletePolicyRequest;
+use meshctl::demo::PortAllocator;
 
 use crate::client::Call;
 use crate::load::{self, ClosedLoop, Throughput};
@@ -489,10 +489,13 @@ async fn switch(mesh: &mut SecureMesh, documents: &Bootstrap, to: Variant) -> an
     let has_keys = |config: &serde_json::Value| config["jwks"].get(AUTHENTICATION).is_some();
     let revision = match to {
         Variant::Guarded => {
-            let revision =
-                mesh::demo::apply_documents(&mesh.control_plane, documents, Some(&mesh.identity))
-                    .await
-                    .context("applying the security documents")?;
+            let revision = meshctl::demo::apply_documents(
+                &mesh.control_plane,
+                documents,
+                Some(&mesh.identity),
+            )
+            .await
+            .context("applying the security documents")?;
             let config = topology::wait_for_config(
                 &mut mesh.running,
                 "gateway",
@@ -504,7 +507,7 @@ async fn switch(mesh: &mut SecureMesh, documents: &Bootstrap, to: Variant) -> an
             topology::config_version(&config).unwrap_or(revision)
         }
         Variant::Baseline => {
-            let mut admin = mesh::demo::admin_client(&mesh.control_plane, Some(&mesh.identity))
+            let mut admin = meshctl::demo::admin_client(&mesh.control_plane, Some(&mesh.identity))
                 .await
                 .context("the control plane's admin API")?;
             for policy in &documents.authorization_policies {

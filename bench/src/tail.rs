@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use mesh::demo::PortAllocator;
+use meshctl::demo::PortAllocator;
 
 use crate::client::Call;
 use crate::load::{self, Latencies, OpenLoop};

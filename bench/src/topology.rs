@@ -23,8 +23,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use mesh::demo::{ControlPlaneSpec, InstanceSpec, PortAllocator, Role, Topology};
 use mesh::model::Route;
+use meshctl::demo::{ControlPlaneSpec, InstanceSpec, PortAllocator, Role, Topology};
 
 use crate::client::{self, Call};
 use crate::echo;
@@ -361,7 +361,7 @@ pub struct SecureMesh {
     /// The control plane's gRPC URI, to apply and delete documents.
     pub control_plane: String,
     /// The identity files (the operator's credential for the admin API).
-    pub identity: mesh::demo::IdentityLayout,
+    pub identity: meshctl::demo::IdentityLayout,
     /// Every proxy's admin address (name, address): where `/config` says
     /// which table it runs.
     pub admins: Vec<(String, SocketAddr)>,
@@ -458,7 +458,7 @@ async fn launch_mesh(
 struct Launched {
     running: Running,
     control_plane: Option<String>,
-    identity: Option<mesh::demo::IdentityLayout>,
+    identity: Option<meshctl::demo::IdentityLayout>,
     admins: Vec<(String, SocketAddr)>,
 }
 
@@ -544,7 +544,7 @@ async fn launch_planned(
         }
     }
     if let Some(control_plane) = plan.control_planes.first() {
-        let revision = mesh::demo::apply_routes(
+        let revision = meshctl::demo::apply_routes(
             control_plane,
             &plan.bootstrap.routes,
             plan.identity.as_ref(),
@@ -613,9 +613,10 @@ async fn poll_config(
     let deadline = Instant::now() + SERVING_TIMEOUT;
     loop {
         processes.check_alive()?;
-        let config = tokio::task::spawn_blocking(move || mesh::demo::admin_get(admin, "/config"))
-            .await
-            .context("config probe task")?;
+        let config =
+            tokio::task::spawn_blocking(move || meshctl::demo::admin_get(admin, "/config"))
+                .await
+                .context("config probe task")?;
         let config = config
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok());

@@ -5,33 +5,8 @@
 //! bound to the service or gateway their certificate names.
 
 use mesh::identity::transport::TlsConnectInfo;
-use mesh::identity::{SpiffeId, Workload};
+use mesh::identity::{OperatorRole, SpiffeId, Workload};
 use tonic::Status;
-
-/// The subject organization of an operator certificate that may change the
-/// mesh (as Kubernetes reads groups from client certificates).
-pub const ADMIN_ORGANIZATION: &str = "mesh:admin";
-/// The subject organization of an operator certificate that may only read.
-pub const VIEWER_ORGANIZATION: &str = "mesh:viewer";
-
-/// What an operator may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Role {
-    /// get, describe, status, token list.
-    Viewer,
-    /// Also apply, delete, token create and revoke.
-    Admin,
-}
-
-impl Role {
-    /// The subject organization that grants this role.
-    pub fn organization(self) -> &'static str {
-        match self {
-            Self::Viewer => VIEWER_ORGANIZATION,
-            Self::Admin => ADMIN_ORGANIZATION,
-        }
-    }
-}
 
 /// Whether calls are authenticated at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +27,7 @@ pub fn connection(extensions: &http::Extensions) -> Option<&TlsConnectInfo> {
 pub fn operator(
     access: Access,
     extensions: &http::Extensions,
-    need: Role,
+    need: OperatorRole,
 ) -> Result<String, Status> {
     if access == Access::Open {
         return Ok("anonymous".to_owned());
@@ -69,13 +44,7 @@ pub fn operator(
             "{id} is not an operator"
         )));
     };
-    let role = if info.organizations.iter().any(|o| o == ADMIN_ORGANIZATION) {
-        Some(Role::Admin)
-    } else if info.organizations.iter().any(|o| o == VIEWER_ORGANIZATION) {
-        Some(Role::Viewer)
-    } else {
-        None
-    };
+    let role = OperatorRole::from_organizations(&info.organizations);
     match role {
         Some(role) if role >= need => Ok(name.clone()),
         Some(role) => Err(Status::permission_denied(format!(

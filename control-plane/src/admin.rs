@@ -12,6 +12,7 @@ use std::sync::Arc;
 use mesh::model::{AuthorizationPolicy, RequestAuthentication, Route};
 
 use crate::documents::Document;
+use mesh::identity::OperatorRole;
 use mesh::proto::mesh::v1::mesh_admin_server::MeshAdmin;
 use mesh::proto::mesh::v1::{
     ApplyPolicyRequest, ApplyPolicyResponse, DefaultAuthorizationResponse, DeletePolicyRequest,
@@ -36,8 +37,7 @@ use mesh::proto::mesh::v1::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::access::{self, Access, Role};
-use crate::ca::{self, Authority};
+use crate::access::{self, Access};
 use crate::documents::{self, precondition, store_status};
 use crate::index::Published;
 use crate::keys::{self, Key};
@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::registration::{Registration, ReplicaStatus};
 use crate::store::{Precondition, Store, StoreError};
 use crate::tokens::{self, TokenRecord};
+use mesh_ca::Authority;
 
 /// The MeshAdmin service of one replica.
 pub struct AdminService<S> {
@@ -149,7 +150,7 @@ impl<S: Store> AdminService<S> {
         })
     }
 
-    fn operator<T>(&self, request: &Request<T>, need: Role) -> Result<String, Status> {
+    fn operator<T>(&self, request: &Request<T>, need: OperatorRole) -> Result<String, Status> {
         access::operator(self.access, request.extensions(), need).inspect_err(|status| {
             tracing::warn!(target: "audit", code = ?status.code(), reason = status.message(), "admin call refused");
             self.metrics.audit("refused");
@@ -177,7 +178,7 @@ impl<S: Store> AdminService<S> {
         request: Request<ApplyPolicyRequest>,
         action: &'static str,
     ) -> Result<Response<ApplyPolicyResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let document: D = documents::parse(&request.policy_json)?;
         let applied = documents::apply(&self.store, &document, request.expected_revision).await?;
@@ -211,7 +212,7 @@ impl<S: Store> AdminService<S> {
         &self,
         request: Request<GetPolicyRequest>,
     ) -> Result<Response<StoredPolicy>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let found = documents::get::<_, D>(&self.store, &request.get_ref().name).await?;
         Ok(Response::new(StoredPolicy {
             policy_json: found.json,
@@ -223,7 +224,7 @@ impl<S: Store> AdminService<S> {
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let (valid, invalid) = documents::list::<_, D>(&self.store).await?;
         Ok(Response::new(ListPoliciesResponse {
             policies: valid
@@ -242,7 +243,7 @@ impl<S: Store> AdminService<S> {
         request: Request<DeletePolicyRequest>,
         action: &'static str,
     ) -> Result<Response<DeletePolicyResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let (old, revision) =
             documents::delete::<_, D>(&self.store, &request.name, request.expected_revision)
@@ -270,7 +271,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ApplyRouteRequest>,
     ) -> Result<Response<ApplyRouteResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let route: Route = documents::parse(&request.route_json)?;
         let name = route.metadata.name.clone();
@@ -313,7 +314,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<GetRouteRequest>,
     ) -> Result<Response<StoredRoute>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let found = documents::get::<_, Route>(&self.store, &request.get_ref().name).await?;
         Ok(Response::new(StoredRoute {
             route_json: found.json,
@@ -325,7 +326,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ListRoutesRequest>,
     ) -> Result<Response<ListRoutesResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let (valid, invalid) = documents::list::<_, Route>(&self.store).await?;
         Ok(Response::new(ListRoutesResponse {
             routes: valid
@@ -343,7 +344,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<DeleteRouteRequest>,
     ) -> Result<Response<DeleteRouteResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let (old, revision) =
             documents::delete::<_, Route>(&self.store, &request.name, request.expected_revision)
@@ -429,7 +430,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<GetDefaultAuthorizationRequest>,
     ) -> Result<Response<DefaultAuthorizationResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         Ok(Response::new(self.stored_default_authorization().await?))
     }
 
@@ -437,7 +438,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<SetDefaultAuthorizationRequest>,
     ) -> Result<Response<DefaultAuthorizationResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let wanted =
             keys::default_authorization(&request.default).map_err(Status::invalid_argument)?;
@@ -487,7 +488,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let service = &request.get_ref().service;
         let prefix = if service.is_empty() {
             keys::ENDPOINTS.to_owned()
@@ -516,7 +517,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let snapshot = self
             .store
             .get_prefix(keys::REPLICAS)
@@ -575,7 +576,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let workload = match (request.service.is_empty(), request.gateway.is_empty()) {
             (false, true) => mesh::identity::Workload::Service(request.service),
@@ -617,7 +618,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<ListTokensRequest>,
     ) -> Result<Response<ListTokensResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         let tokens = tokens::list(&self.store)
             .await
             .map_err(store_status)?
@@ -631,7 +632,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let id = &request.get_ref().id;
         if id.is_empty() || id.contains('/') {
             return Err(Status::invalid_argument("id: a token id is required"));
@@ -654,7 +655,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<GetTrustBundleRequest>,
     ) -> Result<Response<TrustBundleResponse>, Status> {
-        self.operator(&request, Role::Admin)?;
+        self.operator(&request, OperatorRole::Admin)?;
         Ok(Response::new(self.trust_state().await?))
     }
 
@@ -662,9 +663,9 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<SetTrustBundleRequest>,
     ) -> Result<Response<TrustBundleResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
-        ca::validate_bundle(&request.pem)
+        mesh_ca::validate_bundle(&request.pem)
             .map_err(|e| Status::invalid_argument(format!("pem: {e}")))?;
         let precondition = precondition(request.expected_revision)?;
         let current = self.trust_state().await?;
@@ -706,7 +707,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<RenewCertificatesRequest>,
     ) -> Result<Response<RenewCertificatesResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let fingerprint = request.into_inner().issuer_fingerprint.to_ascii_lowercase();
         if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(
@@ -751,7 +752,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<GetMtlsModeRequest>,
     ) -> Result<Response<MtlsModeResponse>, Status> {
-        self.operator(&request, Role::Viewer)?;
+        self.operator(&request, OperatorRole::Viewer)?;
         Ok(Response::new(self.stored_mtls_mode().await?))
     }
 
@@ -759,7 +760,7 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         &self,
         request: Request<SetMtlsModeRequest>,
     ) -> Result<Response<MtlsModeResponse>, Status> {
-        let operator = self.operator(&request, Role::Admin)?;
+        let operator = self.operator(&request, OperatorRole::Admin)?;
         let request = request.into_inner();
         let mode = keys::mtls_mode(&request.mode).map_err(Status::invalid_argument)?;
         let precondition = precondition(request.expected_revision)?;

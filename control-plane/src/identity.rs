@@ -11,11 +11,11 @@ use tonic::{Request, Response, Status};
 
 use tokio::sync::watch;
 
-use crate::ca::{Authority, CaError};
 use crate::index::Published;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::tokens::{self, TokenError};
+use mesh_ca::{Authority, CaError};
 
 /// The largest CSR accepted: a P-256 request is about 250 bytes.
 const MAX_CSR: usize = 8 * 1024;

@@ -1,4 +1,5 @@
-//! The mesh's control plane and `meshctl`.
+//! The mesh's control plane: one replica's store, index, pushes and
+//! admin API. `meshctl` (its own crate) talks to it over gRPC only.
 //!
 //! # Layout
 //!
@@ -6,8 +7,6 @@
 //!   implementations held to one conformance suite.
 //! - [`access`]: who may call what (operator roles, proxy identities).
 //! - [`identity`]: the `mesh.v1.Identity` service (certificates for tokens).
-//! - [`ca`]: the certificate authority (issuer files, CSR signing) and
-//!   `meshctl identity init`.
 //! - [`tokens`]: join tokens, kept hashed in the store.
 //! - [`keys`]: where each kind of state lives in the store.
 //! - [`registration`]: the stored shapes of endpoints and replica status.
@@ -25,16 +24,9 @@
 //! - [`replica`]: this replica's status, published for `meshctl status`.
 //! - [`metrics`]: the replica's Prometheus metrics (`/metrics`).
 //! - [`server`]: one replica, wired.
-//! - [`cli`]: meshctl's commands that talk to the admin API (apply, get,
-//!   delete, status, describe), one module each.
-//! - [`up`]: `meshctl up`, the whole demo mesh on loopback in one command.
-//!   It runs the plan of [`mesh::demo`] and supervises its processes.
 
 pub mod access;
 pub mod admin;
-pub mod ca;
-
-pub mod cli;
 pub mod discovery;
 mod documents;
 pub mod identity;
@@ -49,5 +41,4 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
-pub mod up;
 pub mod watcher;

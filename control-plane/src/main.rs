@@ -120,7 +120,7 @@ fn etcd_tls(args: &Args) -> anyhow::Result<Option<EtcdTls>> {
 /// The CA and bundle from the flags; none only with `--insecure`.
 fn identity(args: &Args) -> anyhow::Result<Option<ReplicaIdentity>> {
     use anyhow::Context;
-    use control_plane::ca::{self, files};
+    use mesh_ca::files;
     if args.insecure {
         tracing::warn!(
             "--insecure: no TLS, no identity checks; anyone who reaches this port owns the mesh"
@@ -136,8 +136,8 @@ fn identity(args: &Args) -> anyhow::Result<Option<ReplicaIdentity>> {
     let key = file(&args.issuer_key, files::ISSUER_KEY, "issuer-key")?;
     let bundle = file(&args.trust_bundle, files::BUNDLE, "trust-bundle")?;
     let authority =
-        ca::Authority::load(&cert, &key, &args.trust_domain, args.certificate_lifetime)?;
-    let bundle = ca::load_bundle(&bundle, 0)?;
+        mesh_ca::Authority::load(&cert, &key, &args.trust_domain, args.certificate_lifetime)?;
+    let bundle = mesh_ca::load_bundle(&bundle, 0)?;
     Ok(Some(ReplicaIdentity {
         authority: std::sync::Arc::new(authority),
         bundle,

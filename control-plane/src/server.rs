@@ -21,7 +21,6 @@ use mesh::proto::mesh::v1::identity_server::IdentityServer;
 
 use crate::access::Access;
 use crate::admin::AdminService;
-use crate::ca::Authority;
 use crate::discovery::{DiscoveryServer, DiscoveryService, StreamPolicy};
 use crate::identity::IdentityService;
 use crate::index::Published;
@@ -30,6 +29,7 @@ use crate::replica::{self, Identity};
 use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::watcher;
+use mesh_ca::Authority;
 
 /// Settings of one replica.
 #[derive(Debug, Clone)]

@@ -9,17 +9,21 @@
 //!   swapped on rotation and renewal) and the rustls configurations built
 //!   from it, with a verifier that checks the peer's SPIFFE ID.
 //! - [`csr`]: a fresh key and a certificate request for it.
+//! - [`operator`]: operator roles and the certificate organizations that
+//!   grant them.
 //! - [`transport`]: TLS over TCP for mesh servers and clients: the
 //!   handshake with its timeout, the peer's identity on each request, and a
 //!   tonic channel that checks whom it reached.
 
 pub mod certificate;
 pub mod csr;
+pub mod operator;
 pub mod spiffe;
 pub mod tls;
 pub mod transport;
 
 pub use certificate::{CertificateError, CertificateInfo};
+pub use operator::OperatorRole;
 pub use spiffe::{SpiffeId, SpiffeIdError, Workload};
 pub use tls::{ClientAuth, Credential, MeshTls, TlsError, TrustBundle};
 pub use transport::PeerIdentity;

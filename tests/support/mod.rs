@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::demo::{admin_get, Plan, Role, Topology};
+use meshctl::demo::{admin_get, Plan, Role, Topology};
 
 /// How long a whole mesh may take to become ready on a loaded 2-core box.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -68,10 +68,11 @@ pub fn bin(program: &str) -> PathBuf {
 /// Free loopback ports, never the same twice within this test process
 /// (one allocator for every test of the binary, outside the ephemeral range).
 pub fn port_allocator() -> impl FnMut() -> u16 {
-    static PORTS: std::sync::OnceLock<std::sync::Mutex<mesh::demo::PortAllocator>> =
+    static PORTS: std::sync::OnceLock<std::sync::Mutex<meshctl::demo::PortAllocator>> =
         std::sync::OnceLock::new();
-    let ports = PORTS
-        .get_or_init(|| std::sync::Mutex::new(mesh::demo::PortAllocator::new(std::process::id())));
+    let ports = PORTS.get_or_init(|| {
+        std::sync::Mutex::new(meshctl::demo::PortAllocator::new(std::process::id()))
+    });
     move || ports.lock().unwrap_or_else(|e| e.into_inner()).next_port()
 }
 
@@ -118,7 +119,7 @@ impl TestMesh {
         let uri = self.plan.control_planes[0].clone();
         let routes = routes.to_vec();
         let identity = self.plan.identity.clone();
-        block_on(async move { mesh::demo::apply_routes(&uri, &routes, identity.as_ref()).await })
+        block_on(async move { meshctl::demo::apply_routes(&uri, &routes, identity.as_ref()).await })
             .unwrap_or_else(|status| panic!("applying routes: {status:?}"))
     }
 
@@ -128,9 +129,9 @@ impl TestMesh {
         let uri = self.plan.control_planes[0].clone();
         let documents = documents.clone();
         let identity = self.plan.identity.clone();
-        block_on(
-            async move { mesh::demo::apply_documents(&uri, &documents, identity.as_ref()).await },
-        )
+        block_on(async move {
+            meshctl::demo::apply_documents(&uri, &documents, identity.as_ref()).await
+        })
         .unwrap_or_else(|status| panic!("applying documents: {status:?}"))
     }
 
@@ -208,7 +209,7 @@ impl TestMesh {
             .any(|(n, child)| n == name && child.is_some())
     }
 
-    fn spawn(&self, spec: &mesh::demo::ProcessSpec) -> Child {
+    fn spawn(&self, spec: &meshctl::demo::ProcessSpec) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -472,7 +473,7 @@ impl TestMesh {
     }
 
     /// The planned process, to change its flags before a [`TestMesh::restart`].
-    pub fn spec_mut(&mut self, name: &str) -> &mut mesh::demo::ProcessSpec {
+    pub fn spec_mut(&mut self, name: &str) -> &mut meshctl::demo::ProcessSpec {
         self.plan
             .processes
             .iter_mut()
@@ -480,7 +481,7 @@ impl TestMesh {
             .unwrap_or_else(|| panic!("no process {name} in the plan"))
     }
 
-    fn spec(&self, name: &str) -> &mesh::demo::ProcessSpec {
+    fn spec(&self, name: &str) -> &meshctl::demo::ProcessSpec {
         self.plan
             .process(name)
             .unwrap_or_else(|| panic!("no process {name} in the plan"))
@@ -646,14 +647,14 @@ pub fn secure_services(services: &[&str]) -> Topology {
             .map(|s| {
                 (
                     (*s).to_owned(),
-                    vec![mesh::demo::InstanceSpec::new(format!("{s}-1"))],
+                    vec![meshctl::demo::InstanceSpec::new(format!("{s}-1"))],
                 )
             })
             .collect(),
         gateway: Some("127.0.0.1:0".parse().expect("address")),
-        control_plane: Some(mesh::demo::ControlPlaneSpec {
+        control_plane: Some(meshctl::demo::ControlPlaneSpec {
             replicas: 1,
-            ..mesh::demo::ControlPlaneSpec::default()
+            ..meshctl::demo::ControlPlaneSpec::default()
         }),
         ..Topology::default()
     }
@@ -695,7 +696,7 @@ impl TestMesh {
 /// identities); lazy, so call it inside a runtime.
 pub fn admin_channel(
     uri: &str,
-    identity: Option<&mesh::demo::IdentityLayout>,
+    identity: Option<&meshctl::demo::IdentityLayout>,
 ) -> tonic::transport::Channel {
     let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned()).expect("uri");
     match identity {

@@ -12,7 +12,7 @@ fn kv(key: &str, value: &str, rev: i64) -> KeyValue {
 }
 
 fn route_json(name: &str, service: &str) -> String {
-    serde_json::to_string(&mesh::demo::route(name, service, "inventory")).unwrap()
+    serde_json::to_string(&meshctl::demo::route(name, service, "inventory")).unwrap()
 }
 
 fn registration(service: &str, instance: &str) -> String {

@@ -1,5 +1,5 @@
 //! A throwaway etcd for tests: the same process `meshctl up` plans
-//! ([`mesh::demo::etcd_process`]), on free loopback ports with a fresh data
+//! ([`meshctl::demo::etcd_process`]), on free loopback ports with a fresh data
 //! directory, ready once `/health` answers 200, SIGKILLed on drop.
 
 use std::fs::File;
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::demo::{admin_get, etcd_process};
+use meshctl::demo::{admin_get, etcd_process};
 
 /// How long a fresh etcd may take to answer `/health` (~0.6 s normally;
 /// generous for a loaded CI machine).

@@ -36,7 +36,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::connect::MeshConfig;
 use super::{AdminClient, ControlPlaneArgs, GrpcError};
-use crate::ca::{self, files};
+use mesh_ca::{self as ca, files};
 
 /// How often the waits ask the control plane for its status.
 const POLL: Duration = Duration::from_secs(1);

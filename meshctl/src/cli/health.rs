@@ -46,10 +46,9 @@ pub async fn collect(
             silent.push(name);
             continue;
         };
-        let fetched =
-            tokio::task::spawn_blocking(move || mesh::demo::admin_get(addr, "/endpoints")).await;
+        let fetched = crate::demo::admin_call(addr, http::Method::GET, "/endpoints").await;
         match fetched {
-            Ok(Ok((200, body))) => match serde_json::from_str::<Vec<EndpointView>>(&body) {
+            Ok((200, body)) => match serde_json::from_str::<Vec<EndpointView>>(&body) {
                 Ok(list) => views.push((name, list)),
                 Err(_) => silent.push(name),
             },

@@ -4,7 +4,9 @@
 //! (a join token), with the caller's public key from its CSR: any names in
 //! the CSR are ignored.
 //!
-//! `meshctl identity init` makes a fresh anchor and issuer with [`init`].
+//! `meshctl identity init` makes a fresh anchor and issuer with [`init`];
+//! the control plane loads the issuer and signs. A crate of its own so
+//! meshctl has the CA without the control plane's store and server.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

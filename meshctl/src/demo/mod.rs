@@ -4,13 +4,33 @@
 //! same plan, so what the tests prove is what a newcomer runs.
 //!
 //! Planning is pure; starting the processes is the caller's job.
+//!
+//! # Layout
+//!
+//! - this file: the shop's topology and the plan built from it (processes,
+//!   flags, ports, identity files, the bootstrap table).
+//! - [`ports`]: free loopback ports for the plan.
+//! - [`etcd`]: the plan's etcd, plaintext or TLS.
+//! - [`admin_api`]: documents applied through the control plane.
+//! - [`admin_http`]: the proxies' HTTP admin ports (readiness, drain).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::model::{
+mod admin_api;
+mod admin_http;
+mod etcd;
+mod ports;
+
+pub use admin_api::{admin_client, apply_documents, apply_routes};
+pub use admin_http::{admin_call, admin_get, admin_request, AdminHttpError};
+use etcd::etcd_tls_files;
+pub use etcd::{etcd_process, etcd_tls_process};
+pub use ports::PortAllocator;
+
+use mesh::model::{
     AuthorizationPolicy, Bootstrap, Endpoint, RequestAuthentication, Route, RouteMatch,
     RouteMetadata, RouteSpec,
 };
@@ -382,17 +402,17 @@ impl IdentityLayout {
     /// The admin operator's TLS, to call the admin API from code.
     pub fn operator_tls(
         &self,
-    ) -> Result<std::sync::Arc<crate::identity::MeshTls>, Box<dyn std::error::Error + Send + Sync>>
+    ) -> Result<std::sync::Arc<mesh::identity::MeshTls>, Box<dyn std::error::Error + Send + Sync>>
     {
         let read = std::fs::read_to_string;
         let operator = self.dir.join("operator");
-        let bundle = crate::identity::TrustBundle::from_pem(&read(self.bundle())?, 0)?;
-        let tls = crate::identity::MeshTls::new(
+        let bundle = mesh::identity::TrustBundle::from_pem(&read(self.bundle())?, 0)?;
+        let tls = mesh::identity::MeshTls::new(
             &self.trust_domain,
             bundle,
-            crate::identity::ClientAuth::Required,
+            mesh::identity::ClientAuth::Required,
         )?;
-        tls.set_credential(crate::identity::Credential::from_pem(
+        tls.set_credential(mesh::identity::Credential::from_pem(
             &read(operator.join("admin.crt"))?,
             &read(operator.join("admin.key"))?,
         )?);
@@ -690,7 +710,7 @@ impl Topology {
             }
             IdentityLayout {
                 dir: identity_dir.clone(),
-                trust_domain: crate::identity::DEFAULT_TRUST_DOMAIN.into(),
+                trust_domain: mesh::identity::DEFAULT_TRUST_DOMAIN.into(),
                 control_planes: control_planes
                     .iter()
                     .map(|uri| uri.trim_start_matches("http://").to_owned())
@@ -799,51 +819,17 @@ fn otel_env(endpoint: &str, process: &ProcessSpec) -> Vec<(String, String)> {
     .to_vec()
 }
 
-/// Hands out free loopback ports below the kernel's ephemeral range
-/// (32768 and up on Linux), where outgoing connections take their source
-/// ports: a port picked by binding port 0 and released can be taken by a
-/// connection before the process it was meant for binds it.
-#[derive(Debug)]
-pub struct PortAllocator {
-    next: u16,
-    end: u16,
-}
-
-impl PortAllocator {
-    /// Ports of the block `[20000 + 500 * (seed % 24), +500)`: processes
-    /// with different seeds (e.g. pids) stay out of each other's way.
-    pub fn new(seed: u32) -> Self {
-        let start = 20_000 + 500 * (seed % 24) as u16;
-        Self {
-            next: start,
-            end: start + 500,
-        }
-    }
-
-    /// The next port of the block that nothing listens on now.
-    pub fn next_port(&mut self) -> u16 {
-        while self.next < self.end {
-            let port = self.next;
-            self.next += 1;
-            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-                return port;
-            }
-        }
-        panic!("no free port left in this allocator's block");
-    }
-}
-
 /// The shop's security documents (`k8s/base/security/shop.yaml`, which
 /// the Kubernetes deployment applies too): the users service's tokens are
 /// accepted at the gateway, and each service says who may call it.
 pub fn shop_security() -> (Vec<AuthorizationPolicy>, Vec<RequestAuthentication>) {
-    const SHOP_SECURITY: &str = include_str!("../k8s/base/security/shop.yaml");
+    const SHOP_SECURITY: &str = include_str!("../../../k8s/base/security/shop.yaml");
     let mut policies = Vec::new();
     let mut authentications = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(SHOP_SECURITY) {
         let value = serde_yaml_ng::Value::deserialize(document).expect("shop.yaml is YAML");
         match value.get("kind").and_then(serde_yaml_ng::Value::as_str) {
-            Some(crate::model::AUTHORIZATION_POLICY_KIND) => {
+            Some(mesh::model::AUTHORIZATION_POLICY_KIND) => {
                 policies.push(serde_yaml_ng::from_value(value).expect("a valid policy"))
             }
             _ => authentications
@@ -851,184 +837,6 @@ pub fn shop_security() -> (Vec<AuthorizationPolicy>, Vec<RequestAuthentication>)
         }
     }
     (policies, authentications)
-}
-
-/// Applies `routes` through the control plane at `uri` (whatever is
-/// stored is overwritten); returns the highest revision written.
-pub async fn apply_routes(
-    uri: &str,
-    routes: &[Route],
-    identity: Option<&IdentityLayout>,
-) -> Result<i64, tonic::Status> {
-    let documents = Bootstrap {
-        routes: routes.to_vec(),
-        ..Bootstrap::default()
-    };
-    apply_documents(uri, &documents, identity).await
-}
-
-/// Applies the request authentications, authorization policies and routes
-/// of `documents` through the control plane at `uri`, in that order (the
-/// guards before the paths they guard; whatever is stored is
-/// overwritten); returns the highest revision written.
-pub async fn apply_documents(
-    uri: &str,
-    documents: &Bootstrap,
-    identity: Option<&IdentityLayout>,
-) -> Result<i64, tonic::Status> {
-    use crate::proto::mesh::v1::{ApplyPolicyRequest, ApplyRouteRequest};
-    let mut client = admin_client(uri, identity).await?;
-    let mut revision = 0;
-    for authentication in &documents.request_authentications {
-        let applied = client
-            .apply_request_authentication(ApplyPolicyRequest {
-                policy_json: json(authentication)?,
-                expected_revision: None,
-            })
-            .await?
-            .into_inner();
-        revision = revision.max(applied.policy.map_or(0, |p| p.revision));
-    }
-    for policy in &documents.authorization_policies {
-        let applied = client
-            .apply_authorization_policy(ApplyPolicyRequest {
-                policy_json: json(policy)?,
-                expected_revision: None,
-            })
-            .await?
-            .into_inner();
-        revision = revision.max(applied.policy.map_or(0, |p| p.revision));
-    }
-    for route in &documents.routes {
-        let applied = client
-            .apply_route(ApplyRouteRequest {
-                route_json: json(route)?,
-                expected_revision: None,
-            })
-            .await?
-            .into_inner();
-        revision = revision.max(applied.route.map_or(0, |r| r.revision));
-    }
-    Ok(revision)
-}
-
-/// A MeshAdmin client of the control plane at `uri`, as the plan's admin
-/// operator when the mesh has identities.
-pub async fn admin_client(
-    uri: &str,
-    identity: Option<&IdentityLayout>,
-) -> Result<
-    crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient<tonic::transport::Channel>,
-    tonic::Status,
-> {
-    use crate::proto::mesh::v1::mesh_admin_client::MeshAdminClient;
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.to_owned())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    let channel = match identity {
-        None => endpoint.connect().await,
-        Some(identity) => {
-            let tls = identity
-                .operator_tls()
-                .map_err(|e| tonic::Status::unauthenticated(format!("operator credential: {e}")))?;
-            let peer = crate::identity::SpiffeId::new(
-                &identity.trust_domain,
-                crate::identity::Workload::ControlPlane,
-            )
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-            endpoint
-                .connect_with_connector(crate::identity::transport::Connector::new(tls, peer))
-                .await
-        }
-    }
-    .map_err(|e| tonic::Status::unavailable(format!("{uri}: {e}")))?;
-    Ok(MeshAdminClient::new(channel))
-}
-
-/// A document as the admin calls carry it.
-fn json<T: serde::Serialize>(document: &T) -> Result<String, tonic::Status> {
-    serde_json::to_string(document).map_err(|e| tonic::Status::internal(e.to_string()))
-}
-
-/// A single-member etcd on loopback with its own data directory: what
-/// `meshctl up` and the tests run. Ready when `/health` answers 200.
-pub fn etcd_process(
-    name: &str,
-    client: SocketAddr,
-    peer: SocketAddr,
-    data_dir: &Path,
-) -> ProcessSpec {
-    ProcessSpec {
-        name: name.to_owned(),
-        program: "etcd".into(),
-        args: vec![
-            "--name".into(),
-            name.to_owned(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen-client-urls".into(),
-            format!("http://{client}"),
-            "--advertise-client-urls".into(),
-            format!("http://{client}"),
-            "--listen-peer-urls".into(),
-            format!("http://{peer}"),
-            "--initial-advertise-peer-urls".into(),
-            format!("http://{peer}"),
-            "--initial-cluster".into(),
-            format!("{name}=http://{peer}"),
-            "--logger=zap".into(),
-            "--log-level=warn".into(),
-        ],
-        env: Vec::new(),
-        role: Role::Etcd,
-        service: "etcd".into(),
-        admin: Some(client),
-        ready_path: "/health",
-        serving: client,
-        outbound: None,
-    }
-}
-
-/// Where a secure plan keeps etcd's TLS files.
-fn etcd_tls_files(identity_dir: &Path) -> EtcdTlsFiles {
-    EtcdTlsFiles {
-        dir: identity_dir.join("etcd"),
-    }
-}
-
-/// [`etcd_process`] with TLS and client-certificate auth on its client
-/// URL: only a client whose certificate chains to `tls.ca()` gets in (the
-/// control plane's; `meshctl identity issue-etcd` makes both). `/health`
-/// moves to a plaintext metrics listener on loopback, where readiness is
-/// polled (the client port would want a certificate). The peer URL stays
-/// plaintext: a single member on loopback has no peer to talk to.
-pub fn etcd_tls_process(
-    name: &str,
-    client: SocketAddr,
-    peer: SocketAddr,
-    metrics: SocketAddr,
-    data_dir: &Path,
-    tls: &EtcdTlsFiles,
-) -> ProcessSpec {
-    let mut spec = etcd_process(name, client, peer, data_dir);
-    let https = format!("https://{client}");
-    for (i, arg) in spec.args.clone().iter().enumerate() {
-        if arg == "--listen-client-urls" || arg == "--advertise-client-urls" {
-            spec.args[i + 1] = https.clone();
-        }
-    }
-    spec.args.extend([
-        "--client-cert-auth".into(),
-        "--trusted-ca-file".into(),
-        tls.ca().display().to_string(),
-        "--cert-file".into(),
-        tls.server_cert().display().to_string(),
-        "--key-file".into(),
-        tls.server_key().display().to_string(),
-        "--listen-metrics-urls".into(),
-        format!("http://{metrics}"),
-    ]);
-    spec.admin = Some(metrics);
-    spec
 }
 
 /// A route taking every method of `grpc_service` to `destination`.
@@ -1055,39 +863,6 @@ pub fn route(name: &str, grpc_service: &str, destination: &str) -> Route {
             rate_limit: None,
         },
     }
-}
-
-/// A blocking HTTP/1.1 GET against a proxy's admin port: `(status, body)`.
-/// Small on purpose: readiness polling needs nothing more.
-pub fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    admin_request(addr, "GET", path)
-}
-
-/// One HTTP/1.1 request with no body to a proxy's admin port (`POST
-/// /drain`, `DELETE /drain`); the status and the body.
-pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(2);
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 #[cfg(test)]

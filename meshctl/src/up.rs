@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use mesh::demo::{
-    admin_get, apply_documents, ControlPlaneSpec, Plan, PortAllocator, ProcessSpec, Role, Topology,
+use crate::demo::{
+    admin_call, apply_documents, ControlPlaneSpec, Plan, PortAllocator, ProcessSpec, Role, Topology,
 };
+use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -203,7 +203,7 @@ const WRITTEN_BY_UP: &str = "# written by meshctl up: replaced by the next meshc
 
 /// Points `~/.mesh/config` at this mesh's admin operator, so meshctl works
 /// without `MESHCONFIG` (as kind and minikube write kubeconfig).
-fn user_config(identity: &mesh::demo::IdentityLayout) {
+fn user_config(identity: &crate::demo::IdentityLayout) {
     let Some(home) = std::env::var_os("HOME") else {
         return;
     };
@@ -229,7 +229,7 @@ fn user_config(identity: &mesh::demo::IdentityLayout) {
 }
 
 /// Runs this meshctl with `args` as the mesh's admin operator.
-async fn meshctl(args: &[String], identity: &mesh::demo::IdentityLayout) -> anyhow::Result<()> {
+async fn meshctl(args: &[String], identity: &crate::demo::IdentityLayout) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find meshctl's own path")?;
     let out = Command::new(exe)
         .args(args)
@@ -262,7 +262,7 @@ async fn wait_tables(
     {
         let Some(admin) = spec.admin else { continue };
         loop {
-            let config = tokio::task::spawn_blocking(move || admin_get(admin, "/config")).await?;
+            let config = admin_call(admin, http::Method::GET, "/config").await;
             let version = config
                 .ok()
                 .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
@@ -308,8 +308,8 @@ async fn wait_ready(
             }
         }
         let path = spec.ready_path;
-        let ready = tokio::task::spawn_blocking(move || admin_get(admin, path))
-            .await?
+        let ready = admin_call(admin, http::Method::GET, path)
+            .await
             .is_ok_and(|(status, _)| status == 200);
         if ready {
             return Ok(());
@@ -417,7 +417,7 @@ fn print_welcome(plan: &Plan, run_dir: &Path, otlp_endpoint: Option<&str>) {
         println!("  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"order_id\":\"<orderId from above>\"}}' {gateway} shop.orders.v1.OrdersService/WatchOrder");
         println!(
             "  ({} is an admin once registered: its token may change the catalog and ask for x-mesh-debug: 1)",
-            mesh::demo::DEMO_ADMIN_EMAIL
+            crate::demo::DEMO_ADMIN_EMAIL
         );
     } else {
         // No identities, so no logins: the customer is the body's.

@@ -1,7 +1,7 @@
 //! `meshctl`: the mesh's command-line tool, with kubectl habits.
 
 use clap::{Parser, Subcommand};
-use control_plane::cli;
+use meshctl::cli;
 
 #[derive(Debug, Parser)]
 #[command(name = "meshctl", version, about = "Operate the mesh")]
@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Run the whole demo mesh on this machine (loopback only) until Ctrl-C.
-    Up(control_plane::up::UpArgs),
+    Up(meshctl::up::UpArgs),
     /// Create or update routes from YAML or JSON files.
     Apply(cli::apply::ApplyArgs),
     /// List routes or endpoints.
@@ -67,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Commands::Up(args) => {
             let shutdown = mesh::shutdown::on_signal()?;
-            control_plane::up::run(args, shutdown).await
+            meshctl::up::run(args, shutdown).await
         }
         Commands::Apply(args) => exit_on_error(cli::apply::run(cp, args).await),
         Commands::Get(args) => exit_on_error(cli::get::run(cp, args).await),

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::output::{self, OutputFormat, Table};
 use super::{ControlPlaneArgs, GrpcError};
-use crate::access::Role;
-use crate::ca::{self, files};
+use mesh::identity::OperatorRole;
+use mesh_ca::{self as ca, files};
 
 /// `meshctl identity` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -51,7 +51,7 @@ pub struct IssueOperatorArgs {
     pub name: String,
     /// What the operator may do.
     #[arg(long, value_enum)]
-    pub role: Role,
+    pub role: OperatorRole,
     /// The CA's directory (`meshctl identity init --out`).
     #[arg(long)]
     pub ca_dir: PathBuf,
