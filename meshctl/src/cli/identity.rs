@@ -130,20 +130,15 @@ pub fn run(command: IdentityCommand) -> anyhow::Result<()> {
 /// Makes the operator's certificate, key and meshctl config; returns the
 /// config's path.
 pub fn issue_operator(args: &IssueOperatorArgs) -> anyhow::Result<PathBuf> {
-    let authority = ca::Authority::load(
-        &args.ca_dir.join(files::ISSUER_CERT),
-        &args.ca_dir.join(files::ISSUER_KEY),
-        &args.trust_domain,
-        args.lifetime,
-    )?;
     let id = SpiffeId::new(&args.trust_domain, Workload::Operator(args.name.clone()))?;
-    let (chain, key) =
-        authority.issue_with_new_key(&id, &[args.role.organization()], args.lifetime)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let cert_path = args.out.join(format!("{}.crt", args.name));
-    let key_path = args.out.join(format!("{}.key", args.name));
-    ca::write_credential(&chain, &key, &cert_path, &key_path)?;
+    let (cert_path, key_path) = issue_files(
+        &args.ca_dir,
+        &id,
+        &[args.role.organization()],
+        args.lifetime,
+        &args.out,
+        &args.name,
+    )?;
     let config = super::connect::MeshConfig {
         control_planes: args.control_planes.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -526,18 +521,37 @@ pub struct IssueArgs {
 /// Makes a service's certificate chain and key, signed by the issuer;
 /// returns their paths (certificate, key).
 pub fn issue_service(args: &IssueArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let authority = ca::Authority::load(
-        &args.ca_dir.join(files::ISSUER_CERT),
-        &args.ca_dir.join(files::ISSUER_KEY),
-        &args.trust_domain,
-        args.lifetime,
-    )?;
     let id = SpiffeId::new(&args.trust_domain, Workload::Service(args.service.clone()))?;
-    let (chain, key) = authority.issue_with_new_key(&id, &[], args.lifetime)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let cert_path = args.out.join(format!("{}.crt", args.service));
-    let key_path = args.out.join(format!("{}.key", args.service));
+    issue_files(
+        &args.ca_dir,
+        &id,
+        &[],
+        args.lifetime,
+        &args.out,
+        &args.service,
+    )
+}
+
+/// Signs a fresh key for `id` with the issuer in `ca_dir` and writes
+/// `<out>/<name>.crt` (the chain) and `<out>/<name>.key` (0600); their paths.
+fn issue_files(
+    ca_dir: &Path,
+    id: &SpiffeId,
+    organizations: &[&str],
+    lifetime: Duration,
+    out: &Path,
+    name: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let authority = ca::Authority::load(
+        &ca_dir.join(files::ISSUER_CERT),
+        &ca_dir.join(files::ISSUER_KEY),
+        id.trust_domain(),
+        lifetime,
+    )?;
+    let (chain, key) = authority.issue_with_new_key(id, organizations, lifetime)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let cert_path = out.join(format!("{name}.crt"));
+    let key_path = out.join(format!("{name}.key"));
     ca::write_credential(&chain, &key, &cert_path, &key_path)?;
     Ok((cert_path, key_path))
 }

@@ -399,24 +399,18 @@ impl IdentityLayout {
             .collect()
     }
 
-    /// The admin operator's TLS, to call the admin API from code.
-    pub fn operator_tls(
-        &self,
-    ) -> Result<std::sync::Arc<mesh::identity::MeshTls>, Box<dyn std::error::Error + Send + Sync>>
-    {
-        let read = std::fs::read_to_string;
+    /// The admin operator's TLS, to call the admin API from code: what
+    /// meshctl itself loads from the config `meshctl up` writes.
+    pub fn operator_tls(&self) -> anyhow::Result<std::sync::Arc<mesh::identity::MeshTls>> {
         let operator = self.dir.join("operator");
-        let bundle = mesh::identity::TrustBundle::from_pem(&read(self.bundle())?, 0)?;
-        let tls = mesh::identity::MeshTls::new(
-            &self.trust_domain,
-            bundle,
-            mesh::identity::ClientAuth::Required,
-        )?;
-        tls.set_credential(mesh::identity::Credential::from_pem(
-            &read(operator.join("admin.crt"))?,
-            &read(operator.join("admin.key"))?,
-        )?);
-        Ok(std::sync::Arc::new(tls))
+        crate::cli::connect::MeshConfig {
+            control_planes: Vec::new(),
+            trust_domain: self.trust_domain.clone(),
+            trust_bundle: self.bundle(),
+            certificate: operator.join("admin.crt"),
+            key: operator.join("admin.key"),
+        }
+        .tls()
     }
 }
 
