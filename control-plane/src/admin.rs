@@ -42,7 +42,7 @@ use crate::documents::{self, precondition, store_status};
 use crate::index::Published;
 use crate::keys::{self, Key};
 use crate::metrics::Metrics;
-use crate::registration::{Registration, ReplicaStatus};
+use crate::registration::{Registration, ReplicaStatus, SidecarStatus};
 use crate::store::{Precondition, Store, StoreError};
 use crate::tokens::{self, TokenRecord};
 use mesh_ca::Authority;
@@ -518,9 +518,14 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         self.operator(&request, OperatorRole::Viewer)?;
-        let snapshot = self
+        let replicas = self
             .store
-            .get_prefix(keys::REPLICAS)
+            .get_prefix(keys::STATUS_REPLICAS)
+            .await
+            .map_err(store_status)?;
+        let sidecars = self
+            .store
+            .get_prefix(keys::STATUS_SIDECARS)
             .await
             .map_err(store_status)?;
         let mut response = StatusResponse::default();
@@ -541,33 +546,39 @@ impl<S: Store> MeshAdmin for AdminService<S> {
         } else {
             "off".to_owned()
         };
-        for kv in snapshot.items {
+        for kv in replicas.items {
             let Ok(replica) = serde_json::from_slice::<ReplicaStatus>(&kv.value) else {
                 continue;
             };
             response.replicas.push(Replica {
-                id: replica.id.clone(),
-                address: replica.address.clone(),
+                id: replica.id,
+                address: replica.address,
                 revision: replica.revision,
-                connected_sidecars: i32::try_from(replica.sidecars.len()).unwrap_or(i32::MAX),
+                connected_sidecars: i32::try_from(replica.connected_sidecars).unwrap_or(i32::MAX),
             });
-            response
-                .sidecars
-                .extend(replica.sidecars.into_iter().map(|s| ConnectedSidecar {
-                    service: s.service,
-                    instance: s.instance,
-                    gateway: s.gateway,
-                    pushed_version: s.pushed_version,
-                    acked_version: s.acked_version,
-                    nack_reason: s.nack_reason,
-                    replica: replica.id.clone(),
-                    admin_address: s.admin_address,
-                    identity: s.identity,
-                    certificate_not_after_unix: s.certificate_not_after_unix,
-                    trust_bundle_version: s.trust_bundle_version,
-                    certificate_not_before_unix: s.certificate_not_before_unix,
-                    certificate_issuer_fingerprint: s.certificate_issuer_fingerprint,
-                }));
+        }
+        for kv in sidecars.items {
+            let (Some(replica), Ok(s)) = (
+                keys::sidecar_status_replica(&kv.key),
+                serde_json::from_slice::<SidecarStatus>(&kv.value),
+            ) else {
+                continue;
+            };
+            response.sidecars.push(ConnectedSidecar {
+                service: s.service,
+                instance: s.instance,
+                gateway: s.gateway,
+                pushed_version: s.pushed_version,
+                acked_version: s.acked_version,
+                nack_reason: s.nack_reason,
+                replica: replica.to_owned(),
+                admin_address: s.admin_address,
+                identity: s.identity,
+                certificate_not_after_unix: s.certificate_not_after_unix,
+                trust_bundle_version: s.trust_bundle_version,
+                certificate_not_before_unix: s.certificate_not_before_unix,
+                certificate_issuer_fingerprint: s.certificate_issuer_fingerprint,
+            });
         }
         Ok(Response::new(response))
     }

@@ -1,8 +1,10 @@
 //! The control plane's side of discovery: one stream per sidecar. Register
-//! the node under a lease kept alive while the stream lives, push a table
-//! whenever the sidecar's table changes, record its ACKs and NACKs, and
-//! revoke the lease when the stream ends (so a sidecar that leaves is gone
-//! at once, and one that dies is gone within the TTL).
+//! the node under the replica's registration lease (one for all its
+//! sidecars, see [`crate::registration_lease`]), push a table whenever the
+//! sidecar's table changes, record its ACKs and NACKs, and delete the
+//! registration when the stream ends (so a sidecar that leaves or dies is
+//! gone at once; only a replica that dies leaves keys behind, for at most
+//! the lease's TTL, while its sidecars register with another replica).
 //!
 //! A stream costs the replica little: a session task, the version of what
 //! it last pushed (not a copy of it), and pushes that are buffers shared by
@@ -38,11 +40,15 @@ use crate::store::{LeaseId, Precondition, Revision, Store, StoreError};
 /// How long a new stream may take to say who it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a registration waits for the replica's lease (the store is
+/// unreachable, or the replica has just started).
+const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a replica treats discovery streams.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamPolicy {
-    /// Registrations live this long without keep-alives.
-    pub lease_ttl: Duration,
+    /// The replica's registration lease (none while it has none).
+    pub lease: watch::Receiver<Option<LeaseId>>,
     /// For this long after start, sidecars that already have a table get
     /// their first push only when it ends.
     pub warmup: Duration,
@@ -54,7 +60,7 @@ pub struct StreamPolicy {
 pub struct DiscoveryService<S> {
     store: S,
     published: watch::Receiver<Arc<Published>>,
-    lease_ttl: Duration,
+    lease: watch::Receiver<Option<LeaseId>>,
     sessions: Arc<Sessions>,
     stop: CancellationToken,
     started: std::time::Instant,
@@ -79,7 +85,7 @@ impl<S: Store> DiscoveryService<S> {
             access: policy.access,
             store,
             published,
-            lease_ttl: policy.lease_ttl,
+            lease: policy.lease,
             sessions,
             stop,
             started: std::time::Instant::now(),
@@ -101,6 +107,17 @@ fn registration(node: &Node) -> Result<Registration, Status> {
     endpoint
         .validate()
         .map_err(|e| Status::invalid_argument(format!("hello.node.{e}")))?;
+    // Checked here, once, so a bad set never reaches a gateway.
+    if !node.file_descriptor_set.is_empty() {
+        <prost_types::FileDescriptorSet as prost::Message>::decode(
+            node.file_descriptor_set.as_slice(),
+        )
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "hello.node.file_descriptor_set: not a google.protobuf.FileDescriptorSet: {e}"
+            ))
+        })?;
+    }
     Ok(Registration {
         endpoint,
         grpc_services: node.grpc_services.clone(),
@@ -133,25 +150,26 @@ fn bound_to_identity(node: &Node, peer: Option<&SpiffeId>) -> Result<(), Status>
     }
 }
 
-/// Writes a node's keys under a fresh lease.
+/// A node's keys as this stream wrote them: deleted when the stream ends
+/// only if no one (another replica, a newer stream) wrote them since.
+#[derive(Debug, Clone)]
+struct Registered {
+    registration: Registration,
+    lease: LeaseId,
+    endpoint_revision: Revision,
+    descriptors_revision: Revision,
+}
+
+/// Writes a node's keys under `lease`.
 async fn register<S: Store>(
     store: &S,
-    ttl: Duration,
-    registration: &Registration,
+    lease: LeaseId,
+    registration: Registration,
     descriptors: &[u8],
-) -> Result<LeaseId, StoreError> {
-    let lease = store.grant_lease(ttl).await?;
+) -> Result<Registered, StoreError> {
     let endpoint = &registration.endpoint;
-    let value = serde_json::to_vec(registration).unwrap_or_default();
-    store
-        .put(
-            &keys::endpoint(&endpoint.service, &endpoint.instance),
-            value,
-            Precondition::Any,
-            Some(lease),
-        )
-        .await?;
-    store
+    let value = serde_json::to_vec(&registration).unwrap_or_default();
+    let descriptors_revision = store
         .put(
             &keys::descriptors(&endpoint.service, &endpoint.instance),
             descriptors.to_vec(),
@@ -159,7 +177,42 @@ async fn register<S: Store>(
             Some(lease),
         )
         .await?;
-    Ok(lease)
+    // The endpoint last: once it is routable, its descriptors are there.
+    let endpoint_revision = store
+        .put(
+            &keys::endpoint(&endpoint.service, &endpoint.instance),
+            value,
+            Precondition::Any,
+            Some(lease),
+        )
+        .await?;
+    Ok(Registered {
+        registration,
+        lease,
+        endpoint_revision,
+        descriptors_revision,
+    })
+}
+
+/// Deletes what [`register`] wrote, unless it was written again since.
+async fn deregister<S: Store>(store: &S, registered: &Registered) -> Result<(), StoreError> {
+    let endpoint = &registered.registration.endpoint;
+    for (key, revision) in [
+        (
+            keys::endpoint(&endpoint.service, &endpoint.instance),
+            registered.endpoint_revision,
+        ),
+        (
+            keys::descriptors(&endpoint.service, &endpoint.instance),
+            registered.descriptors_revision,
+        ),
+    ] {
+        match store.delete(&key, Precondition::Revision(revision)).await {
+            Ok(_) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 impl<S: Store> DiscoveryService<S> {
@@ -209,18 +262,24 @@ impl<S: Store> DiscoveryService<S> {
             None
         } else {
             let registration = registration(&node)?;
-            let lease = register(
-                &self.store,
-                self.lease_ttl,
-                &registration,
-                &node.file_descriptor_set,
-            )
-            .await
-            .map_err(|e| {
-                self.metrics.store_error("register");
-                Status::unavailable(format!("cannot register: {e}"))
-            })?;
-            Some((registration, lease))
+            let mut lease = self.lease.clone();
+            let lease =
+                match tokio::time::timeout(LEASE_TIMEOUT, lease.wait_for(Option::is_some)).await {
+                    Ok(Ok(lease)) => *lease,
+                    _ => None,
+                };
+            let Some(lease) = lease else {
+                return Err(Status::unavailable(
+                    "cannot register: this replica has no lease in the store now",
+                ));
+            };
+            let registered = register(&self.store, lease, registration, &node.file_descriptor_set)
+                .await
+                .map_err(|e| {
+                    self.metrics.store_error("register");
+                    Status::unavailable(format!("cannot register: {e}"))
+                })?;
+            Some(registered)
         };
         tracing::info!(
             service = %node.service,
@@ -242,7 +301,7 @@ impl<S: Store> DiscoveryService<S> {
         let session = Session {
             id,
             store: self.store.clone(),
-            lease_ttl: self.lease_ttl,
+            lease: self.lease.clone(),
             sessions: self.sessions.clone(),
             node,
             registered,
@@ -266,10 +325,12 @@ impl<S: Store> DiscoveryService<S> {
 struct Session<S> {
     id: u64,
     store: S,
-    lease_ttl: Duration,
+    /// The replica's registration lease: when it is replaced, the node is
+    /// registered again under the new one.
+    lease: watch::Receiver<Option<LeaseId>>,
     sessions: Arc<Sessions>,
     node: Node,
-    registered: Option<(Registration, LeaseId)>,
+    registered: Option<Registered>,
     /// The `table_revision` of the last push, to push only what changed
     /// for this node.
     table_sent: Option<Revision>,
@@ -287,9 +348,8 @@ impl<S: Store> Session<S> {
         hold: Duration,
         stop: CancellationToken,
     ) {
-        let mut keepalive = tokio::time::interval(self.lease_ttl / 3);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         published.mark_changed();
+        let mut stopping = false;
         let held = tokio::time::sleep(hold);
         tokio::pin!(held);
         let mut holding = !hold.is_zero();
@@ -322,15 +382,27 @@ impl<S: Store> Session<S> {
                 },
                 // Boxed: the store's futures are large and rare; inline, they
                 // would make every idle session as large as they are.
-                _ = keepalive.tick(), if self.registered.is_some() => Box::pin(self.keep_alive()).await,
+                changed = self.lease.changed(), if self.registered.is_some() => {
+                    if changed.is_err() {
+                        // The lease task ends only when the replica stops.
+                        stopping = true;
+                        break;
+                    }
+                    Box::pin(self.register_again()).await;
+                }
                 () = pushes.closed() => break,
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => {
+                    stopping = true;
+                    break;
+                }
             }
         }
-        if let Some((_, lease)) = &self.registered {
-            if let Err(error) = Box::pin(self.store.revoke(*lease)).await {
-                self.metrics.store_error("revoke");
-                tracing::warn!(instance = %self.node.instance, %error, "cannot revoke lease; it will expire");
+        // A replica that stops leaves its sidecars' keys to its lease: they
+        // register with another replica before it expires, without a gap.
+        if let (Some(registered), false) = (&self.registered, stopping) {
+            if let Err(error) = Box::pin(deregister(&self.store, registered)).await {
+                self.metrics.store_error("deregister");
+                tracing::warn!(instance = %self.node.instance, %error, "cannot delete the registration; it goes with the replica's lease");
             }
         }
         self.sessions.close(self.id);
@@ -395,38 +467,32 @@ impl<S: Store> Session<S> {
         }
     }
 
-    async fn keep_alive(&mut self) {
-        let Some((registration, lease)) = &self.registered else {
+    /// Writes the node's keys again under the replica's new lease (the
+    /// old one expired: the store dropped them).
+    async fn register_again(&mut self) {
+        let Some(lease) = *self.lease.borrow_and_update() else {
             return;
         };
-        match self.store.keep_alive(*lease).await {
-            Ok(()) => {}
-            Err(StoreError::LeaseExpired { .. }) => {
-                // The store lost the lease (e.g. we could not reach it for
-                // longer than the TTL): register again under a new one.
-                tracing::warn!(instance = %self.node.instance, "lease expired; registering again");
-                self.metrics.store_error("keep_alive");
-                match register(
-                    &self.store,
-                    self.lease_ttl,
-                    registration,
-                    &self.node.file_descriptor_set,
-                )
-                .await
-                {
-                    Ok(new_lease) => {
-                        let registration = registration.clone();
-                        self.registered = Some((registration, new_lease));
-                    }
-                    Err(error) => {
-                        self.metrics.store_error("register");
-                        tracing::warn!(%error, "re-registration failed; will retry");
-                    }
-                }
-            }
+        let Some(registered) = &self.registered else {
+            return;
+        };
+        if registered.lease == lease {
+            return;
+        }
+        match register(
+            &self.store,
+            lease,
+            registered.registration.clone(),
+            &self.node.file_descriptor_set,
+        )
+        .await
+        {
+            Ok(again) => self.registered = Some(again),
             Err(error) => {
-                self.metrics.store_error("keep_alive");
-                tracing::warn!(%error, "lease keep-alive failed; will retry");
+                // The lease task replaces a lease that fails again: this
+                // runs again then.
+                self.metrics.store_error("register");
+                tracing::warn!(instance = %self.node.instance, %error, "registering again under the new lease failed");
             }
         }
     }
@@ -445,7 +511,7 @@ mod tests {
         let session = Session {
             id: 0,
             store: MemoryStore::new(),
-            lease_ttl: Duration::from_secs(3),
+            lease: watch::channel(None).1,
             sessions: Arc::default(),
             node: Node::default(),
             registered: None,

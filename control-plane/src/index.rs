@@ -150,15 +150,19 @@ impl Index {
         index
     }
 
-    /// Applies a batch of watch events, in order.
-    pub fn apply(&mut self, batch: &WatchBatch) {
+    /// Applies a batch of watch events, in order; returns whether any of
+    /// them can change what is published (a join token's record cannot).
+    pub fn apply(&mut self, batch: &WatchBatch) -> bool {
+        let mut relevant = false;
         for event in &batch.events {
+            relevant |= !matches!(keys::parse(event.key()), Key::Token(_));
             match event {
                 WatchEvent::Put(kv) => self.put(kv),
                 WatchEvent::Delete { key, .. } => self.delete(key),
             }
         }
         self.revision = self.revision.max(batch.revision);
+        relevant
     }
 
     /// The latest store revision seen.
@@ -212,7 +216,7 @@ impl Index {
                 let value = String::from_utf8_lossy(&kv.value).into_owned();
                 self.jwks.insert(name, value);
             }
-            Key::Replica(_) | Key::Token(_) => {}
+            Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.insert(key);
             }
@@ -243,7 +247,7 @@ impl Index {
             Key::Jwks(name) => {
                 self.jwks.remove(&name);
             }
-            Key::Replica(_) | Key::Token(_) => {}
+            Key::Token(_) => {}
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
             }
@@ -289,13 +293,17 @@ impl Index {
         let mut endpoints = Vec::new();
         let mut grpc_services = BTreeSet::new();
         let mut descriptor_sets = Vec::new();
+        // Instances of one app register the same set: gateways get it once.
+        let mut seen_sets = std::collections::HashSet::new();
         for ((service, instance), parsed) in &self.endpoints {
             match parsed {
                 Ok(registration) => {
                     endpoints.push(registration.endpoint.clone());
                     grpc_services.extend(registration.grpc_services.iter().cloned());
                     if let Some(set) = self.descriptors.get(&(service.clone(), instance.clone())) {
-                        descriptor_sets.push(set.clone());
+                        if !set.is_empty() && seen_sets.insert(set.clone()) {
+                            descriptor_sets.push(set.clone());
+                        }
                     }
                 }
                 Err(why) => problems.push(format!("endpoint {service}/{instance} skipped: {why}")),

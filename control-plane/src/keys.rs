@@ -2,11 +2,11 @@
 //!
 //! - `/mesh/routes/<name>`: a validated route document (JSON).
 //! - `/mesh/endpoints/<service>/<instance>`: a live registration (JSON),
-//!   bound to the lease of the sidecar's discovery stream.
+//!   bound to the registration lease of the replica the sidecar's discovery
+//!   stream is on (one lease per replica, not per sidecar), deleted when
+//!   the stream ends.
 //! - `/mesh/descriptors/<service>/<instance>`: that app's encoded
-//!   `FileDescriptorSet`, on the same lease.
-//! - `/mesh/replicas/<id>`: a control-plane replica's status (JSON), bound to
-//!   the replica's own lease.
+//!   `FileDescriptorSet`, checked when registered, on the same lease.
 //! - `/mesh/trust/bundle`: the trust anchors (PEM; certificates only, never
 //!   a key) every proxy is pushed; its mod revision is the bundle version.
 //! - `/mesh/trust/renew-issuer`: the fingerprint (SHA-256, hex) of the
@@ -22,6 +22,15 @@
 //! - `/mesh/authn/<name>`: a validated request authentication (JSON).
 //! - `/mesh/jwks/<name>`: the key set a replica fetched for request
 //!   authentication `<name>` (JWKS JSON: public keys only).
+//!
+//! What replicas report about themselves for `meshctl status` lives apart,
+//! under `/mesh-status/`, which no replica watches: a sidecar's ACK
+//! written there wakes nobody.
+//!
+//! - `/mesh-status/replicas/<id>`: a replica's address, revision and
+//!   number of sidecars (JSON), bound to the replica's status lease.
+//! - `/mesh-status/sidecars/<replica>/<session>`: one connected sidecar
+//!   (JSON), on the same lease: no value grows with the fleet.
 
 /// Everything the mesh stores is under this prefix.
 pub const ROOT: &str = "/mesh/";
@@ -31,8 +40,10 @@ pub const ROUTES: &str = "/mesh/routes/";
 pub const ENDPOINTS: &str = "/mesh/endpoints/";
 /// Descriptor sets prefix.
 pub const DESCRIPTORS: &str = "/mesh/descriptors/";
-/// Replica status prefix.
-pub const REPLICAS: &str = "/mesh/replicas/";
+/// Replica status prefix (outside [`ROOT`]: not watched).
+pub const STATUS_REPLICAS: &str = "/mesh-status/replicas/";
+/// Connected sidecars prefix (outside [`ROOT`]: not watched).
+pub const STATUS_SIDECARS: &str = "/mesh-status/sidecars/";
 
 /// The trust bundle.
 pub const TRUST_BUNDLE: &str = "/mesh/trust/bundle";
@@ -108,7 +119,19 @@ pub fn descriptors(service: &str, instance: &str) -> String {
 
 /// The key of a replica's status.
 pub fn replica(id: &str) -> String {
-    format!("{REPLICAS}{id}")
+    format!("{STATUS_REPLICAS}{id}")
+}
+
+/// The key of a sidecar connected to replica `replica` on stream `session`.
+pub fn sidecar_status(replica: &str, session: u64) -> String {
+    format!("{STATUS_SIDECARS}{replica}/{session}")
+}
+
+/// The replica a [`sidecar_status`] key names.
+pub fn sidecar_status_replica(key: &str) -> Option<&str> {
+    key.strip_prefix(STATUS_SIDECARS)?
+        .split_once('/')
+        .map(|(replica, _)| replica)
 }
 
 /// The key of join token `id`.
@@ -125,8 +148,6 @@ pub enum Key {
     Endpoint(String, String),
     /// An app's descriptors: service, instance.
     Descriptors(String, String),
-    /// A replica's status, by id.
-    Replica(String),
     /// A join token's record, by id.
     Token(String),
     /// The trust bundle.
@@ -162,9 +183,6 @@ pub fn parse(key: &str) -> Key {
     }
     if let Some((s, i)) = key.strip_prefix(DESCRIPTORS).and_then(pair) {
         return Key::Descriptors(s, i);
-    }
-    if let Some(id) = key.strip_prefix(REPLICAS).filter(|n| !n.is_empty()) {
-        return Key::Replica(id.to_owned());
     }
     if key == TRUST_BUNDLE {
         return Key::TrustBundle;
@@ -214,7 +232,9 @@ mod tests {
             parse(&descriptors("a", "b")),
             Key::Descriptors("a".into(), "b".into())
         );
-        assert_eq!(parse(&replica("r1")), Key::Replica("r1".into()));
+        assert!(!replica("r1").starts_with(ROOT), "status is not watched");
+        assert!(!sidecar_status("r1", 7).starts_with(ROOT));
+        assert_eq!(sidecar_status_replica(&sidecar_status("r1", 7)), Some("r1"));
         assert_eq!(parse(&token("ab12")), Key::Token("ab12".into()));
         assert_eq!(parse(RENEW_ISSUER), Key::RenewIssuer);
         assert_eq!(parse(&jwks("users")), Key::Jwks("users".into()));

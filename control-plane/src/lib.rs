@@ -10,6 +10,7 @@
 //! - [`tokens`]: join tokens, kept hashed in the store.
 //! - [`keys`]: where each kind of state lives in the store.
 //! - [`registration`]: the stored shapes of endpoints and replica status.
+//! - [`registration_lease`]: the one lease a replica's registrations live on.
 //! - [`jwks`]: fetches the key sets of request authentications.
 //! - [`index`]: the pure, synchronous view of the store that pushes are
 //!   built from; bad data is reported and skipped here.
@@ -36,6 +37,7 @@ pub mod keys;
 pub mod metrics;
 pub mod push;
 pub mod registration;
+pub mod registration_lease;
 pub mod replica;
 pub mod server;
 pub mod sessions;

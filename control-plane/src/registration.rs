@@ -58,6 +58,8 @@ fn is_zero_u64(n: &u64) -> bool {
 }
 
 /// A replica's status, kept in the store so any replica can report on all.
+/// Its sidecars are keys of their own (`keys::sidecar_status`): this value
+/// stays the same size however many connect.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     /// Replica id.
@@ -66,6 +68,6 @@ pub struct ReplicaStatus {
     pub address: String,
     /// The latest store revision it has seen.
     pub revision: i64,
-    /// Its connected sidecars.
-    pub sidecars: Vec<SidecarStatus>,
+    /// How many sidecars are connected to it.
+    pub connected_sidecars: usize,
 }

@@ -1,10 +1,16 @@
-//! Publishes this replica's status (connected sidecars, what they acked)
-//! to the store, under a lease of its own, so `meshctl status` asked of any
-//! replica shows every replica; a replica that dies drops out within the TTL.
+//! Publishes this replica's status to the store under a lease of its own,
+//! so `meshctl status` asked of any replica shows every replica; a replica
+//! that dies drops out within the TTL.
+//!
+//! The replica's own value is small and fixed in size; each connected
+//! sidecar is a key of its own, written only when what it reports changes
+//! (see [`crate::sessions`]). Both live outside the watched prefix, so
+//! these writes wake no replica's watcher.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -12,11 +18,14 @@ use crate::index::Published;
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::registration::ReplicaStatus;
-use crate::sessions::Sessions;
-use crate::store::{LeaseId, Precondition, Store};
+use crate::sessions::{SessionChange, Sessions};
+use crate::store::{LeaseId, Precondition, Store, StoreError};
 
 /// How often the status is refreshed at most.
 const INTERVAL: Duration = Duration::from_millis(500);
+
+/// Sidecar status writes in flight at once.
+const CONCURRENT_WRITES: usize = 32;
 
 /// Who this replica is.
 #[derive(Debug, Clone)]
@@ -48,12 +57,6 @@ pub async fn run<S: Store>(
             () = stop.cancelled() => break,
         }
         since_keepalive += INTERVAL;
-        let status = ReplicaStatus {
-            id: identity.id.clone(),
-            address: identity.address.clone(),
-            revision: published.borrow().revision,
-            sidecars: sessions.list(),
-        };
         let current_lease = match lease {
             Some(l) if since_keepalive < ttl / 3 => l,
             Some(l) => match store.keep_alive(l).await {
@@ -65,7 +68,6 @@ pub async fn run<S: Store>(
                     metrics.store_error("keep_alive");
                     tracing::debug!(%error, "replica lease lost; granting a new one");
                     lease = None;
-                    written = None;
                     continue;
                 }
             },
@@ -73,6 +75,9 @@ pub async fn run<S: Store>(
                 Ok(l) => {
                     since_keepalive = Duration::ZERO;
                     lease = Some(l);
+                    // Whatever was written went with the old lease.
+                    written = None;
+                    sessions.mark_changed(None);
                     l
                 }
                 Err(error) => {
@@ -82,27 +87,84 @@ pub async fn run<S: Store>(
                 }
             },
         };
-        if written.as_ref() == Some(&status) {
-            continue;
-        }
-        let value = serde_json::to_vec(&status).unwrap_or_default();
-        match store
-            .put(
-                &keys::replica(&identity.id),
-                value,
-                Precondition::Any,
-                Some(current_lease),
-            )
-            .await
-        {
-            Ok(_) => written = Some(status),
-            Err(error) => {
-                metrics.store_error("put");
-                tracing::debug!(%error, "cannot write the replica status");
+        let status = ReplicaStatus {
+            id: identity.id.clone(),
+            address: identity.address.clone(),
+            revision: published.borrow().revision,
+            connected_sidecars: sessions.len(),
+        };
+        if written.as_ref() != Some(&status) {
+            let value = serde_json::to_vec(&status).unwrap_or_default();
+            match store
+                .put(
+                    &keys::replica(&identity.id),
+                    value,
+                    Precondition::Any,
+                    Some(current_lease),
+                )
+                .await
+            {
+                Ok(_) => written = Some(status),
+                Err(error) => {
+                    metrics.store_error("put");
+                    tracing::debug!(%error, "cannot write the replica status");
+                }
             }
         }
+        write_sidecars(&store, &identity.id, current_lease, &sessions, &metrics).await;
     }
     if let Some(lease) = lease {
         let _ = store.revoke(lease).await;
+    }
+}
+
+/// Writes the sidecars whose status changed, deletes those that left;
+/// what fails is written on a later tick.
+async fn write_sidecars<S: Store>(
+    store: &S,
+    replica: &str,
+    lease: LeaseId,
+    sessions: &Sessions,
+    metrics: &Metrics,
+) {
+    let changes = sessions.take_changes();
+    if changes.is_empty() {
+        return;
+    }
+    let failed: Vec<u64> = futures_util::stream::iter(changes)
+        .map(|change| async move {
+            let (id, result) = match change {
+                SessionChange::Now(id, status) => {
+                    let value = serde_json::to_vec(&status).unwrap_or_default();
+                    let key = keys::sidecar_status(replica, id);
+                    (
+                        id,
+                        store
+                            .put(&key, value, Precondition::Any, Some(lease))
+                            .await
+                            .map(drop),
+                    )
+                }
+                SessionChange::Closed(id) => {
+                    let key = keys::sidecar_status(replica, id);
+                    match store.delete(&key, Precondition::Any).await {
+                        Ok(_) | Err(StoreError::NotFound { .. }) => (id, Ok(())),
+                        Err(error) => (id, Err(error)),
+                    }
+                }
+            };
+            result.err().map(|error| (id, error))
+        })
+        .buffer_unordered(CONCURRENT_WRITES)
+        .filter_map(|failure| async move { failure })
+        .map(|(id, error)| {
+            metrics.store_error("put");
+            tracing::debug!(%error, session = id, "cannot write a sidecar's status");
+            id
+        })
+        .collect()
+        .await;
+    if !failed.is_empty() {
+        sessions.mark_changed(Some(&failed));
     }
 }

@@ -25,6 +25,7 @@ use crate::discovery::{DiscoveryServer, DiscoveryService, StreamPolicy};
 use crate::identity::IdentityService;
 use crate::index::Published;
 use crate::metrics::Metrics;
+use crate::registration_lease;
 use crate::replica::{self, Identity};
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -133,6 +134,14 @@ pub async fn run<S: Store>(
         background.clone(),
         metrics.clone(),
     ));
+    let (lease_tx, lease) = watch::channel(None);
+    let registration_lease = tokio::spawn(registration_lease::run(
+        store.clone(),
+        settings.lease_ttl,
+        lease_tx,
+        background.clone(),
+        metrics.clone(),
+    ));
     let admin_task = tokio::spawn(serve_admin(
         admin,
         published.clone(),
@@ -172,8 +181,8 @@ pub async fn run<S: Store>(
     if let Some(identity) = &settings.identity {
         admin_service = admin_service.with_authority(identity.authority.clone());
     }
-    // Streams end when `shutdown` fires: each session sees the stop and
-    // revokes its sidecar's lease, and sidecars move to another replica.
+    // Streams end when `shutdown` fires: sidecars move to another replica
+    // and register there before this replica's lease expires.
     let sessions_stop = shutdown.clone();
     // Streams, header size and the cap on reset streams stated, not
     // tonic's defaults (unlimited streams, no reset cap).
@@ -185,7 +194,7 @@ pub async fn run<S: Store>(
             store.clone(),
             published.clone(),
             StreamPolicy {
-                lease_ttl: settings.lease_ttl,
+                lease,
                 warmup: settings.warmup,
                 access,
             },
@@ -254,7 +263,7 @@ pub async fn run<S: Store>(
         }
     };
     background.cancel();
-    let _ = tokio::join!(watcher, status, admin_task);
+    let _ = tokio::join!(watcher, status, registration_lease, admin_task);
     tracing::info!(replica = %settings.id, "control plane stopped");
     Ok(result?)
 }
@@ -424,10 +433,7 @@ async fn serve_admin(
             ("/live", _) => (200, Bytes::from_static(b"live\n")),
             ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
             ("/ready", false) => (503, Bytes::from_static(b"not ready: store not read yet\n")),
-            ("/metrics", _) => (
-                200,
-                Bytes::from(metrics.encode(sessions.list().len(), revision)),
-            ),
+            ("/metrics", _) => (200, Bytes::from(metrics.encode(sessions.len(), revision))),
             _ => (
                 404,
                 Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),

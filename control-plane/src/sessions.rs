@@ -1,7 +1,12 @@
 //! The sidecars connected to this replica and what each has acked: the
 //! replica-local half of `meshctl status`.
+//!
+//! Which sessions changed since the status was last written is tracked
+//! here, so the writer ([`crate::replica`]) touches only those keys: a
+//! route change acked by 10,000 sidecars is 10,000 small writes once, not a
+//! rewrite of every sidecar on every tick.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -11,35 +16,125 @@ use crate::registration::SidecarStatus;
 #[derive(Debug, Default)]
 pub struct Sessions {
     next_id: AtomicU64,
-    map: Mutex<BTreeMap<u64, SidecarStatus>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    map: BTreeMap<u64, SidecarStatus>,
+    /// Opened, updated or closed since the last [`Sessions::take_changes`].
+    changed: BTreeSet<u64>,
+}
+
+/// What became of a session since the changes were last taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Opened or updated: its status now.
+    Now(u64, SidecarStatus),
+    /// Closed.
+    Closed(u64),
 }
 
 impl Sessions {
     /// Records a new stream; returns its id.
     pub fn open(&self, status: SidecarStatus) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, status);
+        let mut state = self.lock();
+        state.map.insert(id, status);
+        state.changed.insert(id);
         id
     }
 
     /// Updates a stream's status.
     pub fn update(&self, id: u64, change: impl FnOnce(&mut SidecarStatus)) {
-        if let Some(status) = self.lock().get_mut(&id) {
+        let mut state = self.lock();
+        if let Some(status) = state.map.get_mut(&id) {
+            let before = status.clone();
             change(status);
+            if *status != before {
+                state.changed.insert(id);
+            }
         }
     }
 
     /// Forgets a closed stream.
     pub fn close(&self, id: u64) {
-        self.lock().remove(&id);
+        let mut state = self.lock();
+        state.map.remove(&id);
+        state.changed.insert(id);
     }
 
-    /// Every connected sidecar.
-    pub fn list(&self) -> Vec<SidecarStatus> {
-        self.lock().values().cloned().collect()
+    /// How many streams are open.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, SidecarStatus>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sessions changed since the last call, and clears the record.
+    pub fn take_changes(&self) -> Vec<SessionChange> {
+        let mut state = self.lock();
+        let changed = std::mem::take(&mut state.changed);
+        changed
+            .into_iter()
+            .map(|id| match state.map.get(&id) {
+                Some(status) => SessionChange::Now(id, status.clone()),
+                None => SessionChange::Closed(id),
+            })
+            .collect()
+    }
+
+    /// Marks sessions as changed again (their write failed, or everything
+    /// must be written again under a new lease: `None`).
+    pub fn mark_changed(&self, ids: Option<&[u64]>) {
+        let mut state = self.lock();
+        match ids {
+            Some(ids) => state.changed.extend(ids.iter().copied()),
+            None => {
+                let all: Vec<u64> = state.map.keys().copied().collect();
+                state.changed.extend(all);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(instance: &str) -> SidecarStatus {
+        SidecarStatus {
+            service: "inventory".into(),
+            instance: instance.into(),
+            ..SidecarStatus::default()
+        }
+    }
+
+    #[test]
+    fn only_what_changed_is_taken_once() {
+        let sessions = Sessions::default();
+        let a = sessions.open(status("a"));
+        let b = sessions.open(status("b"));
+        assert_eq!(sessions.take_changes().len(), 2);
+        assert!(sessions.take_changes().is_empty());
+        sessions.update(a, |s| s.acked_version = 7);
+        sessions.update(b, |_| {}); // no change: nothing to write
+        let changes = sessions.take_changes();
+        assert_eq!(changes.len(), 1);
+        assert!(
+            matches!(&changes[0], SessionChange::Now(id, s) if *id == a && s.acked_version == 7)
+        );
+        sessions.close(b);
+        assert_eq!(sessions.take_changes(), vec![SessionChange::Closed(b)]);
+        sessions.mark_changed(None);
+        assert_eq!(sessions.take_changes().len(), 1, "only open sessions");
+        assert_eq!(sessions.len(), 1);
     }
 }

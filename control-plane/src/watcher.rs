@@ -107,8 +107,8 @@ async fn follow<S: Store>(
         tokio::select! {
             batch = stream.next() => match batch {
                 Some(Ok(batch)) => {
-                    index.apply(&batch);
-                    unpublished = true;
+                    // Keys that change no table (join tokens) wake no stream.
+                    unpublished |= index.apply(&batch);
                 }
                 broken => {
                     if unpublished {

@@ -276,13 +276,16 @@ impl Subscriber {
         };
         let source: Bootstrap =
             serde_json::from_str(&snapshot.table_json).map_err(|e| format!("table_json: {e}"))?;
+        // Reflection never blocks routing: descriptors that do not build
+        // keep the previous reflection, and the table is applied.
         let reflection = match &self.reflection {
-            Some(_) => Some(
-                MeshReflection::build(&snapshot.file_descriptor_sets, |service, method| {
-                    source.is_public(service, method)
-                })
-                .map_err(|e| e.to_string())?,
-            ),
+            Some(_) => MeshReflection::build(&snapshot.file_descriptor_sets, |service, method| {
+                source.is_public(service, method)
+            })
+            .inspect_err(|error| {
+                tracing::warn!(%error, "the pushed descriptors do not build; gateway reflection keeps the previous ones");
+            })
+            .ok(),
             None => None,
         };
         self.table.learn_descriptors(&snapshot.file_descriptor_sets);

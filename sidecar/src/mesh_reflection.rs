@@ -22,14 +22,6 @@ const REFLECTION_PREFIXES: [&str; 2] = [
 /// The descriptors pushed by the control plane could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshReflectionError {
-    /// A descriptor set does not decode.
-    #[error("descriptor set {index}: {source}")]
-    Decode {
-        /// Which set in the push.
-        index: usize,
-        /// Why.
-        source: prost::DecodeError,
-    },
     /// The sets do not form a consistent schema.
     #[error("reflection: {0}")]
     Build(#[from] tonic_reflection::server::Error),
@@ -77,8 +69,15 @@ impl MeshReflection {
         // keep one copy of each by name.
         let mut files = BTreeMap::new();
         for (index, bytes) in descriptor_sets.iter().enumerate() {
-            let set = FileDescriptorSet::decode(bytes.as_slice())
-                .map_err(|source| MeshReflectionError::Decode { index, source })?;
+            // The control plane refuses such sets at registration; one that
+            // got through costs its own services their description only.
+            let set = match FileDescriptorSet::decode(bytes.as_slice()) {
+                Ok(set) => set,
+                Err(error) => {
+                    tracing::warn!(index, %error, "a pushed descriptor set does not decode; skipped");
+                    continue;
+                }
+            };
             for file in set.file {
                 files.entry(file.name().to_owned()).or_insert(file);
             }

@@ -1,0 +1,307 @@
+//! What the fleet costs the store: real etcd (TLS, client certificates),
+//! two real control-plane replicas, and simulated sidecars that hold real
+//! discovery streams over mTLS with a real `sim` certificate. Registrations
+//! live on one lease per replica (not one per sidecar), nothing stored
+//! grows with the number of sidecars, a stream that ends takes its keys
+//! with it at once, and a descriptor set that does not decode is refused at
+//! registration while routing goes on.
+
+// Helpers here are test code too: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use mesh::identity::{MeshTls, SpiffeId, Workload};
+use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
+use mesh::proto::mesh::v1::sidecar_message::Message;
+use mesh::proto::mesh::v1::{Ack, Hello, Node, SidecarMessage};
+use support::{block_on, TestMesh};
+use tokio::sync::mpsc;
+
+/// How long the store may take to show what the test waits for on a
+/// loaded 2-core machine (a timeout, not an expected time).
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn two_replicas() -> TestMesh {
+    let mut topology = support::secure_services(&["catalog"]);
+    topology.control_plane.as_mut().unwrap().replicas = 2;
+    TestMesh::start(&topology)
+}
+
+/// A client of the mesh's etcd with the control plane's client certificate.
+async fn etcd(mesh: &TestMesh) -> Client {
+    let files = mesh.plan.identity.as_ref().unwrap().etcd_tls();
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read(files.ca())))
+        .identity(Identity::from_pem(
+            read(files.client_cert()),
+            read(files.client_key()),
+        ))
+        .domain_name("localhost");
+    let addr = mesh.plan.process("etcd").unwrap().serving;
+    Client::connect(
+        [format!("https://{addr}")],
+        Some(ConnectOptions::new().with_tls(tls)),
+    )
+    .await
+    .expect("etcd over TLS")
+}
+
+/// What the store holds: live leases, and every key's value size.
+#[derive(Debug)]
+struct Footprint {
+    leases: usize,
+    sizes: BTreeMap<String, usize>,
+}
+
+impl Footprint {
+    async fn read(client: &mut Client) -> Self {
+        let leases = client.leases().await.unwrap().leases().len();
+        let mut sizes = BTreeMap::new();
+        for prefix in ["/mesh/", "/mesh-status/"] {
+            let found = client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            for kv in found.kvs() {
+                sizes.insert(kv.key_str().unwrap().to_owned(), kv.value().len());
+            }
+        }
+        Self { leases, sizes }
+    }
+
+    fn largest(&self) -> (String, usize) {
+        self.sizes
+            .iter()
+            .max_by_key(|(_, size)| **size)
+            .map(|(key, size)| (key.clone(), *size))
+            .unwrap_or_default()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.sizes.keys().filter(|k| k.starts_with(prefix)).count()
+    }
+}
+
+/// A simulated sidecar: its stream stays open while this lives, and it
+/// acknowledges every push.
+struct Simulated {
+    _outbound: mpsc::Sender<SidecarMessage>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn node(instance: &str, descriptors: Vec<u8>) -> Node {
+    Node {
+        service: "sim".into(),
+        instance: instance.into(),
+        address: "127.0.0.1:9".into(),
+        version: "v1".into(),
+        weight: 100,
+        file_descriptor_set: descriptors,
+        ..Node::default()
+    }
+}
+
+/// Opens `node`'s stream on `channel`; resolves once its first push came
+/// and was acknowledged, or with the status that refused it.
+async fn subscribe(
+    channel: tonic::transport::Channel,
+    node: Node,
+) -> Result<Simulated, tonic::Status> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(SidecarMessage {
+        message: Some(Message::Hello(Hello {
+            node: Some(node),
+            current_version: 0,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut pushes = DiscoveryClient::new(channel)
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = pushes
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unavailable("stream ended before a push"))?;
+    let ack = |version| SidecarMessage {
+        message: Some(Message::Ack(Ack { version })),
+    };
+    tx.send(ack(first.version)).await.unwrap();
+    let acks = tx.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(Some(push)) = pushes.message().await {
+            if acks.send(ack(push.version)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Simulated {
+        _outbound: tx,
+        task,
+    })
+}
+
+/// `count` simulated sidecars `sim-<from>`.., spread over the replicas.
+async fn simulate(
+    channels: &[tonic::transport::Channel],
+    from: usize,
+    count: usize,
+) -> Vec<Simulated> {
+    let opened = (from..from + count).map(|i| {
+        let channel = channels[i % channels.len()].clone();
+        async move {
+            subscribe(channel, node(&format!("sim-{i:04}"), Vec::new()))
+                .await
+                .unwrap_or_else(|status| panic!("sim-{i:04} refused: {status:?}"))
+        }
+    });
+    futures_util::future::join_all(opened).await
+}
+
+/// mTLS channels to each replica as a `sim` proxy.
+async fn channels(mesh: &TestMesh, tls: &Arc<MeshTls>) -> Vec<tonic::transport::Channel> {
+    let control_plane = SpiffeId::new(tls.trust_domain(), Workload::ControlPlane).unwrap();
+    let mut channels = Vec::new();
+    for uri in &mesh.plan.control_planes {
+        channels.push(
+            mesh::identity::transport::channel(
+                uri,
+                tls.clone(),
+                control_plane.clone(),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("mTLS to a replica"),
+        );
+    }
+    channels
+}
+
+/// Reads the store until `done` holds for it (or fails after [`SETTLE`]).
+async fn settle(client: &mut Client, what: &str, done: impl Fn(&Footprint) -> bool) -> Footprint {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let footprint = Footprint::read(client).await;
+        if done(&footprint) {
+            return footprint;
+        }
+        assert!(Instant::now() < deadline, "{what}: {footprint:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn two_hundred_sidecars_cost_no_lease_and_no_growing_value() {
+    let mesh = two_replicas();
+    let tls = mesh.workload_tls("sim");
+    block_on(async move {
+        let mut store = etcd(&mesh).await;
+        let channels = channels(&mesh, &tls).await;
+        // The mesh's own proxies (catalog, the gateway) are connected.
+        let before = settle(&mut store, "proxies' status written", |f| {
+            f.count("/mesh-status/sidecars/") >= 2
+        })
+        .await;
+
+        let mut fleet = simulate(&channels, 0, 20).await;
+        let small = settle(
+            &mut store,
+            "20 simulated sidecars registered and reported",
+            |f| f.count("/mesh/endpoints/sim/") == 20 && f.count("/mesh-status/sidecars/") >= 22,
+        )
+        .await;
+        fleet.extend(simulate(&channels, 20, 180).await);
+        let large = settle(
+            &mut store,
+            "200 simulated sidecars registered and reported",
+            |f| f.count("/mesh/endpoints/sim/") == 200 && f.count("/mesh-status/sidecars/") >= 202,
+        )
+        .await;
+
+        // A lease per sidecar would be 200 more; a replica's keep-alives
+        // are the same for 2 sidecars or 200.
+        assert_eq!(
+            large.leases, before.leases,
+            "leases: {} with the mesh alone, {} with 200 more sidecars",
+            before.leases, large.leases
+        );
+        // Ten times the sidecars, the same largest value (a list of
+        // sidecars in one value would have grown by ~50 KB).
+        let (small_key, small_size) = small.largest();
+        let (large_key, large_size) = large.largest();
+        assert!(
+            large_size <= small_size + 64,
+            "the largest value grew with the fleet: {small_key} {small_size} B with 20 sidecars, {large_key} {large_size} B with 200"
+        );
+        // Each replica's own status stays small.
+        for (key, size) in &large.sizes {
+            if key.starts_with("/mesh-status/replicas/") {
+                assert!(*size < 512, "{key}: {size} B");
+            }
+        }
+
+        // Streams that end take their keys at once: the replicas' leases
+        // live on, so nothing here waits for an expiry.
+        for simulated in fleet.drain(100..) {
+            simulated.task.abort();
+            drop(simulated);
+        }
+        let after = settle(&mut store, "100 ended streams deregistered", |f| {
+            f.count("/mesh/endpoints/sim/") == 100 && f.count("/mesh/descriptors/sim/") == 100
+        })
+        .await;
+        assert_eq!(after.leases, before.leases);
+        let remaining: Vec<&String> = after
+            .sizes
+            .keys()
+            .filter(|k| k.starts_with("/mesh/endpoints/sim/"))
+            .collect();
+        assert!(
+            remaining
+                .iter()
+                .all(|k| k.as_str() < "/mesh/endpoints/sim/sim-0100"),
+            "the ended ones are gone, the others stay: {remaining:?}"
+        );
+        drop(fleet);
+    });
+}
+
+#[test]
+fn a_descriptor_set_that_does_not_decode_is_refused_and_routing_goes_on() {
+    let mesh = TestMesh::start(&support::secure_catalog());
+    let tls = mesh.workload_tls("sim");
+    let gateway = mesh.gateway_uri();
+    block_on(async move {
+        let channels = channels(&mesh, &tls).await;
+        let garbage = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        let refused = subscribe(channels[0].clone(), node("sim-bad", garbage))
+            .await
+            .err()
+            .expect("a set that does not decode is refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains("file_descriptor_set"),
+            "the field is named: {}",
+            refused.message()
+        );
+        // A good set (an empty one) registers, and the mesh routes.
+        let _ok = subscribe(channels[0].clone(), node("sim-good", Vec::new()))
+            .await
+            .expect("registered");
+        let (ok, stdout, stderr) = mesh.meshctl(&["get", "endpoints", "-o", "json"], None);
+        assert!(ok, "{stderr}");
+        assert!(
+            stdout.contains("sim-good") && !stdout.contains("sim-bad"),
+            "{stdout}"
+        );
+        support::first_product(&support::channel(gateway).await).await;
+    });
+}
