@@ -33,24 +33,36 @@ fn two_replicas() -> TestMesh {
     TestMesh::start(&topology)
 }
 
-/// A client of the mesh's etcd with the control plane's client certificate.
-async fn etcd(mesh: &TestMesh) -> Client {
-    let files = mesh.plan.identity.as_ref().unwrap().etcd_tls();
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(read(files.ca())))
-        .identity(Identity::from_pem(
-            read(files.client_cert()),
-            read(files.client_key()),
-        ))
-        .domain_name("localhost");
-    let addr = mesh.plan.process("etcd").unwrap().serving;
-    Client::connect(
-        [format!("https://{addr}")],
-        Some(ConnectOptions::new().with_tls(tls)),
-    )
-    .await
-    .expect("etcd over TLS")
+/// Where the mesh's etcd is and the control plane's client certificate.
+#[derive(Clone)]
+struct EtcdAccess {
+    endpoint: String,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl EtcdAccess {
+    fn of(mesh: &TestMesh) -> Self {
+        let files = mesh.plan.identity.as_ref().unwrap().etcd_tls();
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+        Self {
+            endpoint: format!("https://{}", mesh.plan.process("etcd").unwrap().serving),
+            ca: read(files.ca()),
+            cert: read(files.client_cert()),
+            key: read(files.client_key()),
+        }
+    }
+
+    async fn connect(self) -> Client {
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(self.ca))
+            .identity(Identity::from_pem(self.cert, self.key))
+            .domain_name("localhost");
+        Client::connect([self.endpoint], Some(ConnectOptions::new().with_tls(tls)))
+            .await
+            .expect("etcd over TLS")
+    }
 }
 
 /// What the store holds: live leases, and every key's value size.
@@ -202,8 +214,9 @@ async fn settle(client: &mut Client, what: &str, done: impl Fn(&Footprint) -> bo
 fn two_hundred_sidecars_cost_no_lease_and_no_growing_value() {
     let mesh = two_replicas();
     let tls = mesh.workload_tls("sim");
+    let access = EtcdAccess::of(&mesh);
     block_on(async move {
-        let mut store = etcd(&mesh).await;
+        let mut store = access.connect().await;
         let channels = channels(&mesh, &tls).await;
         // The mesh's own proxies (catalog, the gateway) are connected.
         let before = settle(&mut store, "proxies' status written", |f| {
@@ -304,4 +317,132 @@ fn a_descriptor_set_that_does_not_decode_is_refused_and_routing_goes_on() {
         );
         support::first_product(&support::channel(gateway).await).await;
     });
+}
+
+/// The replica whose status lists `instance`'s proxy, from the store.
+async fn replica_of(client: &mut Client, instance: &str) -> Option<String> {
+    let found = client
+        .get(
+            "/mesh-status/sidecars/",
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    found.kvs().iter().find_map(|kv| {
+        let status: serde_json::Value = serde_json::from_slice(kv.value()).ok()?;
+        (status["instance"] == instance).then(|| {
+            let key = kv.key_str().ok()?;
+            key.strip_prefix("/mesh-status/sidecars/")?
+                .split('/')
+                .next()
+                .map(str::to_owned)
+        })?
+    })
+}
+
+/// The lease an endpoint's key is on, if the key exists.
+async fn endpoint_lease(client: &mut Client, service: &str, instance: &str) -> Option<i64> {
+    let found = client
+        .get(format!("/mesh/endpoints/{service}/{instance}"), None)
+        .await
+        .unwrap();
+    found.kvs().first().map(|kv| kv.lease())
+}
+
+#[test]
+fn sigkill_of_a_replica_under_load_loses_no_call_and_its_sidecars_move_before_its_lease_ends() {
+    let mut mesh = two_replicas();
+    let gateway = mesh.gateway_uri();
+    let access = EtcdAccess::of(&mesh);
+    let (victim, lease) = block_on({
+        let access = access.clone();
+        async move {
+            let mut store = access.connect().await;
+            let deadline = Instant::now() + SETTLE;
+            let victim = loop {
+                if let Some(replica) = replica_of(&mut store, "catalog-1").await {
+                    break replica;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "catalog-1's sidecar never reported"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let lease = endpoint_lease(&mut store, "catalog", "catalog-1")
+                .await
+                .expect("catalog-1 registered");
+            (victim, lease)
+        }
+    });
+    // Calls through the gateway to catalog all along: bounded in count and time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            block_on(async move {
+                let channel = support::channel(gateway).await;
+                let mut client = mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient::new(channel);
+                let (mut calls, mut failures) = (0u32, Vec::new());
+                let started = Instant::now();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && calls < 20_000
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    let answer = client
+                        .list_products(mesh::proto::shop::catalog::v1::ListProductsRequest {
+                            page_size: 1,
+                            page_token: String::new(),
+                        })
+                        .await;
+                    calls += 1;
+                    if let Err(status) = answer {
+                        failures.push(status);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (calls, failures)
+            })
+        }
+    });
+    mesh.kill(&victim);
+    let victim_name = victim.clone();
+    block_on(async move {
+        // A client of this runtime: the first one's ended with its runtime.
+        let mut store = access.connect().await;
+        let victim = victim_name;
+        // The dead replica's lease ends (it is kept alive by no one now);
+        // by then catalog-1 is registered again, on the other replica's.
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let alive = store.leases().await.unwrap();
+            if !alive.leases().iter().any(|l| l.id() == lease) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dead replica's lease never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let now = endpoint_lease(&mut store, "catalog", "catalog-1").await;
+        assert!(
+            now.is_some_and(|l| l != lease),
+            "catalog-1 outlived {victim}'s lease {lease} on another: {now:?}"
+        );
+        let moved = replica_of(&mut store, "catalog-1").await;
+        assert!(
+            moved.as_deref().is_some_and(|r| r != victim),
+            "catalog-1's sidecar reports to {moved:?}"
+        );
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures) = load.join().unwrap();
+    assert!(calls > 10, "the load ran: {calls} calls");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed while {victim} died: {:?}",
+        failures.len(),
+        failures.first()
+    );
 }
