@@ -399,14 +399,39 @@ impl<S: Store> Session<S> {
         }
         // A replica that stops leaves its sidecars' keys to its lease: they
         // register with another replica before it expires, without a gap.
-        if let (Some(registered), false) = (&self.registered, stopping) {
-            if let Err(error) = Box::pin(deregister(&self.store, registered)).await {
-                self.metrics.store_error("deregister");
-                tracing::warn!(instance = %self.node.instance, %error, "cannot delete the registration; it goes with the replica's lease");
-            }
-        }
         self.sessions.close(self.id);
         tracing::info!(service = %self.node.service, instance = %self.node.instance, "sidecar disconnected");
+        if let (Some(registered), false) = (&self.registered, stopping) {
+            Box::pin(self.deregister_until_done(registered, &stop)).await;
+        }
+    }
+
+    /// Deletes the registration, retrying while the store is unreachable:
+    /// the replica's lease outlives the stream, so a key left behind would
+    /// stay routable as long as the replica lives.
+    async fn deregister_until_done(&self, registered: &Registered, stop: &CancellationToken) {
+        let mut failures = 0;
+        loop {
+            let Err(error) = deregister(&self.store, registered).await else {
+                return;
+            };
+            failures += 1;
+            self.metrics.store_error("deregister");
+            tracing::warn!(instance = %self.node.instance, %error, "cannot delete the registration yet; retrying");
+            let wait = mesh::backoff::jittered(
+                mesh::backoff::exponential(
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                    failures,
+                ),
+                rand::random::<f64>(),
+            );
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                // Stopping: the lease expires and takes the key with it.
+                () = stop.cancelled() => return,
+            }
+        }
     }
 
     /// The push `current` makes for this node, with its version, if what
