@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mesh::backoff::Backoff;
 use mesh::identity::{SpiffeId, Workload};
 use mesh::model::Endpoint;
 use mesh::proto::mesh::v1::sidecar_message::Message;
@@ -410,22 +411,14 @@ impl<S: Store> Session<S> {
     /// the replica's lease outlives the stream, so a key left behind would
     /// stay routable as long as the replica lives.
     async fn deregister_until_done(&self, registered: &Registered, stop: &CancellationToken) {
-        let mut failures = 0;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let Err(error) = deregister(&self.store, registered).await else {
                 return;
             };
-            failures += 1;
             self.metrics.store_error("deregister");
             tracing::warn!(instance = %self.node.instance, %error, "cannot delete the registration yet; retrying");
-            let wait = mesh::backoff::jittered(
-                mesh::backoff::exponential(
-                    Duration::from_millis(200),
-                    Duration::from_secs(5),
-                    failures,
-                ),
-                rand::random::<f64>(),
-            );
+            let wait = backoff.next_wait();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 // Stopping: the lease expires and takes the key with it.

@@ -155,11 +155,10 @@ impl Index {
     pub fn apply(&mut self, batch: &WatchBatch) -> bool {
         let mut relevant = false;
         for event in &batch.events {
-            relevant |= !matches!(keys::parse(event.key()), Key::Token(_));
-            match event {
+            relevant |= match event {
                 WatchEvent::Put(kv) => self.put(kv),
                 WatchEvent::Delete { key, .. } => self.delete(key),
-            }
+            };
         }
         self.revision = self.revision.max(batch.revision);
         relevant
@@ -170,7 +169,9 @@ impl Index {
         self.revision
     }
 
-    fn put(&mut self, kv: &KeyValue) {
+    /// Whether the key can change what is published: a join token's
+    /// record cannot.
+    fn put(&mut self, kv: &KeyValue) -> bool {
         match keys::parse(&kv.key) {
             Key::Route(name) => {
                 let parsed = parse_document::<Route>(&name, &kv.value);
@@ -216,14 +217,16 @@ impl Index {
                 let value = String::from_utf8_lossy(&kv.value).into_owned();
                 self.jwks.insert(name, value);
             }
-            Key::Token(_) => {}
+            Key::Token(_) => return false,
             Key::Unknown(key) => {
                 self.unknown.insert(key);
             }
         }
+        true
     }
 
-    fn delete(&mut self, key: &str) {
+    /// As [`Index::put`].
+    fn delete(&mut self, key: &str) -> bool {
         match keys::parse(key) {
             Key::Route(name) => {
                 self.routes.remove(&name);
@@ -247,11 +250,12 @@ impl Index {
             Key::Jwks(name) => {
                 self.jwks.remove(&name);
             }
-            Key::Token(_) => {}
+            Key::Token(_) => return false,
             Key::Unknown(key) => {
                 self.unknown.remove(&key);
             }
         }
+        true
     }
 
     /// The route stored under `name`, if it is valid.

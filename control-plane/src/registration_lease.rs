@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh::backoff::Backoff;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +31,8 @@ pub async fn run<S: Store>(
     stop: CancellationToken,
     metrics: Arc<Metrics>,
 ) {
-    let mut failures: u32 = 0;
+    // Retries come quicker than the TTL runs out: a few within one.
+    let mut backoff = Backoff::new(Duration::from_millis(100), ttl / 6);
     loop {
         let lease = tokio::select! {
             granted = store.grant_lease(ttl) => granted,
@@ -41,27 +43,25 @@ pub async fn run<S: Store>(
             Err(error) => {
                 metrics.store_error("grant_lease");
                 tracing::warn!(%error, "cannot grant the registration lease; retrying");
-                failures += 1;
-                if !pause(retry_wait(ttl, failures), &stop).await {
+                if !pause(backoff.next_wait(), &stop).await {
                     return;
                 }
                 continue;
             }
         };
-        failures = 0;
+        backoff.reset();
         tracing::info!(lease = lease.0, "registration lease granted");
         current.send_replace(Some(lease));
+        let mut wait = ttl / 3;
         loop {
-            let wait = if failures == 0 {
-                ttl / 3
-            } else {
-                retry_wait(ttl, failures)
-            };
             if !pause(wait, &stop).await {
                 return;
             }
             match store.keep_alive(lease).await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    backoff.reset();
+                    wait = ttl / 3;
+                }
                 Err(StoreError::LeaseExpired { .. }) => {
                     metrics.store_error("keep_alive");
                     tracing::warn!(lease = lease.0, "registration lease expired; granting a new one and registering every sidecar again");
@@ -71,19 +71,11 @@ pub async fn run<S: Store>(
                 Err(error) => {
                     metrics.store_error("keep_alive");
                     tracing::warn!(%error, "registration lease keep-alive failed; retrying");
-                    failures += 1;
+                    wait = backoff.next_wait();
                 }
             }
         }
     }
-}
-
-/// Retries come quicker than the TTL runs out: a few within one.
-fn retry_wait(ttl: Duration, failures: u32) -> Duration {
-    mesh::backoff::jittered(
-        mesh::backoff::exponential(Duration::from_millis(100), ttl / 6, failures),
-        rand::random::<f64>(),
-    )
 }
 
 /// Sleeps `wait`; false if `stop` came first.

@@ -285,3 +285,35 @@ fn authorization_policies_and_the_default_are_pushed_in_the_table() {
     assert_eq!(typo.table.default_authorization, DefaultAuthorization::Deny);
     assert!(typo.problems.iter().any(|p| p.contains("revision 4")));
 }
+
+#[test]
+fn join_tokens_do_not_call_for_a_publish_and_the_revision_still_moves() {
+    let mut index = Index::from_snapshot(&Snapshot {
+        revision: 1,
+        items: vec![],
+    });
+    let token = WatchBatch {
+        revision: 2,
+        events: vec![
+            WatchEvent::Put(kv(&keys::token("ab12"), "{}", 2)),
+            WatchEvent::Delete {
+                key: keys::token("cd34"),
+                mod_revision: 2,
+            },
+        ],
+    };
+    assert!(!index.apply(&token), "a token changes no table");
+    assert_eq!(index.revision(), 2);
+    let route = WatchBatch {
+        revision: 3,
+        events: vec![
+            WatchEvent::Put(kv(&keys::token("ef56"), "{}", 3)),
+            WatchEvent::Put(kv(
+                &keys::route("inv"),
+                &route_json("inv", "shop.inventory.v1.InventoryService"),
+                3,
+            )),
+        ],
+    };
+    assert!(index.apply(&route), "a batch with a route does");
+}
