@@ -38,6 +38,9 @@ const QUIET: Duration = Duration::from_secs(1);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Snapshot arrivals a subscriber remembers (the latest).
 const ARRIVALS_KEPT: usize = 64;
+/// How long etcd's request counters are watched with the fleet connected
+/// and nothing changing.
+const AT_REST: Duration = Duration::from_secs(10);
 
 /// Flags of `bench cp-scale`.
 #[derive(Debug, Clone, clap::Args)]
@@ -110,6 +113,9 @@ struct ScaleResult {
     failed_streams: usize,
     idle_rss_kib: u64,
     connected_rss_kib: u64,
+    /// etcd gRPC messages received per second at rest, and how many of
+    /// them were lease keep-alives.
+    etcd_at_rest: Option<(f64, f64)>,
 }
 
 /// Runs the fan-out benchmark for every subscriber count and prints a table.
@@ -179,6 +185,7 @@ async fn measure(
         &processes.dir().join("bootstrap.yaml"),
     );
     let mut control_plane = None;
+    let mut etcd_admin = None;
     for spec in &plan.processes {
         let program = match spec.role {
             Role::Etcd => programs.etcd()?.to_owned(),
@@ -193,6 +200,9 @@ async fn measure(
         }
         if spec.role == Role::ControlPlane {
             control_plane = Some((pid, spec.admin));
+        }
+        if spec.role == Role::Etcd {
+            etcd_admin = spec.admin;
         }
     }
     let (cp_pid, cp_admin) = control_plane.context("the plan has no control plane")?;
@@ -258,6 +268,10 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let connected_rss_kib = proc_stats::rss_kib(cp_pid);
+    let etcd_at_rest = match etcd_admin {
+        Some(admin) => etcd_requests_at_rest(admin).await,
+        None => None,
+    };
     let connected_by_cp = match cp_admin {
         Some(admin) => connected_sidecars(admin).await,
         None => None,
@@ -315,7 +329,47 @@ async fn measure(
         failed_streams: failed.load(Ordering::Relaxed),
         idle_rss_kib,
         connected_rss_kib,
+        etcd_at_rest,
     })
+}
+
+/// etcd's gRPC messages received per second over [`AT_REST`], all and
+/// lease keep-alives only (from its `/metrics`).
+async fn etcd_requests_at_rest(admin: SocketAddr) -> Option<(f64, f64)> {
+    let before = etcd_messages(admin).await?;
+    tokio::time::sleep(AT_REST).await;
+    let after = etcd_messages(admin).await?;
+    let rate = |a: f64, b: f64| (b - a).max(0.0) / AT_REST.as_secs_f64();
+    Some((rate(before.0, after.0), rate(before.1, after.1)))
+}
+
+/// `grpc_server_msg_received_total` summed: all methods, and LeaseKeepAlive.
+async fn etcd_messages(admin: SocketAddr) -> Option<(f64, f64)> {
+    let (_, text) = meshctl::demo::admin_call(admin, http::Method::GET, "/metrics")
+        .await
+        .ok()?;
+    Some(sum_received(&text))
+}
+
+/// The sums of `grpc_server_msg_received_total` in a Prometheus text.
+fn sum_received(text: &str) -> (f64, f64) {
+    let mut all = 0.0;
+    let mut keep_alives = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+            continue;
+        };
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        all += value;
+        if rest.contains("grpc_method=\"LeaseKeepAlive\"") {
+            keep_alives += value;
+        }
+    }
+    (all, keep_alives)
 }
 
 /// `mesh_cp_connected_sidecars` from the replica's `/metrics`.
@@ -424,15 +478,18 @@ fn render(results: &[ScaleResult]) -> String {
     );
     let _ = writeln!(
         out,
-        "| subscribers | connected (cp's count) | all connected in | reached all: p50 | p99 | max | missed | failed streams | cp RSS idle -> connected | per subscriber |"
+        "| subscribers | connected (cp's count) | all connected in | reached all: p50 | p99 | max | missed | failed streams | cp RSS idle -> connected | per subscriber | etcd msgs/s at rest (keep-alives) |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in results {
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
         let growth = r.connected_rss_kib.saturating_sub(r.idle_rss_kib);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} s | {} | {} | {} | {} | {} | {:.1} -> {:.1} MiB | {:.1} KiB |",
+            "| {} | {} | {:.1} s | {} | {} | {} | {} | {} | {:.1} -> {:.1} MiB | {:.1} KiB | {} |",
             r.subscribers,
             r.connected_by_cp
                 .map_or_else(|| "?".to_owned(), |c| c.to_string()),
@@ -445,6 +502,10 @@ fn render(results: &[ScaleResult]) -> String {
             r.idle_rss_kib as f64 / 1024.0,
             r.connected_rss_kib as f64 / 1024.0,
             growth as f64 / r.subscribers.max(1) as f64,
+            r.etcd_at_rest.map_or_else(
+                || "?".to_owned(),
+                |(all, keep_alives)| format!("{all:.1} ({keep_alives:.1})")
+            ),
         );
     }
     out
@@ -483,6 +544,15 @@ mod tests {
             arrivals.snapshots.lock().expect("lock").len(),
             ARRIVALS_KEPT
         );
+    }
+
+    #[test]
+    fn etcd_messages_are_summed_and_keep_alives_told_apart() {
+        let text = "# HELP grpc_server_msg_received_total x\n\
+            grpc_server_msg_received_total{grpc_method=\"LeaseKeepAlive\",grpc_service=\"etcdserverpb.Lease\",grpc_type=\"bidi_stream\"} 30\n\
+            grpc_server_msg_received_total{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 12\n\
+            grpc_server_msg_sent_total{grpc_method=\"Put\"} 99\n";
+        assert_eq!(sum_received(text), (42.0, 30.0));
     }
 
     #[test]
