@@ -24,6 +24,9 @@ enum Commands {
     Delete(cli::delete::DeleteArgs),
     /// Show the control plane replicas and the sidecars connected to them.
     Status(cli::status::StatusArgs),
+    /// Success rate, calls/s, latency, retries and ejections per service,
+    /// route or caller -> callee, over a window, from the proxies' metrics.
+    Stat(cli::stat::StatArgs),
     /// Show where a route's calls go: subsets, endpoints, shares.
     Describe(cli::describe::DescribeArgs),
     /// The mesh's CA files, operator certificates and anchor rotation.
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Get(args) => exit_on_error(cli::get::run(cp, args).await),
         Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
+        Commands::Stat(args) => exit_on_error(cli::stat::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
         Commands::Identity(IdentityCommand::Files(command)) => {
             exit_on_error(cli::identity::run(command))

@@ -271,16 +271,8 @@ impl TestMesh {
         stdin: Option<&str>,
     ) -> (bool, String, String) {
         use std::io::Write;
-        let mut command = Command::new(bin("meshctl"));
-        match config {
-            Some(config) => command.env("MESHCONFIG", config),
-            None => command.env("MESHCTL_INSECURE", "true"),
-        };
-        let mut child = command
-            .env_remove("MESHCTL_CONTROL_PLANE")
-            .arg("--control-plane")
-            .arg(self.plan.control_planes.join(","))
-            .args(args)
+        let mut child = self
+            .meshctl_command(config, args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -304,6 +296,22 @@ impl TestMesh {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `meshctl args` against this mesh's control plane as the operator of
+    /// `config` (`None`: plaintext), to spawn and watch while it runs.
+    pub fn meshctl_command(&self, config: Option<&Path>, args: &[&str]) -> Command {
+        let mut command = Command::new(bin("meshctl"));
+        match config {
+            Some(config) => command.env("MESHCONFIG", config),
+            None => command.env("MESHCTL_INSECURE", "true"),
+        };
+        command
+            .env_remove("MESHCTL_CONTROL_PLANE")
+            .arg("--control-plane")
+            .arg(self.plan.control_planes.join(","))
+            .args(args);
+        command
     }
 
     /// The proxy's `/config` as JSON.

@@ -18,6 +18,8 @@ pub mod mtls;
 pub mod output;
 pub mod policies;
 pub mod rotate;
+pub mod scrape;
+pub mod stat;
 pub mod status;
 
 use anyhow::Context;
