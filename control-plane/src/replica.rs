@@ -27,6 +27,11 @@ const INTERVAL: Duration = Duration::from_millis(500);
 /// Sidecar status writes in flight at once.
 const CONCURRENT_WRITES: usize = 32;
 
+/// A sidecar's key is rewritten for a new pushed or acked version at most
+/// this often (anything else it reports, at once): every table change is
+/// acked by every sidecar, and a registration storm is many changes.
+const VERSIONS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Who this replica is.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -50,18 +55,20 @@ pub async fn run<S: Store>(
     let mut written: Option<ReplicaStatus> = None;
     let mut ticker = tokio::time::interval(INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut since_keepalive = Duration::ZERO;
+    // Real time, not ticks: a tick that writes many sidecars takes longer
+    // than its interval, and the lease must not lapse meanwhile.
+    let mut kept_alive = tokio::time::Instant::now();
+    let mut versions_written = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stop.cancelled() => break,
         }
-        since_keepalive += INTERVAL;
         let current_lease = match lease {
-            Some(l) if since_keepalive < ttl / 3 => l,
+            Some(l) if kept_alive.elapsed() < ttl / 3 => l,
             Some(l) => match store.keep_alive(l).await {
                 Ok(()) => {
-                    since_keepalive = Duration::ZERO;
+                    kept_alive = tokio::time::Instant::now();
                     l
                 }
                 Err(error) => {
@@ -73,7 +80,7 @@ pub async fn run<S: Store>(
             },
             None => match store.grant_lease(ttl).await {
                 Ok(l) => {
-                    since_keepalive = Duration::ZERO;
+                    kept_alive = tokio::time::Instant::now();
                     lease = Some(l);
                     // Whatever was written went with the old lease.
                     written = None;
@@ -111,23 +118,37 @@ pub async fn run<S: Store>(
                 }
             }
         }
-        write_sidecars(&store, &identity.id, current_lease, &sessions, &metrics).await;
+        let with_versions = versions_written.elapsed() >= VERSIONS_INTERVAL;
+        if with_versions {
+            versions_written = tokio::time::Instant::now();
+        }
+        write_sidecars(
+            &store,
+            &identity.id,
+            current_lease,
+            &sessions,
+            with_versions,
+            &metrics,
+        )
+        .await;
     }
     if let Some(lease) = lease {
         let _ = store.revoke(lease).await;
     }
 }
 
-/// Writes the sidecars whose status changed, deletes those that left;
-/// what fails is written on a later tick.
+/// Writes the sidecars whose status changed (`with_versions`: also those
+/// whose only change is a version), deletes those that left; what fails is
+/// written on a later tick.
 async fn write_sidecars<S: Store>(
     store: &S,
     replica: &str,
     lease: LeaseId,
     sessions: &Sessions,
+    with_versions: bool,
     metrics: &Metrics,
 ) {
-    let changes = sessions.take_changes();
+    let changes = sessions.take_changes(with_versions);
     if changes.is_empty() {
         return;
     }

@@ -24,6 +24,9 @@ struct State {
     map: BTreeMap<u64, SidecarStatus>,
     /// Opened, updated or closed since the last [`Sessions::take_changes`].
     changed: BTreeSet<u64>,
+    /// Changed only in their pushed or acked version since they were last
+    /// taken: written less often.
+    versions_changed: BTreeSet<u64>,
 }
 
 /// What became of a session since the changes were last taken.
@@ -51,8 +54,17 @@ impl Sessions {
         if let Some(status) = state.map.get_mut(&id) {
             let before = status.clone();
             change(status);
+            let versions_only = SidecarStatus {
+                pushed_version: before.pushed_version,
+                acked_version: before.acked_version,
+                ..status.clone()
+            } == before;
             if *status != before {
-                state.changed.insert(id);
+                if versions_only {
+                    state.versions_changed.insert(id);
+                } else {
+                    state.changed.insert(id);
+                }
             }
         }
     }
@@ -61,6 +73,7 @@ impl Sessions {
     pub fn close(&self, id: u64) {
         let mut state = self.lock();
         state.map.remove(&id);
+        state.versions_changed.remove(&id);
         state.changed.insert(id);
     }
 
@@ -74,10 +87,17 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// The sessions changed since the last call, and clears the record.
-    pub fn take_changes(&self) -> Vec<SessionChange> {
+    /// The sessions changed since they were last taken, and clears the
+    /// record; those whose only change is a version only `with_versions`.
+    pub fn take_changes(&self, with_versions: bool) -> Vec<SessionChange> {
         let mut state = self.lock();
-        let changed = std::mem::take(&mut state.changed);
+        let mut changed = std::mem::take(&mut state.changed);
+        if with_versions {
+            changed.append(&mut state.versions_changed);
+        } else {
+            let taken = &changed;
+            state.versions_changed.retain(|id| !taken.contains(id));
+        }
         changed
             .into_iter()
             .map(|id| match state.map.get(&id) {
@@ -122,19 +142,30 @@ mod tests {
         let sessions = Sessions::default();
         let a = sessions.open(status("a"));
         let b = sessions.open(status("b"));
-        assert_eq!(sessions.take_changes().len(), 2);
-        assert!(sessions.take_changes().is_empty());
+        assert_eq!(sessions.take_changes(false).len(), 2);
+        assert!(sessions.take_changes(true).is_empty());
         sessions.update(a, |s| s.acked_version = 7);
         sessions.update(b, |_| {}); // no change: nothing to write
-        let changes = sessions.take_changes();
+        assert!(
+            sessions.take_changes(false).is_empty(),
+            "a version alone waits"
+        );
+        let changes = sessions.take_changes(true);
         assert_eq!(changes.len(), 1);
         assert!(
             matches!(&changes[0], SessionChange::Now(id, s) if *id == a && s.acked_version == 7)
         );
+        sessions.update(a, |s| s.nack_reason = "bad".into());
+        assert_eq!(sessions.take_changes(false).len(), 1, "a NACK at once");
+        sessions.update(b, |s| s.acked_version = 8);
         sessions.close(b);
-        assert_eq!(sessions.take_changes(), vec![SessionChange::Closed(b)]);
+        assert_eq!(sessions.take_changes(false), vec![SessionChange::Closed(b)]);
+        assert!(
+            sessions.take_changes(true).is_empty(),
+            "closed: no version left to write"
+        );
         sessions.mark_changed(None);
-        assert_eq!(sessions.take_changes().len(), 1, "only open sessions");
+        assert_eq!(sessions.take_changes(false).len(), 1, "only open sessions");
         assert_eq!(sessions.len(), 1);
     }
 }
