@@ -28,8 +28,13 @@ use crate::load::quantile;
 use crate::proc_stats;
 use crate::process::{ProcessGroup, Programs};
 
-/// How long all subscribers may take to connect and get a first table.
+/// How long all subscribers may take to connect and get a first table: at
+/// least this, and [`CONNECT_TIME_PER_SUBSCRIBER`] each (every registration
+/// is a table change pushed to everyone connected: the storm grows with
+/// the square of the fleet).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(180);
+/// See [`CONNECT_TIMEOUT`].
+const CONNECT_TIME_PER_SUBSCRIBER: Duration = Duration::from_millis(60);
 /// How long registrations may take to stop causing pushes.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time without any push that counts as settled.
@@ -137,21 +142,36 @@ pub async fn run(args: CpScaleArgs) -> anyhow::Result<()> {
     }
     let programs = Programs::find(args.bin_dir.clone(), None, None)?;
     let mut results = Vec::new();
+    let mut failures = Vec::new();
     let mut seed = std::process::id();
     for &n in &args.subscribers {
         seed = seed.wrapping_add(1);
         eprintln!("cp-scale: {n} subscribers");
-        let result = measure(
+        // One count failing (a timeout at the largest) keeps the others'
+        // figures: each is printed as it comes, and the table at the end.
+        match measure(
             n,
             args.connect_concurrency,
             &programs,
             &mut PortAllocator::new(seed),
         )
         .await
-        .with_context(|| format!("{n} subscribers"))?;
-        results.push(result);
+        {
+            Ok(result) => {
+                eprintln!("{}", render(std::slice::from_ref(&result)));
+                results.push(result);
+            }
+            Err(error) => {
+                eprintln!("cp-scale: {n} subscribers failed: {error:#}");
+                failures.push(n);
+            }
+        }
     }
     println!("{}", render(&results));
+    ensure!(
+        failures.is_empty(),
+        "no figures for {failures:?} subscribers (see above)"
+    );
     Ok(())
 }
 
@@ -239,6 +259,7 @@ async fn measure(
         }));
     }
 
+    let connect_timeout = CONNECT_TIMEOUT.max(CONNECT_TIME_PER_SUBSCRIBER * n as u32);
     let started = Instant::now();
     loop {
         processes.check_alive()?;
@@ -248,9 +269,9 @@ async fn measure(
         if failed.load(Ordering::Relaxed) >= n {
             bail!("every subscriber failed");
         }
-        if started.elapsed() > CONNECT_TIMEOUT {
+        if started.elapsed() > connect_timeout {
             let have = arrivals.iter().filter(|a| a.any()).count();
-            bail!("only {have} of {n} subscribers had a table after {CONNECT_TIMEOUT:?}");
+            bail!("only {have} of {n} subscribers had a table after {connect_timeout:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -262,7 +283,7 @@ async fn measure(
         if base.elapsed().saturating_sub(last) >= QUIET {
             break;
         }
-        if started.elapsed() > CONNECT_TIMEOUT + SETTLE_TIMEOUT {
+        if started.elapsed() > connect_timeout + SETTLE_TIMEOUT {
             bail!("pushes did not settle within {SETTLE_TIMEOUT:?} of every subscriber connecting");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
