@@ -46,6 +46,8 @@ const ARRIVALS_KEPT: usize = 64;
 /// How long etcd's request counters are watched with the fleet connected
 /// and nothing changing.
 const AT_REST: Duration = Duration::from_secs(10);
+/// Longer than the replica's interval between writes of version changes.
+const STATUS_FLUSHED: Duration = Duration::from_secs(7);
 
 /// Flags of `bench cp-scale`.
 #[derive(Debug, Clone, clap::Args)]
@@ -355,8 +357,11 @@ async fn measure(
 }
 
 /// etcd's gRPC messages received per second over [`AT_REST`], all and
-/// lease keep-alives only (from its `/metrics`).
+/// lease keep-alives only (from its `/metrics`), once the replica has
+/// written the last acks of the storm (it writes version changes every
+/// 5 s): steady state, nothing changing.
 async fn etcd_requests_at_rest(admin: SocketAddr) -> Option<(f64, f64)> {
+    tokio::time::sleep(STATUS_FLUSHED).await;
     let before = etcd_messages(admin).await?;
     tokio::time::sleep(AT_REST).await;
     let after = etcd_messages(admin).await?;
