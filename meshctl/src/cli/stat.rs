@@ -237,24 +237,34 @@ struct Totals {
 fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
     let mut rows: BTreeMap<String, Totals> = BTreeMap::new();
     for (proxy, numbers) in &after.proxies {
-        let earlier = before.proxies.get(proxy);
+        // Each series' value at the start, looked up once per series.
+        let earlier: BTreeMap<(&str, &BTreeMap<String, String>), f64> = before
+            .proxies
+            .get(proxy)
+            .map(|e| {
+                e.samples
+                    .iter()
+                    .map(|s| ((s.name.as_str(), &s.labels), s.value))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A proxy that restarted counts from zero again.
+        let delta = |sample: &Sample| {
+            let previous = earlier
+                .get(&(sample.name.as_str(), &sample.labels))
+                .copied()
+                .unwrap_or(0.0);
+            if sample.value >= previous {
+                sample.value - previous
+            } else {
+                sample.value
+            }
+        };
         for sample in &numbers.samples {
             let Some(row) = row_of(sample, &numbers.caller, args) else {
                 continue;
             };
-            let previous = earlier
-                .and_then(|e| {
-                    e.samples
-                        .iter()
-                        .find(|s| s.name == sample.name && s.labels == sample.labels)
-                })
-                .map_or(0.0, |s| s.value);
-            // A proxy that restarted counts from zero again.
-            let delta = if sample.value >= previous {
-                sample.value - previous
-            } else {
-                sample.value
-            };
+            let delta = delta(sample);
             let totals = rows.entry(row).or_default();
             match sample.name.as_str() {
                 "mesh_responses_total" => {
@@ -285,14 +295,7 @@ fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
             .iter()
             .filter(|s| s.name == "mesh_retries_total")
         {
-            let previous = earlier
-                .and_then(|e| {
-                    e.samples
-                        .iter()
-                        .find(|s| s.name == sample.name && s.labels == sample.labels)
-                })
-                .map_or(0.0, |s| s.value);
-            let delta = (sample.value - previous).max(0.0);
+            let delta = delta(sample);
             let route = sample.label("route");
             let row = match args.kind {
                 StatKind::Route => Some(route.to_owned()),
