@@ -27,6 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     tonic_prost_build::configure()
+        // Ordered maps encode the same way every time: resources are
+        // versioned by a hash of their encoding.
+        .btree_map(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;

@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use mesh::identity::{MeshTls, SpiffeId, Workload};
-use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
-use mesh::proto::mesh::v1::sidecar_message::Message;
-use mesh::proto::mesh::v1::{Ack, Hello, Node, SidecarMessage};
+use mesh::proto::mesh::v1::Node;
+use support::sim::{self, SimProxy};
 use support::{block_on, TestMesh};
-use tokio::sync::mpsc;
 
 /// How long the store may take to show what the test waits for on a
 /// loaded 2-core machine (a timeout, not an expected time).
@@ -101,64 +99,22 @@ impl Footprint {
     }
 }
 
-/// A simulated sidecar: its stream stays open while this lives, and it
-/// acknowledges every push.
-struct Simulated {
-    _outbound: mpsc::Sender<SidecarMessage>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 fn node(instance: &str, descriptors: Vec<u8>) -> Node {
     Node {
-        service: "sim".into(),
-        instance: instance.into(),
-        address: "127.0.0.1:9".into(),
-        version: "v1".into(),
-        weight: 100,
         file_descriptor_set: descriptors,
-        ..Node::default()
+        ..sim::node("sim", instance)
     }
 }
 
-/// Opens `node`'s stream on `channel`; resolves once its first push came
-/// and was acknowledged, or with the status that refused it.
+/// Opens `node`'s stream on `channel`, acknowledging every update;
+/// resolves once its first update came, or with the status that refused it.
 async fn subscribe(
     channel: tonic::transport::Channel,
     node: Node,
-) -> Result<Simulated, tonic::Status> {
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(SidecarMessage {
-        message: Some(Message::Hello(Hello {
-            node: Some(node),
-            current_version: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut pushes = DiscoveryClient::new(channel)
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let first = pushes
-        .message()
-        .await?
-        .ok_or_else(|| tonic::Status::unavailable("stream ended before a push"))?;
-    let ack = |version| SidecarMessage {
-        message: Some(Message::Ack(Ack { version })),
-    };
-    tx.send(ack(first.version)).await.unwrap();
-    let acks = tx.clone();
-    let task = tokio::spawn(async move {
-        while let Ok(Some(push)) = pushes.message().await {
-            if acks.send(ack(push.version)).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(Simulated {
-        _outbound: tx,
-        task,
-    })
+) -> Result<SimProxy, tonic::Status> {
+    SimProxy::open(channel, sim::hello(node, &["catalog"], Vec::new()), true)
+        .await
+        .map(|(proxy, _)| proxy)
 }
 
 /// `count` simulated sidecars `sim-<from>`.., spread over the replicas.
@@ -166,7 +122,7 @@ async fn simulate(
     channels: &[tonic::transport::Channel],
     from: usize,
     count: usize,
-) -> Vec<Simulated> {
+) -> Vec<SimProxy> {
     let opened = (from..from + count).map(|i| {
         let channel = channels[i % channels.len()].clone();
         async move {
@@ -264,8 +220,7 @@ fn two_hundred_sidecars_cost_no_lease_and_no_growing_value() {
         // Streams that end take their keys at once: the replicas' leases
         // live on, so nothing here waits for an expiry.
         for simulated in fleet.drain(100..) {
-            simulated.task.abort();
-            drop(simulated);
+            simulated.close().await;
         }
         let after = settle(&mut store, "100 ended streams deregistered", |f| {
             f.count("/mesh/endpoints/sim/") == 100 && f.count("/mesh/descriptors/sim/") == 100

@@ -10,10 +10,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mesh::identity::{csr, ClientAuth, MeshTls, SpiffeId, TrustBundle, Workload};
-use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
 use mesh::proto::mesh::v1::identity_client::IdentityClient;
-use mesh::proto::mesh::v1::sidecar_message::Message;
-use mesh::proto::mesh::v1::{CertifyRequest, Hello, Node, SidecarMessage};
+use mesh::proto::mesh::v1::{CertifyRequest, Node};
 use meshctl::demo::{ControlPlaneSpec, InstanceSpec, Topology};
 use support::{block_on, TestMesh};
 
@@ -136,34 +134,15 @@ fn a_catalog_credential_cannot_register_as_payments() {
             )
             .await
             .expect("mTLS to the control plane");
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(SidecarMessage {
-                message: Some(Message::Hello(Hello {
-                    node: Some(Node {
-                        service: "payments".into(),
-                        instance: "payments-rogue".into(),
-                        address: "127.0.0.1:1".into(),
-                        version: "v1".into(),
-                        weight: 1000,
-                        ..Node::default()
-                    }),
-                    current_version: 0,
-                })),
-            })
-            .await
-            .unwrap();
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let result = DiscoveryClient::new(channel).subscribe(stream).await;
-            drop(tx);
-            match result {
+            let rogue = Node {
+                address: "127.0.0.1:1".into(),
+                weight: 1000,
+                ..support::sim::node("payments", "payments-rogue")
+            };
+            let hello = support::sim::hello(rogue, &[], Vec::new());
+            match support::sim::SimProxy::open(channel, hello, false).await {
                 Err(status) => status,
-                Ok(response) => {
-                    let mut pushes = response.into_inner();
-                    pushes
-                        .message()
-                        .await
-                        .expect_err("a push for a rogue payments")
-                }
+                Ok(_) => panic!("a rogue payments registered"),
             }
         }
     });

@@ -1,48 +1,126 @@
-//! Control-plane fan-out: N simulated sidecars on one control-plane replica
-//! backed by a real etcd. Each is a discovery stream of its own connection
-//! that says Hello (registering a unique endpoint, as a sidecar does),
-//! ACKs every snapshot and notes when it arrived. Once the registrations
-//! have settled, one route changes; the figure is the time from the change
-//! until each subscriber holds a snapshot of at least the new revision, and
-//! the replica's RSS growth per connected subscriber.
+//! Control-plane fan-out with realistic scopes: N simulated proxies on one
+//! control-plane replica backed by a real etcd, each a discovery stream
+//! (`mesh.v1.Discovery/Resources`) on an HTTP/2 connection of its own,
+//! plaintext. The figures are the ones issue 16 (item 6) asks for: how long
+//! a route change and an endpoint change take to reach the proxies whose
+//! scope holds them, the bytes that costs per proxy, whether anyone else
+//! hears of it, the replica's memory per proxy and etcd's load at rest.
 //!
-//! A simulated sidecar decodes only a snapshot's version (a message of its
-//! own with field 1 alone: protobuf skips the rest), so the benchmark's own
-//! process stays light beside the control plane it measures.
+//! # The fleet
+//!
+//! Fifty services `svc-00`..`svc-49` have one route each (gRPC service
+//! `bench.scale.v1.Svc00`..), applied before the fleet connects. Proxy `i`
+//! of N is:
+//!
+//! - for the last [`GATEWAYS`] indices, a gateway `gw-k` (no address, no
+//!   calls): the routes are internal, so its scope is the mesh settings;
+//! - otherwise an instance of `svc-(i % 50)` for `i < 500` (10 endpoints per
+//!   service from N = 500 on), else of `caller-(i % 100)`: a sidecar
+//!   always registers, but nobody calls the callers;
+//! - a non-gateway declares it calls 3 of the 50 services,
+//!   `svc-((i + 1 + 16k) % 50)` for k = 0, 1, 2: distinct, never its own,
+//!   and every service called by 3/50 of the fleet.
+//!
+//! Every proxy says Hello, ACKs every update, remembers when the latest
+//! version of each resource it holds arrived (a few entries), and adds each
+//! update's size (`encoded_len` plus the 5-byte gRPC prefix: the message as
+//! framed, before HTTP/2) to a fleet-wide counter.
+//!
+//! # The phases, for each N
+//!
+//! 1. Connect: time until every proxy has its first update (one per
+//!    connection, [`CpScaleArgs::connect_concurrency`] connecting at once).
+//! 2. Settle: no update anywhere for [`QUIET`]. Then the replica's RSS and
+//!    etcd's gRPC messages per second at rest (all, and lease keep-alives).
+//! 3. Route change: `svc-00`'s route gets another timeout. In scope: the
+//!    proxies that call `svc-00` and `svc-00`'s own instances (a sidecar
+//!    gets its own service's routes, for its inbound). Latency: from just
+//!    before the apply call until `Route/svc-00` arrives at each of them.
+//! 4. Endpoint change: one more proxy registers as an instance of `svc-01`
+//!    (its connection is made first, so the time runs from its Hello). In
+//!    scope: the callers of `svc-01` (a sidecar does not get its own
+//!    service's endpoints). Latency: until `Endpoints/svc-01` arrives.
+//!
+//! For each change: p50/p99/max over the proxies in scope, those missed
+//! (not reached within [`CONVERGE_TIMEOUT`]), the bytes the whole fleet
+//! received until quiet again divided by the proxies in scope, and how many
+//! proxies out of scope received anything (0 expected).
+//!
+//! The replica's RSS per subscriber is (connected − idle) / N: its own
+//! state per stream and each connection's HTTP/2 buffers (with mTLS, TLS's
+//! too). h2's share is not measured apart.
+//!
+//! The proxies run in this process and share the CPUs with the replica; the
+//! CPU each side spent on the route change is printed beside the figures.
+//!
+//! Not measured yet: the registration storm after SIGKILL of one of two
+//! replicas (time until every sidecar is registered and synced again, and
+//! the errors data-plane calls see meanwhile).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use mesh::model::Route;
-use mesh::proto::mesh::v1::sidecar_message::Message as SidecarPayload;
-use mesh::proto::mesh::v1::{Ack, Hello, Node, SidecarMessage};
+use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
+use mesh::proto::mesh::v1::discovery_request::Message;
+use mesh::proto::mesh::v1::{
+    DiscoveryRequest, Hello, Node, ResourceAck, ResourceType, ResourceUpdate, SchemaVersion,
+};
 use meshctl::demo::{ControlPlaneSpec, PortAllocator, Role, Topology};
+use prost::Message as _;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 
 use crate::load::quantile;
 use crate::proc_stats;
 use crate::process::{ProcessGroup, Programs};
 
-/// How long all subscribers may take to connect and get a first table: at
-/// least this, and [`CONNECT_TIME_PER_SUBSCRIBER`] each (every registration
-/// is a table change pushed to everyone connected: the storm grows with
-/// the square of the fleet).
+/// Services with a route: what the fleet calls.
+const SERVICES: usize = 50;
+/// Proxies below this index are instances of the routed services (10 per
+/// service); the others of caller services.
+const SERVICE_INSTANCES: usize = 500;
+/// Caller services the other proxies are instances of.
+const CALLER_SERVICES: usize = 100;
+/// Gateways in every fleet: its last indices.
+const GATEWAYS: usize = 4;
+/// Services each non-gateway proxy declares it calls.
+const CALLS: usize = 3;
+/// Between the services one proxy calls: 1, 17 and 33 past its own index,
+/// so they are distinct and never its own service (`index % 50`).
+const CALL_STRIDE: usize = 16;
+/// The service whose route changes.
+const CHANGED_ROUTE: usize = 0;
+/// The service that gets a new endpoint.
+const CHANGED_ENDPOINTS: usize = 1;
+/// Proxy `i` registers `127.0.0.1:(ADDRESS_BASE + i)`: unique, and nobody
+/// calls it.
+const ADDRESS_BASE: usize = 10_000;
+/// Bytes before every gRPC message: the compressed flag and the length.
+const GRPC_PREFIX_LEN: u64 = 5;
+/// Resources one proxy keeps arrival times for. A bound, not a figure: the
+/// scopes here hold at most 8 (mesh settings, 3 routes, 3 endpoint sets,
+/// its own route).
+const RESOURCES_TRACKED: usize = 32;
+
+/// How long all subscribers may take to connect and get a first update: at
+/// least this, and [`CONNECT_TIME_PER_SUBSCRIBER`] each (a registration is
+/// pushed to its service's callers only: the storm grows with the fleet,
+/// not with its square).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(180);
 /// See [`CONNECT_TIMEOUT`].
-const CONNECT_TIME_PER_SUBSCRIBER: Duration = Duration::from_millis(60);
-/// How long registrations may take to stop causing pushes.
+const CONNECT_TIME_PER_SUBSCRIBER: Duration = Duration::from_millis(20);
+/// How long pushes may take to stop once a phase is over.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time without any push that counts as settled.
+/// Time without any update anywhere that counts as settled.
 const QUIET: Duration = Duration::from_secs(1);
-/// How long the measured route change may take to reach everyone.
+/// How long a change may take to reach everyone in scope.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Snapshot arrivals a subscriber remembers (the latest).
-const ARRIVALS_KEPT: usize = 64;
 /// How long etcd's request counters are watched with the fleet connected
 /// and nothing changing.
 const AT_REST: Duration = Duration::from_secs(10);
@@ -52,8 +130,8 @@ const STATUS_FLUSHED: Duration = Duration::from_secs(7);
 /// Flags of `bench cp-scale`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CpScaleArgs {
-    /// Simulated sidecars per run, comma-separated; each count is a fresh
-    /// etcd and control-plane replica.
+    /// Simulated proxies per run, comma-separated (the last 4 of each are
+    /// gateways); each count is a fresh etcd and control-plane replica.
     #[arg(long, value_delimiter = ',', default_values_t = [100, 1000])]
     subscribers: Vec<usize>,
     /// Subscribers connecting at once.
@@ -68,45 +146,235 @@ pub struct CpScaleArgs {
     no_build: bool,
 }
 
-/// A version-only view of `mesh.v1.TableSnapshot`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct SnapshotVersion {
-    #[prost(uint64, tag = "1")]
-    version: u64,
+/// `svc-NN`: a routed service, its route's name and its endpoints' name.
+fn service_name(k: usize) -> String {
+    format!("svc-{k:02}")
 }
 
-/// What one simulated sidecar saw.
+/// The route to `svc-NN`, with `timeout`.
+fn scale_route(k: usize, timeout: &str) -> anyhow::Result<Route> {
+    let name = service_name(k);
+    let mut route = meshctl::demo::route(&name, &format!("bench.scale.v1.Svc{k:02}"), &name);
+    route.spec.timeout = Some(timeout.to_owned());
+    route
+        .validate()
+        .with_context(|| format!("the route to {name}"))?;
+    Ok(route)
+}
+
+/// The routes applied before the fleet connects.
+fn scale_routes() -> anyhow::Result<Vec<Route>> {
+    (0..SERVICES).map(|k| scale_route(k, "1s")).collect()
+}
+
+/// Who one simulated proxy is, and what it calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Member {
+    service: String,
+    gateway: bool,
+    calls: Vec<String>,
+}
+
+impl Member {
+    /// Proxy `index` of a fleet of `n` (see the module's doc).
+    fn of(index: usize, n: usize) -> Self {
+        if index + GATEWAYS >= n {
+            return Self {
+                service: format!("gw-{}", index + GATEWAYS - n),
+                gateway: true,
+                calls: Vec::new(),
+            };
+        }
+        let service = if index < SERVICE_INSTANCES {
+            service_name(index % SERVICES)
+        } else {
+            format!("caller-{}", index % CALLER_SERVICES)
+        };
+        Self {
+            service,
+            gateway: false,
+            calls: calls_of(index),
+        }
+    }
+
+    /// Whether `service`'s routes are in this proxy's scope: it calls the
+    /// service, or is an instance of it.
+    fn gets_routes_of(&self, service: &str) -> bool {
+        !self.gateway && (self.service == service || self.calls.iter().any(|c| c == service))
+    }
+
+    /// Whether `service`'s endpoints are in this proxy's scope: it calls it.
+    fn gets_endpoints_of(&self, service: &str) -> bool {
+        !self.gateway && self.calls.iter().any(|c| c == service)
+    }
+
+    /// The Hello of this member as instance `sim-<instance>`.
+    fn hello(&self, instance: usize) -> Hello {
+        let node = Node {
+            service: self.service.clone(),
+            instance: format!("sim-{instance}"),
+            address: if self.gateway {
+                String::new()
+            } else {
+                format!("127.0.0.1:{}", ADDRESS_BASE + instance)
+            },
+            version: "v1".into(),
+            weight: 1,
+            gateway: self.gateway,
+            ..Node::default()
+        };
+        Hello {
+            schema_version: SchemaVersion::SchemaVersion1 as i32,
+            node: Some(node),
+            calls: self.calls.clone(),
+            ..Hello::default()
+        }
+    }
+}
+
+/// The services proxy `index` calls: see [`CALL_STRIDE`].
+fn calls_of(index: usize) -> Vec<String> {
+    (0..CALLS)
+        .map(|k| service_name((index + 1 + k * CALL_STRIDE) % SERVICES))
+        .collect()
+}
+
+/// What one simulated proxy saw.
 #[derive(Default)]
-struct Arrivals {
-    /// (when, version) of the latest snapshots, oldest first.
-    snapshots: Mutex<Vec<(Instant, u64)>>,
+struct Arrivals(Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    /// (type, name, when its latest version arrived) of each resource held.
+    resources: Vec<(i32, Box<str>, Instant)>,
+    /// When the latest update arrived.
+    last_update: Option<Instant>,
+    /// The stream failed.
+    failed: bool,
 }
 
 impl Arrivals {
-    fn record(&self, version: u64) {
-        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
-        if snapshots.len() == ARRIVALS_KEPT {
-            snapshots.remove(0);
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, update: &ResourceUpdate, at: Instant) {
+        let mut guard = self.lock();
+        let seen = &mut *guard;
+        for resource in &update.resources {
+            let full = seen.resources.len() >= RESOURCES_TRACKED;
+            let held = seen
+                .resources
+                .iter_mut()
+                .find(|(kind, name, _)| *kind == resource.r#type && **name == *resource.name);
+            match held {
+                Some((_, _, when)) => *when = at,
+                None if !full => {
+                    seen.resources
+                        .push((resource.r#type, resource.name.as_str().into(), at));
+                }
+                None => {}
+            }
         }
-        snapshots.push((Instant::now(), version));
+        for removed in &update.removed {
+            seen.resources
+                .retain(|(kind, name, _)| !(*kind == removed.r#type && **name == *removed.name));
+        }
+        seen.last_update = Some(at);
     }
 
-    fn any(&self) -> bool {
-        !self
-            .snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-    }
-
-    /// When the first snapshot of at least `version` arrived.
-    fn reached(&self, version: u64) -> Option<Instant> {
-        self.snapshots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    /// When the latest version of `kind`/`name` arrived, if it is held.
+    fn arrived(&self, kind: ResourceType, name: &str) -> Option<Instant> {
+        self.lock()
+            .resources
             .iter()
-            .find(|(_, v)| *v >= version)
-            .map(|(at, _)| *at)
+            .find(|(k, n, _)| *k == kind as i32 && **n == *name)
+            .map(|(_, _, at)| *at)
+    }
+
+    fn last_update(&self) -> Option<Instant> {
+        self.lock().last_update
+    }
+
+    fn fail(&self) {
+        self.lock().failed = true;
+    }
+
+    fn failed(&self) -> bool {
+        self.lock().failed
+    }
+}
+
+/// What a group of proxies received, all together.
+struct Traffic {
+    base: Instant,
+    /// Bytes of the updates received (gRPC messages with their prefix).
+    bytes: AtomicU64,
+    /// When the latest update arrived, in µs since `base`.
+    last_update_us: AtomicU64,
+    /// Why the first stream that failed did.
+    first_error: Mutex<Option<String>>,
+}
+
+impl Traffic {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            bytes: AtomicU64::new(0),
+            last_update_us: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    fn record(&self, bytes: u64, at: Instant) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let us = at.saturating_duration_since(self.base).as_micros();
+        self.last_update_us
+            .fetch_max(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Time since the latest update anywhere (since `base` before any).
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_micros(self.last_update_us.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+
+    fn failed(&self, error: &anyhow::Error) {
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What one change did to the fleet.
+#[derive(Debug, Default)]
+struct Change {
+    /// Proxies whose scope holds the changed resource.
+    in_scope: usize,
+    /// From the change until it reached each of them, sorted.
+    latencies: Vec<Duration>,
+    /// Those it did not reach within [`CONVERGE_TIMEOUT`] (or whose stream
+    /// failed).
+    missed: usize,
+    /// What the whole fleet received from the change until quiet again.
+    bytes: u64,
+    /// Proxies out of scope that received an update meanwhile.
+    out_of_scope_receivers: usize,
+}
+
+impl Change {
+    fn bytes_per_subscriber(&self) -> f64 {
+        self.bytes as f64 / self.in_scope.max(1) as f64
     }
 }
 
@@ -115,14 +383,14 @@ struct ScaleResult {
     subscribers: usize,
     connected_by_cp: Option<u64>,
     connect_time: Duration,
-    latencies: Vec<Duration>,
-    missed: usize,
     failed_streams: usize,
     idle_rss_kib: u64,
     connected_rss_kib: u64,
     /// etcd gRPC messages received per second at rest, and how many of
     /// them were lease keep-alives.
     etcd_at_rest: Option<(f64, f64)>,
+    route: Change,
+    endpoint: Change,
 }
 
 /// Runs the fan-out benchmark for every subscriber count and prints a table.
@@ -132,8 +400,11 @@ pub async fn run(args: CpScaleArgs) -> anyhow::Result<()> {
         "--subscribers: at least one count"
     );
     ensure!(
-        args.subscribers.iter().all(|n| (1..=20_000).contains(n)),
-        "--subscribers: 1 to 20000 each"
+        args.subscribers
+            .iter()
+            .all(|n| (GATEWAYS + 1..=20_000).contains(n)),
+        "--subscribers: {} to 20000 each ({GATEWAYS} are gateways)",
+        GATEWAYS + 1
     );
     ensure!(
         (1..=1024).contains(&args.connect_concurrency),
@@ -175,14 +446,6 @@ pub async fn run(args: CpScaleArgs) -> anyhow::Result<()> {
         "no figures for {failures:?} subscribers (see above)"
     );
     Ok(())
-}
-
-/// The route the benchmark changes.
-fn scale_route(timeout: &str) -> anyhow::Result<Route> {
-    let mut route = meshctl::demo::route("scale", crate::echo::GRPC_SERVICE, "sim");
-    route.spec.timeout = Some(timeout.to_owned());
-    route.validate().context("the scale route")?;
-    Ok(route)
 }
 
 async fn measure(
@@ -233,31 +496,30 @@ async fn measure(
         .first()
         .context("no control-plane URI")?
         .clone();
-    meshctl::demo::apply_routes(&uri, &[scale_route("1s")?], None)
+    meshctl::demo::apply_routes(&uri, &scale_routes()?, None)
         .await
-        .context("applying the first route")?;
+        .context("applying the routes")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss_kib = proc_stats::rss_kib(cp_pid);
 
     let stop = CancellationToken::new();
     // Stop the subscribers whatever happens below.
     let _stop_guard = stop.clone().drop_guard();
-    let base = Instant::now();
-    let last_push_us = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
+    let traffic = Arc::new(Traffic::new());
     let connecting = Arc::new(Semaphore::new(connect_concurrency));
+    let members: Vec<Member> = (0..n).map(|i| Member::of(i, n)).collect();
     let arrivals: Vec<Arc<Arrivals>> = (0..n).map(|_| Arc::default()).collect();
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, log) in arrivals.iter().enumerate() {
+    for (i, (member, log)) in members.iter().zip(&arrivals).enumerate() {
         tasks.spawn(subscriber(Subscriber {
-            uri: uri.clone(),
-            index: i,
-            log: log.clone(),
-            connecting: connecting.clone(),
+            connection: Connection::Dial {
+                uri: uri.clone(),
+                connecting: connecting.clone(),
+            },
+            hello: member.hello(i),
+            arrivals: log.clone(),
+            traffic: traffic.clone(),
             stop: stop.clone(),
-            base,
-            last_push_us: last_push_us.clone(),
-            failed: failed.clone(),
         }));
     }
 
@@ -265,41 +527,47 @@ async fn measure(
     let started = Instant::now();
     loop {
         processes.check_alive()?;
-        if arrivals.iter().all(|a| a.any()) {
+        let (mut have, mut failed) = (0, 0);
+        for log in &arrivals {
+            if log.last_update().is_some() {
+                have += 1;
+            } else if log.failed() {
+                failed += 1;
+            }
+        }
+        if have + failed >= n {
+            if have == 0 {
+                bail!(
+                    "every subscriber failed; the first: {}",
+                    traffic.first_error().unwrap_or_default()
+                );
+            }
             break;
         }
-        if failed.load(Ordering::Relaxed) >= n {
-            bail!("every subscriber failed");
-        }
         if started.elapsed() > connect_timeout {
-            let have = arrivals.iter().filter(|a| a.any()).count();
-            bail!("only {have} of {n} subscribers had a table after {connect_timeout:?}");
+            bail!("only {have} of {n} subscribers had an update after {connect_timeout:?} ({failed} failed)");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connect_time = started.elapsed();
-    // Registrations cause pushes to everyone: wait until they stop.
-    loop {
-        processes.check_alive()?;
-        let last = Duration::from_micros(last_push_us.load(Ordering::Relaxed));
-        if base.elapsed().saturating_sub(last) >= QUIET {
-            break;
-        }
-        if started.elapsed() > connect_timeout + SETTLE_TIMEOUT {
-            bail!("pushes did not settle within {SETTLE_TIMEOUT:?} of every subscriber connecting");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Registrations are pushed to their services' callers: wait until
+    // they stop.
+    wait_quiet(&traffic, &mut processes, "the registrations").await?;
     let connected_rss_kib = proc_stats::rss_kib(cp_pid);
     let etcd_at_rest = match etcd_admin {
         Some(admin) => etcd_requests_at_rest(admin).await,
         None => None,
     };
-    let connected_by_cp = match cp_admin {
-        Some(admin) => connected_sidecars(admin).await,
-        None => None,
-    };
+    let connected_by_cp = metric(cp_admin, "mesh_cp_connected_sidecars")
+        .await
+        .map(|v| v as u64);
 
+    // (a) One route changes.
+    let changed_route = service_name(CHANGED_ROUTE);
+    let in_scope: Vec<bool> = members
+        .iter()
+        .map(|m| m.gets_routes_of(&changed_route))
+        .collect();
     // The subscribers share the CPUs with the replica: what each side
     // spent on the change tells how much of the figure is the replica's.
     let bench_pid = std::process::id();
@@ -307,37 +575,90 @@ async fn measure(
         proc_stats::cpu_ticks(cp_pid),
         proc_stats::cpu_ticks(bench_pid),
     );
+    let cp_bytes_before = metric(cp_admin, "mesh_cp_push_bytes_total").await;
+    let bytes_before = traffic.bytes();
     let changed = Instant::now();
-    let revision = meshctl::demo::apply_routes(&uri, &[scale_route("2s")?], None)
+    meshctl::demo::apply_routes(&uri, &[scale_route(CHANGED_ROUTE, "2s")?], None)
         .await
         .context("changing the route")?;
-    let revision = u64::try_from(revision).context("a negative revision")?;
-    loop {
-        if arrivals.iter().all(|a| a.reached(revision).is_some()) {
-            break;
-        }
-        if changed.elapsed() > CONVERGE_TIMEOUT {
-            break; // reported as missed
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut latencies: Vec<Duration> = arrivals
-        .iter()
-        .filter_map(|a| a.reached(revision))
-        .map(|at| at.saturating_duration_since(changed))
-        .collect();
-    latencies.sort_unstable();
+    let route = follow(
+        &arrivals,
+        &in_scope,
+        (ResourceType::Route, &changed_route),
+        changed,
+        bytes_before,
+        &traffic,
+        &mut processes,
+    )
+    .await
+    .context("the route change")?;
     let cpu_ms = |pid: u32, before: u64| {
         proc_stats::cpu_ticks(pid).saturating_sub(before) * 1000
             / proc_stats::ticks_per_second().max(1)
     };
     eprintln!(
-        "cp-scale: {n} subscribers: first reached {:.1} ms after the change; CPU until all were reached: control plane {} ms, subscribers {} ms",
-        latencies.first().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        "cp-scale: {n} subscribers: route change: first reached {:.1} ms after it; CPU until quiet again: control plane {} ms, subscribers {} ms; {}",
+        route.latencies.first().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         cpu_ms(cp_pid, cpu_before.0),
         cpu_ms(bench_pid, cpu_before.1),
+        pushed_by_cp(cp_admin, cp_bytes_before, &route).await,
     );
-    let missed = n - latencies.len();
+
+    // (b) One endpoint appears.
+    let changed_service = service_name(CHANGED_ENDPOINTS);
+    let in_scope: Vec<bool> = members
+        .iter()
+        .map(|m| m.gets_endpoints_of(&changed_service))
+        .collect();
+    let newcomer = Member {
+        service: changed_service.clone(),
+        gateway: false,
+        calls: calls_of(CHANGED_ENDPOINTS),
+    };
+    let channel = connect(&uri)
+        .await
+        .context("connecting the new endpoint's sidecar")?;
+    let newcomer_log = Arc::new(Arrivals::default());
+    // Its own updates are not the fleet's: counted apart.
+    let newcomer_traffic = Arc::new(Traffic::new());
+    let cp_bytes_before = metric(cp_admin, "mesh_cp_push_bytes_total").await;
+    let bytes_before = traffic.bytes();
+    let changed = Instant::now();
+    tasks.spawn(subscriber(Subscriber {
+        connection: Connection::Ready(channel),
+        hello: newcomer.hello(n),
+        arrivals: newcomer_log.clone(),
+        traffic: newcomer_traffic.clone(),
+        stop: stop.clone(),
+    }));
+    let endpoint = follow(
+        &arrivals,
+        &in_scope,
+        (ResourceType::Endpoints, &changed_service),
+        changed,
+        bytes_before,
+        &traffic,
+        &mut processes,
+    )
+    .await
+    .context("the endpoint change")?;
+    let newcomer_state = match (newcomer_log.last_update(), newcomer_traffic.first_error()) {
+        (_, Some(error)) => format!("its stream failed: {error}"),
+        (Some(at), None) => format!(
+            "its own first update after {:.1} ms",
+            at.saturating_duration_since(changed).as_secs_f64() * 1e3
+        ),
+        (None, None) => "it has no update yet".to_owned(),
+    };
+    eprintln!(
+        "cp-scale: {n} subscribers: endpoint change: a new instance of {changed_service}, {newcomer_state}; {}",
+        pushed_by_cp(cp_admin, cp_bytes_before, &endpoint).await,
+    );
+
+    if let Some(error) = traffic.first_error() {
+        eprintln!("cp-scale: {n} subscribers: the first failed stream: {error}");
+    }
+    let failed_streams = arrivals.iter().filter(|a| a.failed()).count();
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while tasks.join_next().await.is_some() {}
@@ -347,13 +668,98 @@ async fn measure(
         subscribers: n,
         connected_by_cp,
         connect_time,
-        latencies,
-        missed,
-        failed_streams: failed.load(Ordering::Relaxed),
+        failed_streams,
         idle_rss_kib,
         connected_rss_kib,
         etcd_at_rest,
+        route,
+        endpoint,
     })
+}
+
+/// Follows one change made at `changed`: until `resource` (type, name)
+/// has arrived anew at every proxy in scope (at most
+/// [`CONVERGE_TIMEOUT`]), then until the fleet is quiet again, so late
+/// pushes, to anyone, count against the change.
+async fn follow(
+    arrivals: &[Arc<Arrivals>],
+    in_scope: &[bool],
+    resource: (ResourceType, &str),
+    changed: Instant,
+    bytes_before: u64,
+    traffic: &Traffic,
+    processes: &mut ProcessGroup,
+) -> anyhow::Result<Change> {
+    let (kind, name) = resource;
+    let reached = |log: &Arrivals| log.arrived(kind, name).filter(|at| *at > changed);
+    let scoped = || {
+        arrivals
+            .iter()
+            .zip(in_scope)
+            .filter_map(|(log, &scoped)| scoped.then_some(log))
+    };
+    loop {
+        processes.check_alive()?;
+        if scoped().all(|log| reached(log).is_some() || log.failed()) {
+            break;
+        }
+        if changed.elapsed() > CONVERGE_TIMEOUT {
+            break; // reported as missed
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_quiet(traffic, processes, "the change").await?;
+    let mut latencies: Vec<Duration> = scoped()
+        .filter_map(|log| reached(log))
+        .map(|at| at.saturating_duration_since(changed))
+        .collect();
+    latencies.sort_unstable();
+    let in_scope_count = scoped().count();
+    let out_of_scope_receivers = arrivals
+        .iter()
+        .zip(in_scope)
+        .filter(|(log, &scoped)| !scoped && log.last_update().is_some_and(|at| at > changed))
+        .count();
+    Ok(Change {
+        in_scope: in_scope_count,
+        missed: in_scope_count - latencies.len(),
+        latencies,
+        bytes: traffic.bytes().saturating_sub(bytes_before),
+        out_of_scope_receivers,
+    })
+}
+
+/// Waits until no update has arrived anywhere for [`QUIET`], at most
+/// [`SETTLE_TIMEOUT`]; `what` names what is settling.
+async fn wait_quiet(
+    traffic: &Traffic,
+    processes: &mut ProcessGroup,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        processes.check_alive()?;
+        if traffic.quiet_for() >= QUIET {
+            return Ok(());
+        }
+        if started.elapsed() > SETTLE_TIMEOUT {
+            bail!("pushes after {what} did not stop within {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The replica's own count of the bytes it pushed since `before`, beside
+/// what the fleet counted (the two differ by the newcomer's updates).
+async fn pushed_by_cp(admin: Option<SocketAddr>, before: Option<f64>, change: &Change) -> String {
+    match (before, metric(admin, "mesh_cp_push_bytes_total").await) {
+        (Some(before), Some(after)) => format!(
+            "the control plane pushed {:.0} B in all, the fleet received {} B",
+            after - before,
+            change.bytes
+        ),
+        _ => "no push count from the control plane".to_owned(),
+    }
 }
 
 /// etcd's gRPC messages received per second over [`AT_REST`], all and
@@ -398,86 +804,106 @@ fn sum_received(text: &str) -> (f64, f64) {
     (all, keep_alives)
 }
 
-/// `mesh_cp_connected_sidecars` from the replica's `/metrics`.
-async fn connected_sidecars(admin: SocketAddr) -> Option<u64> {
-    let (_, text) = meshctl::demo::admin_call(admin, http::Method::GET, "/metrics")
+/// The unlabelled metric `name` from the replica's `/metrics`.
+async fn metric(admin: Option<SocketAddr>, name: &str) -> Option<f64> {
+    let (_, text) = meshctl::demo::admin_call(admin?, http::Method::GET, "/metrics")
         .await
         .ok()?;
-    text.lines()
-        .find(|l| l.starts_with("mesh_cp_connected_sidecars"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+    metric_value(&text, name)
+}
+
+/// The value of the unlabelled metric `name` in a Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// How a simulated proxy reaches the replica.
+enum Connection {
+    /// Connects itself, `connecting` rationing how many do at once.
+    Dial {
+        uri: String,
+        connecting: Arc<Semaphore>,
+    },
+    /// Connected already (so a measured time starts at its Hello).
+    Ready(Channel),
 }
 
 struct Subscriber {
-    uri: String,
-    index: usize,
-    log: Arc<Arrivals>,
-    connecting: Arc<Semaphore>,
+    connection: Connection,
+    hello: Hello,
+    arrivals: Arc<Arrivals>,
+    traffic: Arc<Traffic>,
     stop: CancellationToken,
-    base: Instant,
-    last_push_us: Arc<AtomicU64>,
-    failed: Arc<AtomicUsize>,
 }
 
 async fn subscriber(s: Subscriber) {
     let stop = s.stop.clone();
-    let failed = s.failed.clone();
+    let arrivals = s.arrivals.clone();
+    let traffic = s.traffic.clone();
     tokio::select! {
         result = subscribe(s) => {
-            if result.is_err() {
-                failed.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = result {
+                arrivals.fail();
+                traffic.failed(&error);
             }
         }
         () = stop.cancelled() => {}
     }
 }
 
+/// One connection per simulated proxy, as real proxies have.
+async fn connect(uri: &str) -> anyhow::Result<Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(uri.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+async fn open(
+    channel: Channel,
+    requests: mpsc::Receiver<DiscoveryRequest>,
+) -> Result<tonic::Streaming<ResourceUpdate>, tonic::Status> {
+    Ok(DiscoveryClient::new(channel)
+        .resources(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await?
+        .into_inner())
+}
+
 async fn subscribe(s: Subscriber) -> anyhow::Result<()> {
+    // Room for the Hello and a few ACKs: the replica sends one update at a
+    // time, so ACKs never pile up.
     let (tx, rx) = mpsc::channel(4);
-    let node = Node {
-        service: "sim".into(),
-        instance: format!("sim-{}", s.index),
-        // A valid address nobody calls: the route's destination has no app.
-        address: format!("127.0.0.1:{}", 10_000 + s.index % 50_000),
-        version: "v1".into(),
-        weight: 1,
-        ..Node::default()
-    };
-    tx.send(SidecarMessage {
-        message: Some(SidecarPayload::Hello(Hello {
-            node: Some(node),
-            current_version: 0,
-        })),
+    tx.send(DiscoveryRequest {
+        message: Some(Message::Hello(s.hello)),
     })
     .await?;
-    let mut snapshots = {
-        // One connection per simulated sidecar, as real sidecars have;
-        // connects are rationed so the listener's backlog is not flooded.
-        let _permit = s.connecting.acquire().await?;
-        let channel = tonic::transport::Endpoint::from_shared(s.uri.clone())?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await?;
-        let codec = tonic_prost::ProstCodec::<SidecarMessage, SnapshotVersion>::default();
-        grpc.streaming(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            http::uri::PathAndQuery::from_static("/mesh.v1.Discovery/Subscribe"),
-            codec,
-        )
-        .await?
-        .into_inner()
+    let mut updates = match s.connection {
+        Connection::Dial { uri, connecting } => {
+            // Connects are rationed so the listener's backlog is not
+            // flooded; the permit is held until the replica has
+            // registered the node (the response headers).
+            let _permit = connecting.acquire().await?;
+            open(connect(&uri).await?, rx).await?
+        }
+        Connection::Ready(channel) => open(channel, rx).await?,
     };
     // Bounded by the stop token (the caller's select) and by the stream.
-    while let Some(snapshot) = snapshots.message().await? {
-        s.log.record(snapshot.version);
-        s.last_push_us
-            .fetch_max(s.base.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let ack = SidecarMessage {
-            message: Some(SidecarPayload::Ack(Ack {
-                version: snapshot.version,
+    while let Some(update) = updates.message().await? {
+        let at = Instant::now();
+        s.traffic
+            .record(update.encoded_len() as u64 + GRPC_PREFIX_LEN, at);
+        s.arrivals.record(&update, at);
+        let ack = DiscoveryRequest {
+            message: Some(Message::Ack(ResourceAck {
+                nonce: update.nonce,
+                revision: update.revision,
+                nacks: Vec::new(),
             })),
         };
         if tx.send(ack).await.is_err() {
@@ -489,7 +915,8 @@ async fn subscribe(s: Subscriber) -> anyhow::Result<()> {
 
 fn render(results: &[ScaleResult]) -> String {
     use std::fmt::Write as _;
-    let mut out = String::from("## control-plane fan-out: one route change\n\n");
+    let mut out =
+        String::from("## control-plane fan-out: one route change, one endpoint change\n\n");
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -497,33 +924,49 @@ fn render(results: &[ScaleResult]) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "- date: {date}; {} CPUs; 1 control-plane replica on a single-member etcd, simulated sidecars in this process, all on loopback\n\
-         - each subscriber: its own HTTP/2 connection, a Hello registering a unique endpoint, an ACK per snapshot\n\
-         - time from the route change (before the apply call) until each subscriber holds a snapshot of at least the new revision\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "- date: {date}; {} CPUs; 1 control-plane replica on a single-member etcd, plaintext; simulated proxies in this process, all on loopback\n\
+         - each proxy: its own HTTP/2 connection, a Hello (registering an endpoint unless a gateway), an ACK per update\n\
+         - fleet: {SERVICES} services with one route each; proxies 0..{} are instances of svc-(i % {SERVICES}), the others of caller-(i % {CALLER_SERVICES}); the last {GATEWAYS} are gateways; every other proxy calls {CALLS} of the {SERVICES}\n\
+         - route change: svc-{CHANGED_ROUTE:02}'s route (in scope: its callers and instances); endpoint change: a new instance of svc-{CHANGED_ENDPOINTS:02} (in scope: its callers); time from the change until the resource arrives at each proxy in scope\n\
+         - bytes: the gRPC messages (with their 5-byte prefix) the whole fleet received for the change, per proxy in scope; out of scope: proxies outside the scope that received anything\n\
+         - RSS per subscriber: the replica's growth from idle to all connected, over N; it includes each connection's HTTP/2 buffers (h2's share is not measured apart)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        SERVICE_INSTANCES - 1,
     );
     let _ = writeln!(
         out,
-        "| subscribers | connected (cp's count) | all connected in | reached all: p50 | p99 | max | missed | failed streams | cp RSS idle -> connected | per subscriber | etcd msgs/s at rest (keep-alives) |"
+        "| subscribers | connected (cp's count) | all connected in | route: in scope | p50 | p99 | max | bytes/subscriber | endpoint: in scope | p50 | p99 | max | bytes/subscriber | out of scope receiving (route / endpoint) | missed (route / endpoint) | failed streams | cp RSS idle -> connected | per subscriber | etcd msgs/s at rest (keep-alives) |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        let change = |c: &Change| {
+            format!(
+                "{} | {} | {} | {} | {:.0} B",
+                c.in_scope,
+                ms(quantile(&c.latencies, 0.5)),
+                ms(quantile(&c.latencies, 0.99)),
+                ms(c.latencies.last().copied().unwrap_or_default()),
+                c.bytes_per_subscriber(),
+            )
+        };
         let growth = r.connected_rss_kib.saturating_sub(r.idle_rss_kib);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} s | {} | {} | {} | {} | {} | {:.1} -> {:.1} MiB | {:.1} KiB | {} |",
+            "| {} | {} | {:.1} s | {} | {} | {} / {} | {} / {} | {} | {:.1} -> {:.1} MiB | {:.1} KiB | {} |",
             r.subscribers,
             r.connected_by_cp
                 .map_or_else(|| "?".to_owned(), |c| c.to_string()),
             r.connect_time.as_secs_f64(),
-            ms(quantile(&r.latencies, 0.5)),
-            ms(quantile(&r.latencies, 0.99)),
-            ms(r.latencies.last().copied().unwrap_or_default()),
-            r.missed,
+            change(&r.route),
+            change(&r.endpoint),
+            r.route.out_of_scope_receivers,
+            r.endpoint.out_of_scope_receivers,
+            r.route.missed,
+            r.endpoint.missed,
             r.failed_streams,
             r.idle_rss_kib as f64 / 1024.0,
             r.connected_rss_kib as f64 / 1024.0,
@@ -540,36 +983,105 @@ fn render(results: &[ScaleResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh::proto::mesh::v1::{Resource, ResourceVersion};
 
     #[test]
-    fn the_version_view_reads_a_table_snapshot() {
-        use prost::Message;
-        let snapshot = mesh::proto::mesh::v1::TableSnapshot {
-            version: 42,
-            table_json: "{\"endpoints\":[]}".into(),
-            ..Default::default()
-        };
-        let view = SnapshotVersion::decode(snapshot.encode_to_vec().as_slice()).expect("decode");
-        assert_eq!(view.version, 42);
+    fn the_fleet_has_instances_callers_and_four_gateways() {
+        let n = 1000;
+        let members: Vec<Member> = (0..n).map(|i| Member::of(i, n)).collect();
+        assert_eq!(members[0].service, "svc-00");
+        assert_eq!(members[499].service, "svc-49");
+        assert_eq!(members[500].service, "caller-0");
+        assert_eq!(members[995].service, "caller-95");
+        let gateways: Vec<&str> = members
+            .iter()
+            .filter(|m| m.gateway)
+            .map(|m| m.service.as_str())
+            .collect();
+        assert_eq!(gateways, ["gw-0", "gw-1", "gw-2", "gw-3"]);
+        assert!(members[996..].iter().all(|m| m.calls.is_empty()));
+        let instances = members.iter().filter(|m| m.service == "svc-07").count();
+        assert_eq!(instances, 10);
+        let hello = members[999].hello(999);
+        let node = hello.node.expect("node");
+        assert!(node.gateway && node.address.is_empty());
+        assert_eq!(hello.schema_version, SchemaVersion::SchemaVersion1 as i32);
     }
 
     #[test]
-    fn arrivals_find_the_first_snapshot_of_a_version() {
-        let arrivals = Arrivals::default();
-        assert!(!arrivals.any());
-        for version in [3, 5, 7] {
-            arrivals.record(version);
+    fn each_proxy_calls_three_other_services_spread_evenly() {
+        let n = 1004;
+        let mut callers = std::collections::HashMap::<String, usize>::new();
+        for i in 0..n - GATEWAYS {
+            let member = Member::of(i, n);
+            let mut calls = member.calls.clone();
+            calls.sort();
+            calls.dedup();
+            assert_eq!(calls.len(), CALLS, "{i}: {calls:?}");
+            assert!(!calls.contains(&member.service), "{i} calls itself");
+            for call in calls {
+                *callers.entry(call).or_default() += 1;
+            }
         }
-        let first = arrivals.reached(4).expect("reached");
-        assert_eq!(Some(first), arrivals.reached(5));
-        assert!(arrivals.reached(8).is_none());
-        for version in 0..100 {
-            arrivals.record(version);
-        }
-        assert_eq!(
-            arrivals.snapshots.lock().expect("lock").len(),
-            ARRIVALS_KEPT
+        assert_eq!(callers.len(), SERVICES);
+        assert!(callers.values().all(|&c| c == 60), "{callers:?}");
+    }
+
+    #[test]
+    fn scopes_follow_the_protocol() {
+        let n = 100;
+        let instance = Member::of(0, n);
+        assert!(instance.gets_routes_of("svc-00"));
+        assert!(!instance.gets_endpoints_of("svc-00"));
+        assert!(instance.gets_endpoints_of("svc-01"));
+        let gateway = Member::of(n - 1, n);
+        assert!(!gateway.gets_routes_of("svc-00") && !gateway.gets_endpoints_of("svc-01"));
+    }
+
+    #[test]
+    fn arrivals_keep_the_latest_version_of_each_resource() {
+        let resource = |kind: ResourceType, name: &str| Resource {
+            r#type: kind as i32,
+            name: name.into(),
+            ..Resource::default()
+        };
+        let log = Arrivals::default();
+        assert!(log.last_update().is_none());
+        let first = Instant::now();
+        log.record(
+            &ResourceUpdate {
+                resources: vec![
+                    resource(ResourceType::Route, "svc-00"),
+                    resource(ResourceType::Endpoints, "svc-00"),
+                ],
+                ..ResourceUpdate::default()
+            },
+            first,
         );
+        let later = first + Duration::from_millis(5);
+        log.record(
+            &ResourceUpdate {
+                resources: vec![resource(ResourceType::Route, "svc-00")],
+                removed: vec![ResourceVersion {
+                    r#type: ResourceType::Endpoints as i32,
+                    name: "svc-00".into(),
+                    version: String::new(),
+                }],
+                ..ResourceUpdate::default()
+            },
+            later,
+        );
+        assert_eq!(log.arrived(ResourceType::Route, "svc-00"), Some(later));
+        assert_eq!(log.arrived(ResourceType::Endpoints, "svc-00"), None);
+        assert_eq!(log.last_update(), Some(later));
+        let many = ResourceUpdate {
+            resources: (0..100)
+                .map(|i| resource(ResourceType::Route, &format!("r{i}")))
+                .collect(),
+            ..ResourceUpdate::default()
+        };
+        log.record(&many, later);
+        assert_eq!(log.lock().resources.len(), RESOURCES_TRACKED);
     }
 
     #[test]
@@ -582,10 +1094,22 @@ mod tests {
     }
 
     #[test]
-    fn the_scale_routes_differ_only_in_timeout() {
-        let a = scale_route("1s").expect("route");
-        let b = scale_route("2s").expect("route");
-        assert_ne!(a, b);
-        assert_eq!(a.metadata, b.metadata);
+    fn metrics_are_read_by_exact_name() {
+        let text =
+            "mesh_cp_pushes_total 2\nmesh_cp_push_bytes_total 120\nmesh_cp_connected_sidecars 7\n";
+        assert_eq!(metric_value(text, "mesh_cp_push_bytes_total"), Some(120.0));
+        assert_eq!(metric_value(text, "mesh_cp_connected_sidecars"), Some(7.0));
+        assert_eq!(metric_value(text, "mesh_cp_push"), None);
+    }
+
+    #[test]
+    fn the_routes_are_valid_and_the_change_is_only_the_timeout() {
+        let routes = scale_routes().expect("routes");
+        assert_eq!(routes.len(), SERVICES);
+        assert_eq!(routes[0].spec.matches.service, "bench.scale.v1.Svc00");
+        assert_eq!(routes[49].spec.destination, "svc-49");
+        let changed = scale_route(CHANGED_ROUTE, "2s").expect("route");
+        assert_ne!(routes[0], changed);
+        assert_eq!(routes[0].metadata, changed.metadata);
     }
 }

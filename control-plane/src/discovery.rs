@@ -1,20 +1,22 @@
-//! The control plane's side of discovery: one stream per sidecar. Register
+//! The control plane's side of discovery: one stream per proxy. Register
 //! the node under the replica's registration lease (one for all its
-//! sidecars, see [`crate::registration_lease`]), push a table whenever the
-//! sidecar's table changes, record its ACKs and NACKs, and delete the
-//! registration when the stream ends (so a sidecar that leaves or dies is
-//! gone at once; only a replica that dies leaves keys behind, for at most
-//! the lease's TTL, while its sidecars register with another replica).
+//! sidecars, see [`crate::registration_lease`]), send the resources of its
+//! scope as they change ([`crate::delta`]), record its ACKs and per-resource
+//! NACKs, take its on-demand subscriptions, and delete the registration
+//! when the stream ends (so a sidecar that leaves or dies is gone at once;
+//! only a replica that dies leaves keys behind, for at most the lease's
+//! TTL, while its sidecars register with another replica).
 //!
-//! A stream costs the replica little: a session task, the version of what
-//! it last pushed (not a copy of it), and pushes that are buffers shared by
-//! every stream (see [`crate::push`]). That is why the gRPC edge is written
-//! by hand ([`DiscoveryServer`]): tonic's generated one would encode every
-//! push again into a buffer per stream, and keep that buffer.
+//! A stream costs the replica little: a session task, the versions of the
+//! few resources in its scope (not copies of them), and updates assembled
+//! from resources encoded once per change (see [`crate::catalog`]). That is
+//! why the gRPC edge is written by hand ([`DiscoveryServer`]): tonic's
+//! generated one would encode every resource again for every stream.
 
 mod body;
 mod server;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,15 +24,17 @@ use bytes::Bytes;
 use mesh::backoff::Backoff;
 use mesh::identity::{SpiffeId, Workload};
 use mesh::model::Endpoint;
-use mesh::proto::mesh::v1::sidecar_message::Message;
-use mesh::proto::mesh::v1::{Node, SidecarMessage};
-use tokio::sync::watch;
+use mesh::proto::mesh::v1::discovery_request::Message;
+use mesh::proto::mesh::v1::{DiscoveryRequest, Hello, Node, ResourceType, SchemaVersion};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use self::body::PushBody;
 pub use self::server::DiscoveryServer;
 use crate::access::Access;
+use crate::catalog::{ResourceKey, Scope};
+use crate::delta::StreamState;
 use crate::index::Published;
 use crate::keys;
 use crate::metrics::Metrics;
@@ -44,6 +48,11 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a registration waits for the replica's lease (the store is
 /// unreachable, or the replica has just started).
 const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most gRPC services one stream may subscribe to: a proxy's scope is
+/// the services its app calls, tens; the bound keeps a hostile proxy from
+/// growing the replica's memory.
+const MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// How a replica treats discovery streams.
 #[derive(Debug, Clone)]
@@ -123,6 +132,30 @@ fn registration(node: &Node) -> Result<Registration, Status> {
         endpoint,
         grpc_services: node.grpc_services.clone(),
     })
+}
+
+/// Service names a proxy declares or subscribes to, checked: each a mesh
+/// service or a gRPC service name (letters, digits, `.`, `_`, `-`), at
+/// most [`MAX_SUBSCRIPTIONS`] of them. The error names the field.
+fn checked_names(field: &str, names: Vec<String>) -> Result<BTreeSet<String>, Status> {
+    if names.len() > MAX_SUBSCRIPTIONS {
+        return Err(Status::invalid_argument(format!(
+            "{field}: more than {MAX_SUBSCRIPTIONS} names"
+        )));
+    }
+    for (i, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "{field}[{i}]: {name:?} is not a service name"
+            )));
+        }
+    }
+    Ok(names.into_iter().collect())
 }
 
 /// A proxy registers only as what its certificate proves: a sidecar of
@@ -221,26 +254,36 @@ impl<S: Store> DiscoveryService<S> {
     /// session. The body is what the sidecar is sent.
     async fn subscribe(
         &self,
-        mut inbound: Streaming<SidecarMessage>,
+        mut inbound: Streaming<DiscoveryRequest>,
         peer: Option<SpiffeId>,
     ) -> Result<PushBody, Status> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??
             .ok_or_else(|| Status::invalid_argument("stream closed before its Hello"))?;
-        let (node, current_version) = match first.message {
-            Some(Message::Hello(hello)) => (
-                hello
-                    .node
-                    .ok_or_else(|| Status::invalid_argument("hello.node: required"))?,
-                hello.current_version,
-            ),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must be a Hello",
-                ))
-            }
+        let Some(Message::Hello(hello)) = first.message else {
+            return Err(Status::invalid_argument(
+                "the first message must be a Hello",
+            ));
         };
+        if hello.schema_version != SchemaVersion::SchemaVersion1 as i32 {
+            return Err(Status::failed_precondition(format!(
+                "hello.schema_version: this control plane speaks schema version {}, the proxy {}",
+                SchemaVersion::SchemaVersion1 as i32,
+                hello.schema_version
+            )));
+        }
+        let Hello {
+            node,
+            calls,
+            subscribed,
+            subscribe_id,
+            known,
+            ..
+        } = hello;
+        let node = node.ok_or_else(|| Status::invalid_argument("hello.node: required"))?;
+        let calls = checked_names("hello.calls", calls)?;
+        let subscribed = checked_names("hello.subscribed", subscribed)?;
         if node.instance.is_empty() {
             return Err(Status::invalid_argument("hello.node.instance: required"));
         }
@@ -296,24 +339,33 @@ impl<S: Store> DiscoveryService<S> {
             identity: peer.map(|p| p.to_string()).unwrap_or_default(),
             ..SidecarStatus::default()
         });
-        // The latest push only: one the stream has not taken yet is
-        // superseded by a newer one, never queued behind it.
-        let (tx, rx) = watch::channel(Bytes::new());
+        // One update at a time: while the stream has not taken it, changes
+        // gather into the next.
+        let (tx, rx) = mpsc::channel(1);
+        let scope = Scope {
+            service: node.service.clone(),
+            gateway: node.gateway,
+            calls,
+            grpc_services: subscribed,
+        };
         let session = Session {
             id,
             store: self.store.clone(),
             lease: self.lease.clone(),
             sessions: self.sessions.clone(),
+            has_resources: !known.is_empty(),
+            outstanding: None,
+            state: StreamState::resume(&known),
             node,
             registered,
-            table_sent: None,
-            services_sent: None,
+            scope,
+            subscribe_id,
             metrics: self.metrics.clone(),
         };
-        // A sidecar that has a table keeps it until this replica has seen the
-        // others re-register (after a control-plane outage, the store has
-        // lost their leases).
-        let hold = if current_version > 0 {
+        // A proxy that has resources keeps them until this replica has seen
+        // the others re-register (after a control-plane outage, the store
+        // has lost their leases).
+        let hold = if session.has_resources {
             self.warmup.saturating_sub(self.started.elapsed())
         } else {
             Duration::ZERO
@@ -332,49 +384,82 @@ struct Session<S> {
     sessions: Arc<Sessions>,
     node: Node,
     registered: Option<Registered>,
-    /// The `table_revision` of the last push, to push only what changed
-    /// for this node.
-    table_sent: Option<Revision>,
-    /// The `services_revision` of the last push (gateways).
-    services_sent: Option<Revision>,
+    /// Which resources the proxy gets.
+    scope: Scope,
+    /// What it has been sent.
+    state: StreamState,
+    /// The last Subscribe it sent: the next update answers it.
+    subscribe_id: u64,
+    /// Whether it had resources when it connected (resuming).
+    has_resources: bool,
+    /// The nonce of the update sent and not acked yet.
+    outstanding: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Session<S> {
     async fn run(
         mut self,
-        mut inbound: Streaming<SidecarMessage>,
-        pushes: watch::Sender<Bytes>,
+        mut inbound: Streaming<DiscoveryRequest>,
+        pushes: mpsc::Sender<Bytes>,
         mut published: watch::Receiver<Arc<Published>>,
         hold: Duration,
         stop: CancellationToken,
     ) {
-        published.mark_changed();
         let mut stopping = false;
         let held = tokio::time::sleep(hold);
         tokio::pin!(held);
         let mut holding = !hold.is_zero();
+        // Whether the proxy may lack something: the first update, a change
+        // published, a subscription.
+        let mut dirty = true;
+        let mut first = true;
+        // The latest revision evaluated, and the update not acked yet.
+        let mut evaluated = 0;
         loop {
             tokio::select! {
-                () = &mut held, if holding => {
-                    holding = false;
-                    published.mark_changed();
-                }
-                changed = published.changed(), if !holding => {
+                () = &mut held, if holding => holding = false,
+                changed = published.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    dirty = true;
+                }
+                permit = pushes.reserve(), if dirty && !holding => {
+                    let Ok(permit) = permit else { break };
+                    dirty = false;
                     let current = published.borrow_and_update().clone();
-                    if let Some((version, push)) = self.push_if_changed(&current) {
-                        if pushes.send(push).is_err() {
-                            break;
-                        }
-                        self.metrics.pushed();
-                        self.sessions.update(self.id, |s| s.pushed_version = version);
+                    if current.revision == 0 {
+                        continue; // the store has not been read yet
+                    }
+                    let revision = current.revision as u64;
+                    evaluated = revision;
+                    if let Some(update) = self.state.next_update(
+                        &current.catalog,
+                        &self.scope,
+                        revision,
+                        self.subscribe_id,
+                        first,
+                    ) {
+                        first = false;
+                        self.outstanding = Some(update.nonce);
+                        self.metrics.pushed(update.resources, update.frame.len());
+                        permit.send(update.frame);
+                        self.sessions.update(self.id, |s| s.pushed_version = revision);
+                    } else if self.outstanding.is_none() {
+                        self.sessions.update(self.id, |s| s.synced_revision = revision);
                     }
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.on_message(message),
+                    Ok(Some(message)) => {
+                        match self.on_message(message, evaluated) {
+                            Ok(subscribed) => dirty |= subscribed,
+                            Err(status) => {
+                                tracing::warn!(instance = %self.node.instance, %status, "closing the stream");
+                                break;
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(instance = %self.node.instance, %status, "stream error");
@@ -427,49 +512,67 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// The push `current` makes for this node, with its version, if what
-    /// the node gets changed since its last push.
-    fn push_if_changed(&mut self, current: &Published) -> Option<(u64, Bytes)> {
-        if current.revision == 0 {
-            return None; // the store has not been read yet
-        }
-        let table_changed = self.table_sent != Some(current.table_revision);
-        let services_changed =
-            self.node.gateway && self.services_sent != Some(current.services_revision);
-        if !table_changed && !services_changed {
-            return None;
-        }
-        self.table_sent = Some(current.table_revision);
-        let push = if self.node.gateway {
-            self.services_sent = Some(current.services_revision);
-            current.gateway_push()
-        } else {
-            current.sidecar_push()
-        };
-        Some((current.revision as u64, push))
-    }
-
-    fn on_message(&self, message: SidecarMessage) {
+    /// Takes one message of the proxy; true when it subscribed to more
+    /// (an update answers it); an error ends the stream.
+    fn on_message(&mut self, message: DiscoveryRequest, evaluated: u64) -> Result<bool, Status> {
         match message.message {
             Some(Message::Ack(ack)) => {
-                tracing::debug!(instance = %self.node.instance, version = ack.version, "ACK");
+                tracing::debug!(instance = %self.node.instance, nonce = ack.nonce, "ACK");
+                // Acked the last update: in step with all evaluated since.
+                let synced = (self.outstanding == Some(ack.nonce)).then(|| {
+                    self.outstanding = None;
+                    evaluated
+                });
                 self.metrics.acked();
+                if !ack.nacks.is_empty() {
+                    self.metrics.nacked(ack.nacks.len());
+                    for nack in &ack.nacks {
+                        tracing::warn!(
+                            instance = %self.node.instance,
+                            kind = ?ResourceType::try_from(nack.r#type).unwrap_or_default(),
+                            name = %nack.name,
+                            version = %nack.version,
+                            reason = %nack.reason,
+                            "NACK: the proxy refused a resource and keeps its last good version"
+                        );
+                    }
+                }
+                // The NACKs an ACK lists are all the proxy refuses now.
+                let reason = ack
+                    .nacks
+                    .iter()
+                    .map(|n| {
+                        let kind = ResourceType::try_from(n.r#type).unwrap_or_default();
+                        let key = ResourceKey::new(kind, &n.name);
+                        format!(
+                            "{} {}@{}: {}",
+                            kind.as_str_name(),
+                            key.name,
+                            n.version,
+                            n.reason
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 self.sessions.update(self.id, |s| {
-                    s.acked_version = ack.version;
-                    s.nack_reason.clear();
+                    s.acked_version = ack.revision;
+                    s.nack_reason = reason;
+                    if let Some(synced) = synced {
+                        s.synced_revision = synced;
+                    }
                 });
             }
-            Some(Message::Nack(nack)) => {
-                tracing::warn!(
-                    instance = %self.node.instance,
-                    version = nack.version,
-                    reason = %nack.reason,
-                    "NACK: sidecar refused its table"
-                );
-                self.metrics.nacked();
-                self.sessions.update(self.id, |s| {
-                    s.nack_reason = format!("v{}: {}", nack.version, nack.reason)
-                });
+            Some(Message::Subscribe(subscribe)) => {
+                let services = checked_names("subscribe.grpc_services", subscribe.grpc_services)?;
+                self.scope.grpc_services.extend(services);
+                if self.scope.grpc_services.len() > MAX_SUBSCRIPTIONS {
+                    return Err(Status::resource_exhausted(format!(
+                        "more than {MAX_SUBSCRIPTIONS} subscriptions on one stream"
+                    )));
+                }
+                tracing::debug!(instance = %self.node.instance, id = subscribe.id, "subscribed");
+                self.subscribe_id = self.subscribe_id.max(subscribe.id);
+                return Ok(true);
             }
             Some(Message::Credentials(report)) => {
                 self.sessions.update(self.id, |s| {
@@ -483,6 +586,7 @@ impl<S: Store> Session<S> {
                 tracing::debug!(instance = %self.node.instance, "ignoring a repeated Hello");
             }
         }
+        Ok(false)
     }
 
     /// Writes the node's keys again under the replica's new lease (the
@@ -533,17 +637,20 @@ mod tests {
             sessions: Arc::default(),
             node: Node::default(),
             registered: None,
-            table_sent: None,
-            services_sent: None,
+            scope: Scope::default(),
+            state: StreamState::default(),
+            subscribe_id: 0,
+            has_resources: false,
+            outstanding: None,
             metrics: Arc::default(),
         };
         let inbound = Streaming::new_request(
-            tonic_prost::ProstDecoder::<SidecarMessage>::default(),
+            tonic_prost::ProstDecoder::<DiscoveryRequest>::default(),
             tonic::body::Body::empty(),
             None,
             None,
         );
-        let (pushes, _) = watch::channel(Bytes::new());
+        let (pushes, _) = mpsc::channel(1);
         let (_, published) = watch::channel(Arc::new(Published::default()));
         let run = session.run(
             inbound,

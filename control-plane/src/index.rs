@@ -7,17 +7,16 @@
 //! reported and skipped: it never reaches a sidecar.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use mesh::identity::TrustBundle;
 use mesh::model::{
     AuthorizationPolicy, Bootstrap, DefaultAuthorization, RequestAuthentication, Route,
 };
-use mesh::proto::mesh::v1::TableSnapshot;
 
+use crate::catalog::Catalog;
 use crate::keys::{self, Key};
-use crate::push;
 use crate::registration::Registration;
 use crate::store::{KeyValue, Revision, Snapshot, WatchBatch, WatchEvent};
 
@@ -41,99 +40,30 @@ pub struct Index {
     unknown: BTreeSet<String>,
 }
 
-/// What a push is made of, built once per change and shared by every
-/// subscriber of the replica.
+/// What proxies are sent, built once per change and shared by every
+/// stream of the replica.
 #[derive(Debug, Clone, Default)]
 pub struct Published {
-    /// The store revision this was built at: the version sidecars ack.
+    /// The store revision this was built at.
     pub revision: Revision,
-    /// The revision at which the table last changed: a sidecar that was
-    /// pushed the table of this revision needs no push.
-    pub table_revision: Revision,
-    /// The revision at which what only gateways get (descriptor sets, gRPC
-    /// services) last changed.
-    pub services_revision: Revision,
-    /// The table every sidecar gets, as JSON (bootstrap schema).
-    pub table_json: String,
-    /// The table itself.
+    /// The table, whole (what the catalog's resources are made of).
     pub table: Bootstrap,
-    /// Every registered app's descriptors (for gateways).
-    pub descriptor_sets: Vec<Bytes>,
-    /// Every registered gRPC service (for gateways).
-    pub grpc_services: Vec<String>,
+    /// Every resource, encoded, with its version.
+    pub catalog: Arc<Catalog>,
     /// The trust bundle proxies must trust (version: its store revision).
     pub trust_bundle: Option<Arc<TrustBundle>>,
-    /// The issuer (SHA-256, hex) proxies should renew under; empty: none.
-    pub renew_issuer: String,
     /// The mesh-wide mTLS mode: `strict` or `permissive` (a stored value
     /// that is neither is reported and published as strict).
     pub mtls_mode: &'static str,
     /// Data in the store that was skipped, and why.
     pub problems: Vec<String>,
-    /// The pushes of this version, encoded by the first stream that sends
-    /// one and shared by the others.
-    sidecar_push: OnceLock<Bytes>,
-    gateway_push: OnceLock<Bytes>,
 }
 
 impl Published {
-    /// Takes over from `previous`, the state published before: a part
-    /// equal to its counterpart there keeps the revision it last changed
-    /// at, so streams that have it are not pushed it again. Returns whether
-    /// anything differs that a stream or an operator would see (each part
-    /// is compared once: the table can be hundreds of KB).
-    pub fn take_over_from(&mut self, previous: &Published) -> bool {
-        let same_table = self.table_json == previous.table_json
-            && self.trust_bundle.as_ref().map(|b| b.version())
-                == previous.trust_bundle.as_ref().map(|b| b.version())
-            && self.renew_issuer == previous.renew_issuer
-            && self.mtls_mode == previous.mtls_mode;
-        if same_table {
-            self.table_revision = previous.table_revision;
-        }
-        let same_services = self.descriptor_sets == previous.descriptor_sets
-            && self.grpc_services == previous.grpc_services;
-        if same_services {
-            self.services_revision = previous.services_revision;
-        }
-        !(same_table && same_services && self.problems == previous.problems)
-    }
-
-    /// What a sidecar is pushed: this version's table.
-    pub fn sidecar_push(&self) -> Bytes {
-        self.push(&self.sidecar_push, false)
-    }
-
-    /// What a gateway is pushed: the table, every registered app's
-    /// descriptors and every registered gRPC service.
-    pub fn gateway_push(&self) -> Bytes {
-        self.push(&self.gateway_push, true)
-    }
-
-    /// The push kept in `slot`, encoded on first use.
-    fn push(&self, slot: &OnceLock<Bytes>, gateway: bool) -> Bytes {
-        slot.get_or_init(|| {
-            let mut snapshot = TableSnapshot {
-                version: self.revision as u64,
-                table_json: self.table_json.clone(),
-                ..TableSnapshot::default()
-            };
-            if let Some(bundle) = &self.trust_bundle {
-                snapshot.trust_anchors_der = bundle.anchors().iter().map(|a| a.to_vec()).collect();
-                snapshot.trust_bundle_version = bundle.version();
-            }
-            snapshot
-                .renew_certificates_not_issued_by
-                .clone_from(&self.renew_issuer);
-            self.mtls_mode.clone_into(&mut snapshot.mtls_mode);
-            if gateway {
-                snapshot.file_descriptor_sets =
-                    self.descriptor_sets.iter().map(|s| s.to_vec()).collect();
-                snapshot.grpc_services = self.grpc_services.clone();
-            }
-            push::encode(&snapshot)
-        })
-        .clone()
+    /// Whether anything differs from `previous` that a stream or an
+    /// operator would see: a resource's version, or the problems found.
+    pub fn differs_from(&self, previous: &Published) -> bool {
+        !(self.catalog.same_as(&previous.catalog) && self.problems == previous.problems)
     }
 }
 
@@ -272,9 +202,7 @@ impl Index {
             .map(|r| r.metadata.name.as_str())
     }
 
-    /// Builds what sidecars get from the current state. Every part counts
-    /// as changed at the current revision; [`Published::take_over_from`]
-    /// keeps the revisions of the parts that did not change.
+    /// Builds what proxies get from the current state.
     pub fn publish(&self) -> Published {
         let mut problems = Vec::new();
         let mut routes: Vec<Route> = Vec::new();
@@ -295,17 +223,15 @@ impl Index {
             }
         }
         let mut endpoints = Vec::new();
-        let mut grpc_services = BTreeSet::new();
         let mut descriptor_sets = Vec::new();
-        // Instances of one app register the same set: gateways get it once.
-        let mut seen_sets = std::collections::HashSet::new();
         for ((service, instance), parsed) in &self.endpoints {
             match parsed {
                 Ok(registration) => {
                     endpoints.push(registration.endpoint.clone());
-                    grpc_services.extend(registration.grpc_services.iter().cloned());
                     if let Some(set) = self.descriptors.get(&(service.clone(), instance.clone())) {
-                        if !set.is_empty() && seen_sets.insert(set.clone()) {
+                        // Instances of one app register the same set: the
+                        // catalog keeps one resource per content.
+                        if !set.is_empty() {
                             descriptor_sets.push(set.clone());
                         }
                     }
@@ -381,20 +307,20 @@ impl Index {
             request_authentications,
             jwks,
         };
+        let catalog = Catalog::build(
+            &table,
+            trust_bundle.as_deref(),
+            &self.renew_issuer,
+            mtls_mode == "permissive",
+            &descriptor_sets,
+        );
         Published {
             revision: self.revision,
-            table_revision: self.revision,
-            services_revision: self.revision,
-            table_json: serde_json::to_string(&table).unwrap_or_default(),
             table,
-            descriptor_sets,
-            grpc_services: grpc_services.into_iter().collect(),
+            catalog: Arc::new(catalog),
             trust_bundle,
-            renew_issuer: self.renew_issuer.clone(),
             mtls_mode,
             problems,
-            sidecar_push: OnceLock::new(),
-            gateway_push: OnceLock::new(),
         }
     }
 }

@@ -16,10 +16,12 @@
 //!   built from; bad data is reported and skipped here.
 //! - [`watcher`]: keeps the index in step with the store (get, then watch
 //!   from the last revision, resync on compaction).
-//! - [`discovery`]: the sidecar streams: registration under a lease, pushes,
-//!   ACK/NACK.
-//! - [`push`]: a push on the wire, encoded once per version and shared by
-//!   every stream.
+//! - [`catalog`]: every resource proxies can be sent, typed and encoded
+//!   once per change, and which of them one proxy's scope takes.
+//! - [`delta`]: what one stream has sent, and the update that brings its
+//!   proxy up to date (changed resources, tombstones, not-found).
+//! - [`discovery`]: the proxy streams: registration under a lease, scoped
+//!   delta updates, per-resource ACK/NACK, on-demand subscriptions.
 //! - [`sessions`]: the sidecars connected to this replica.
 //! - [`admin`]: the MeshAdmin API behind meshctl (validated, compare-and-swap).
 //! - [`replica`]: this replica's status, published for `meshctl status`.
@@ -28,6 +30,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod catalog;
+pub mod delta;
 pub mod discovery;
 mod documents;
 pub mod identity;
@@ -35,7 +39,6 @@ pub mod index;
 pub mod jwks;
 pub mod keys;
 pub mod metrics;
-pub mod push;
 pub mod registration;
 pub mod registration_lease;
 pub mod replica;

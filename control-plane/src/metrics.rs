@@ -44,6 +44,8 @@ pub struct Metrics {
     connected_sidecars: Gauge,
     published_revision: Gauge,
     pushes: Counter,
+    pushed_resources: Counter,
+    push_bytes: Counter,
     acks: Counter,
     nacks: Counter,
     store_errors: Family<OperationLabels, Counter>,
@@ -62,6 +64,8 @@ impl Default for Metrics {
         let connected_sidecars = Gauge::default();
         let published_revision = Gauge::default();
         let pushes = Counter::default();
+        let pushed_resources = Counter::default();
+        let push_bytes = Counter::default();
         let acks = Counter::default();
         let nacks = Counter::default();
         let store_errors = Family::<OperationLabels, Counter>::default();
@@ -117,17 +121,27 @@ impl Default for Metrics {
         );
         registry.register(
             "mesh_cp_pushes",
-            "Tables pushed to sidecars",
+            "Updates pushed to proxies",
             pushes.clone(),
         );
         registry.register(
+            "mesh_cp_pushed_resources",
+            "Resources sent to proxies (new or changed for the proxy it went to)",
+            pushed_resources.clone(),
+        );
+        registry.register(
+            "mesh_cp_push_bytes",
+            "Bytes of the updates pushed to proxies (gRPC messages, before HTTP/2 and TLS framing)",
+            push_bytes.clone(),
+        );
+        registry.register(
             "mesh_cp_acks",
-            "Pushed tables sidecars accepted",
+            "Updates proxies answered (with or without refused resources)",
             acks.clone(),
         );
         registry.register(
             "mesh_cp_nacks",
-            "Pushed tables sidecars refused",
+            "Resources proxies refused (NACK): each keeps its last good version there",
             nacks.clone(),
         );
         registry.register(
@@ -145,6 +159,8 @@ impl Default for Metrics {
             connected_sidecars,
             published_revision,
             pushes,
+            pushed_resources,
+            push_bytes,
             acks,
             nacks,
             store_errors,
@@ -166,19 +182,22 @@ impl Metrics {
         &self.listeners
     }
 
-    /// A table went out to a sidecar.
-    pub fn pushed(&self) {
+    /// An update of `resources` resources and `bytes` bytes went out to a
+    /// proxy: what scoped deltas are for is seen in the bytes per change.
+    pub fn pushed(&self, resources: usize, bytes: usize) {
         self.pushes.inc();
+        self.pushed_resources.inc_by(resources as u64);
+        self.push_bytes.inc_by(bytes as u64);
     }
 
-    /// A sidecar accepted its table.
+    /// A proxy answered an update.
     pub fn acked(&self) {
         self.acks.inc();
     }
 
-    /// A sidecar refused its table.
-    pub fn nacked(&self) {
-        self.nacks.inc();
+    /// A proxy refused `resources` resources.
+    pub fn nacked(&self, resources: usize) {
+        self.nacks.inc_by(resources as u64);
     }
 
     /// A store call failed; `operation` names it (`watch`, `register`, ...).
@@ -253,10 +272,10 @@ mod tests {
     #[test]
     fn counts_and_gauges_in_text_format() {
         let metrics = Metrics::default();
-        metrics.pushed();
-        metrics.pushed();
+        metrics.pushed(3, 100);
+        metrics.pushed(1, 20);
         metrics.acked();
-        metrics.nacked();
+        metrics.nacked(1);
         metrics.store_error("watch");
         metrics.watch_resync("compacted");
         let text = metrics.encode(3, 42);
@@ -264,6 +283,8 @@ mod tests {
             "mesh_cp_connected_sidecars 3",
             "mesh_cp_published_revision 42",
             "mesh_cp_pushes_total 2",
+            "mesh_cp_pushed_resources_total 4",
+            "mesh_cp_push_bytes_total 120",
             "mesh_cp_acks_total 1",
             "mesh_cp_nacks_total 1",
             "mesh_cp_store_errors_total{operation=\"watch\"} 1",

@@ -47,6 +47,12 @@ pub struct SidecarStatus {
     /// SHA-256 (hex) of the issuer its certificate's chain names.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub certificate_issuer_fingerprint: String,
+    /// The latest store revision the proxy is in step with: the replica
+    /// had nothing more to send it at that revision and it acknowledged
+    /// all it was sent. Live only (the replica's `/syncz`), never stored:
+    /// it moves with every change in the mesh, in scope or not.
+    #[serde(skip)]
+    pub synced_revision: u64,
 }
 
 fn is_zero_i64(n: &i64) -> bool {

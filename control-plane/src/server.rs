@@ -417,8 +417,35 @@ fn seconds_left(time: std::time::SystemTime) -> i64 {
     }
 }
 
+/// Each proxy connected to this replica and whether it is in step (like
+/// istiod's `/debug/syncz`): JSON, `{"revision": R, "proxies": [{"service",
+/// "instance", "gateway", "adminAddress", "pushedVersion", "ackedVersion",
+/// "syncedRevision", "nacks"}]}`. A proxy is in step at R when the replica
+/// had nothing to send it at R and it acknowledged all it was sent (with
+/// scoped deltas, a proxy is sent nothing for changes outside its scope,
+/// so its own version says nothing about them).
+fn syncz(sessions: &Sessions, revision: i64) -> String {
+    let proxies: Vec<serde_json::Value> = sessions
+        .all()
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "service": s.service,
+                "instance": s.instance,
+                "gateway": s.gateway,
+                "adminAddress": s.admin_address,
+                "pushedVersion": s.pushed_version,
+                "ackedVersion": s.acked_version,
+                "syncedRevision": s.synced_revision,
+                "nacks": s.nack_reason,
+            })
+        })
+        .collect();
+    serde_json::json!({ "revision": revision, "proxies": proxies }).to_string()
+}
+
 /// `/live` always; `/ready` once the store has been read; `/metrics` in
-/// Prometheus text format.
+/// Prometheus text format; `/syncz`.
 async fn serve_admin(
     admin: mesh::listen::Listener,
     published: watch::Receiver<Arc<Published>>,
@@ -434,23 +461,24 @@ async fn serve_admin(
             ("/ready", true) => (200, Bytes::from_static(b"ready\n")),
             ("/ready", false) => (503, Bytes::from_static(b"not ready: store not read yet\n")),
             ("/metrics", _) => (200, Bytes::from(metrics.encode(sessions.len(), revision))),
+            ("/syncz", _) => (200, Bytes::from(syncz(&sessions, revision))),
             _ => (
                 404,
-                Bytes::from_static(b"not found; try /live, /ready, /metrics\n"),
+                Bytes::from_static(b"not found; try /live, /ready, /metrics, /syncz\n"),
             ),
         };
-        let is_metrics = req.uri().path() == "/metrics";
+        let content_type = match req.uri().path() {
+            "/metrics" => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "/syncz" => "application/json",
+            _ => "text/plain; charset=utf-8",
+        };
         async move {
             let mut response = hyper::Response::new(Full::new(body));
             *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
-            if is_metrics {
-                response.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-            }
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(content_type),
+            );
             Ok::<_, Infallible>(response)
         }
     });

@@ -52,14 +52,22 @@ impl Sessions {
     pub fn update(&self, id: u64, change: impl FnOnce(&mut SidecarStatus)) {
         let mut state = self.lock();
         if let Some(status) = state.map.get_mut(&id) {
-            let before = status.clone();
+            let before = SidecarStatus {
+                synced_revision: status.synced_revision,
+                ..status.clone()
+            };
             change(status);
+            // The synced revision is live only: never a reason to write.
+            let stored = SidecarStatus {
+                synced_revision: before.synced_revision,
+                ..status.clone()
+            };
             let versions_only = SidecarStatus {
                 pushed_version: before.pushed_version,
                 acked_version: before.acked_version,
-                ..status.clone()
+                ..stored.clone()
             } == before;
-            if *status != before {
+            if stored != before {
                 if versions_only {
                     state.versions_changed.insert(id);
                 } else {
@@ -75,6 +83,11 @@ impl Sessions {
         state.map.remove(&id);
         state.versions_changed.remove(&id);
         state.changed.insert(id);
+    }
+
+    /// Every open stream's status now (the replica's `/syncz`).
+    pub fn all(&self) -> Vec<SidecarStatus> {
+        self.lock().map.values().cloned().collect()
     }
 
     /// How many streams are open.

@@ -131,9 +131,9 @@ async fn follow<S: Store>(
 }
 
 fn publish_state(index: &Index, publish: &watch::Sender<Arc<Published>>) {
-    let mut next = index.publish();
+    let next = index.publish();
     publish.send_if_modified(|current| {
-        if !next.take_over_from(current) {
+        if !next.differs_from(current) {
             return false;
         }
         for problem in next

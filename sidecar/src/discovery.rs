@@ -1,8 +1,10 @@
 //! The sidecar's side of discovery: register with a control-plane replica,
-//! apply every pushed table (ACK) or refuse it and keep the last good one
-//! (NACK), and move to another replica with backoff when the stream breaks.
-//! While no replica answers, the last table keeps serving (static
-//! stability).
+//! take the resources of this proxy's scope as they change (each checked
+//! on its own: a bad one is refused, NACKed, and its last good version
+//! kept; see [`crate::resource_cache`]), send the subscriptions calls make
+//! on first use ([`crate::on_demand`]), and move to another replica with
+//! backoff when the stream breaks, resuming from the versions held. While
+//! no replica answers, the last table keeps serving (static stability).
 //!
 //! With mTLS the stream is TLS to a server that proves the control-plane
 //! identity, opened only once this proxy has a certificate (the control
@@ -15,21 +17,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh::identity::TrustBundle;
-use mesh::model::Bootstrap;
 use mesh::proto::mesh::v1::discovery_client::DiscoveryClient;
-use mesh::proto::mesh::v1::sidecar_message::Message;
-use mesh::proto::mesh::v1::{Ack, Hello, Nack, Node, SidecarMessage, TableSnapshot};
+use mesh::proto::mesh::v1::discovery_request::Message;
+use mesh::proto::mesh::v1::{
+    DiscoveryRequest, Hello, Node, ResourceAck, ResourceUpdate, ResourceVersion, SchemaVersion,
+    Subscribe,
+};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_descriptors;
 use crate::identity::{error_chain, Identity};
 use crate::mesh_reflection::MeshReflection;
+use crate::on_demand::OnDemand;
+use crate::resource_cache::ResourceCache;
 use crate::server::InboundMode;
-use crate::settings::MeshMtlsMode;
 use crate::table::LiveTable;
 use mesh::backoff::Backoff;
 
@@ -44,6 +47,12 @@ pub struct Subscriber {
     pub control_planes: Vec<String>,
     /// Who this proxy is (descriptors filled in from the app).
     pub node: Node,
+    /// Mesh services the app calls: their routes come from the start.
+    pub calls: Vec<String>,
+    /// Subscriptions made by calls on first use (sidecars).
+    pub on_demand: Option<Arc<OnDemand>>,
+    /// The resources held, across streams (a new stream resumes from them).
+    pub cache: ResourceCache,
     /// The local app, whose reflection says what it serves (sidecar mode).
     pub app: Option<SocketAddr>,
     /// Where pushed tables go.
@@ -124,7 +133,7 @@ impl Subscriber {
         }
     }
 
-    async fn session(&self, address: &str, stop: &CancellationToken) -> SessionEnd {
+    async fn session(&mut self, address: &str, stop: &CancellationToken) -> SessionEnd {
         let broken = |error: String, applied| SessionEnd::Broken { error, applied };
         let connect = async {
             match &self.identity {
@@ -161,23 +170,24 @@ impl Subscriber {
         });
         let mut reported = false;
         let (tx, rx) = mpsc::channel(4);
-        let current_version = if self.table.is_loaded() {
-            self.table.load().version().parse().unwrap_or(0)
-        } else {
-            0
-        };
-        let hello = SidecarMessage {
+        let (subscribed, subscribe_id) =
+            self.on_demand.as_ref().map(|o| o.all()).unwrap_or_default();
+        let hello = DiscoveryRequest {
             message: Some(Message::Hello(Hello {
+                schema_version: SchemaVersion::SchemaVersion1 as i32,
                 node: Some(self.node.clone()),
-                current_version,
+                calls: self.calls.clone(),
+                subscribed,
+                subscribe_id,
+                known: self.cache.known(),
             })),
         };
         if tx.send(hello).await.is_err() {
             return broken("stream closed".into(), false);
         }
         let mut client = DiscoveryClient::new(channel);
-        let mut snapshots = tokio::select! {
-            opened = client.subscribe(ReceiverStream::new(rx)) => match opened {
+        let mut updates = tokio::select! {
+            opened = client.resources(ReceiverStream::new(rx)) => match opened {
                 Ok(response) => response.into_inner(),
                 Err(status) => return broken(format!("subscribe: {}", status.message()), false),
             },
@@ -185,46 +195,60 @@ impl Subscriber {
         };
         tracing::info!(control_plane = %address, "registered");
         let mut applied = false;
+        let on_demand = self.on_demand.clone();
         loop {
-            let snapshot = tokio::select! {
-                next = snapshots.message() => next,
+            let update = tokio::select! {
+                next = updates.message() => next,
                 () = next_change(&mut changes) => {
                     if reported && !self.send_report(&tx).await {
                         return broken("stream closed".into(), applied);
                     }
                     continue;
                 }
+                () = has_unsent(on_demand.as_deref()) => {
+                    let Some((id, grpc_services)) = on_demand.as_ref().and_then(|o| o.take_unsent()) else {
+                        continue;
+                    };
+                    let subscribe = DiscoveryRequest {
+                        message: Some(Message::Subscribe(Subscribe { id, grpc_services })),
+                    };
+                    if tx.send(subscribe).await.is_err() {
+                        return broken("stream closed".into(), applied);
+                    }
+                    continue;
+                }
                 () = stop.cancelled() => {
                     // Closing our half ends the stream: the control plane
-                    // revokes our registration now rather than at lease expiry.
+                    // deletes our registration now.
                     drop(tx);
                     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        while let Ok(Some(_)) = snapshots.message().await {}
+                        while let Ok(Some(_)) = updates.message().await {}
                     })
                     .await;
                     tracing::info!(control_plane = %address, "deregistered");
                     return SessionEnd::Stopped;
                 }
             };
-            let snapshot = match snapshot {
-                Ok(Some(snapshot)) => snapshot,
+            let update = match update {
+                Ok(Some(update)) => update,
                 Ok(None) => return broken("closed by the control plane".into(), applied),
                 Err(status) => return broken(status.message().to_owned(), applied),
             };
-            let version = snapshot.version;
-            let reply = match self.apply(snapshot) {
-                Ok(()) => {
-                    applied = true;
-                    Message::Ack(Ack { version })
-                }
-                Err(reason) => {
-                    tracing::warn!(version, %reason, "table refused (NACK); keeping the last good one");
-                    Message::Nack(Nack { version, reason })
-                }
+            let (nonce, revision, answers) =
+                (update.nonce, update.revision, update.answers_subscribe);
+            self.apply(update);
+            applied = true;
+            if let Some(on_demand) = &on_demand {
+                on_demand.answered(answers);
+            }
+            let ack = ResourceAck {
+                nonce,
+                revision,
+                nacks: self.cache.refused(),
             };
             if tx
-                .send(SidecarMessage {
-                    message: Some(reply),
+                .send(DiscoveryRequest {
+                    message: Some(Message::Ack(ack)),
                 })
                 .await
                 .is_err()
@@ -245,66 +269,81 @@ impl Subscriber {
 
     /// Sends this proxy's certificate expiry and bundle version (mTLS
     /// only); false if the stream is gone.
-    async fn send_report(&self, tx: &mpsc::Sender<SidecarMessage>) -> bool {
+    async fn send_report(&self, tx: &mpsc::Sender<DiscoveryRequest>) -> bool {
         let Some(report) = self.identity.as_ref().and_then(|i| i.report()) else {
             return true;
         };
-        tx.send(SidecarMessage {
+        tx.send(DiscoveryRequest {
             message: Some(Message::Credentials(report)),
         })
         .await
         .is_ok()
     }
 
-    /// Applies a push whole or not at all: its trust bundle and mTLS mode
-    /// (checked before anything is applied) and its table.
-    fn apply(&self, snapshot: TableSnapshot) -> Result<(), String> {
-        let mode = MeshMtlsMode::from_pushed(&snapshot.mtls_mode)?;
-        let bundle = match &self.identity {
-            Some(_) if !snapshot.trust_anchors_der.is_empty() => {
-                let anchors = snapshot
-                    .trust_anchors_der
-                    .iter()
-                    .map(|der| CertificateDer::from(der.clone()))
-                    .collect();
-                Some(
-                    TrustBundle::new(anchors, snapshot.trust_bundle_version)
-                        .map_err(|e| format!("trust bundle: {e}"))?,
-                )
+    /// Takes an update into the cache and applies what it changed: the
+    /// table (if it does not build, every resource of the update is refused
+    /// and the last good ones stay), the gateway's reflection (never
+    /// blocking routing) and the mesh settings.
+    fn apply(&mut self, update: ResourceUpdate) {
+        let sent: Vec<ResourceVersion> = update
+            .resources
+            .iter()
+            .map(|r| ResourceVersion {
+                r#type: r.r#type,
+                name: r.name.clone(),
+                version: r.version.clone(),
+            })
+            .collect();
+        if update.schema_version != SchemaVersion::SchemaVersion1 as i32 {
+            tracing::warn!(
+                schema_version = update.schema_version,
+                "an update of another schema version; refusing it"
+            );
+            self.cache
+                .refuse_all(&sent, "schema_version: this proxy speaks 1");
+            return;
+        }
+        let before = self.cache.clone();
+        let version = update.revision.to_string();
+        let touched = self.cache.apply(update);
+        let table = self.cache.table();
+        if let Err(error) = self.table.apply(table, version) {
+            tracing::warn!(%error, "the updated table does not build; keeping the last good one");
+            self.cache = before;
+            self.cache.refuse_all(&sent, &error.to_string());
+            return;
+        }
+        if let (Some(target), true) = (&self.reflection, touched.reflection) {
+            let sets = self.cache.descriptor_sets();
+            let source = self.table.load().source().clone();
+            match MeshReflection::build(&sets, |service, method| source.is_public(service, method))
+            {
+                Ok(built) => target.store(built),
+                Err(error) => {
+                    tracing::warn!(%error, "the pushed descriptors do not build; gateway reflection keeps the previous ones")
+                }
             }
-            _ => None,
-        };
-        let source: Bootstrap =
-            serde_json::from_str(&snapshot.table_json).map_err(|e| format!("table_json: {e}"))?;
-        // Reflection never blocks routing: descriptors that do not build
-        // keep the previous reflection, and the table is applied.
-        let reflection = match &self.reflection {
-            Some(_) => MeshReflection::build(&snapshot.file_descriptor_sets, |service, method| {
-                source.is_public(service, method)
-            })
-            .inspect_err(|error| {
-                tracing::warn!(%error, "the pushed descriptors do not build; gateway reflection keeps the previous ones");
-            })
-            .ok(),
-            None => None,
-        };
-        self.table.learn_descriptors(&snapshot.file_descriptor_sets);
-        self.table
-            .apply(source, snapshot.version.to_string())
-            .map_err(|e| e.to_string())?;
-        if let (Some(target), Some(built)) = (&self.reflection, reflection) {
-            target.store(built);
+            self.table.learn_descriptors(&sets);
         }
-        if let (Some(identity), Some(bundle)) = (&self.identity, bundle) {
-            identity
-                .set_bundle(bundle)
-                .map_err(|e| format!("trust bundle: {e}"))?;
+        if touched.settings {
+            if let (Some(identity), Some(settings)) = (&self.identity, self.cache.settings()) {
+                if let Some(bundle) = &settings.trust_bundle {
+                    if let Err(error) = identity.set_bundle(bundle.clone()) {
+                        tracing::warn!(%error, "the pushed trust bundle cannot be used");
+                    }
+                }
+                identity.renew_unless_issued_by(&settings.renew_unless_issued_by);
+                self.inbound_mode.set(settings.mtls_mode);
+            }
         }
-        if let Some(identity) = &self.identity {
-            identity.renew_unless_issued_by(&snapshot.renew_certificates_not_issued_by);
-            self.inbound_mode.set(mode);
-        }
-        Ok(())
+    }
+}
+
+/// Waits until calls made subscriptions to send; never, without on-demand.
+async fn has_unsent(on_demand: Option<&OnDemand>) {
+    match on_demand {
+        Some(on_demand) => on_demand.has_unsent().await,
+        None => std::future::pending().await,
     }
 }
 

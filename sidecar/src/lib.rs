@@ -10,7 +10,11 @@
 //!
 //! - [`settings`]: flags and environment, validated at start.
 //! - `table`: the routing table compiled from its source, swapped whole.
-//! - `discovery`: registration with the control plane and pushed tables.
+//! - `discovery`: registration with the control plane and pushed resources.
+//! - `resource_cache`: the pushed resources at their last good versions,
+//!   and the table they make.
+//! - `on_demand`: subscriptions made by the first call to an undeclared
+//!   service.
 //! - `identity`: this proxy's SPIFFE identity and TLS state; the task that
 //!   gets and renews its certificate from the control plane's CA.
 //! - `handshake`: mutual TLS over the write-combining stream, for the
@@ -67,12 +71,14 @@ mod identity;
 mod membership;
 mod mesh_reflection;
 mod metrics;
+mod on_demand;
 mod outcome;
 mod outlier;
 mod policy;
 mod proxy;
 mod rate_limit;
 mod replay_body;
+mod resource_cache;
 mod response_body;
 mod response_labels;
 mod route_state;
@@ -97,8 +103,10 @@ use crate::identity::{ControlPlaneCa, Identity};
 use crate::membership::Membership;
 use crate::mesh_reflection::MeshReflection;
 use crate::metrics::{Direction, Metrics};
+use crate::on_demand::OnDemand;
 use crate::proxy::{Destination, Proxy};
 use crate::replay_body::ReplayBudget;
+use crate::resource_cache::ResourceCache;
 use crate::settings::{Mode, MtlsMode, Settings};
 use crate::table::{LiveTable, UpstreamPool};
 use crate::upstream::Upstream;
@@ -171,6 +179,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         table.apply(Bootstrap::load(path)?, "bootstrap".to_owned())?;
     }
     let discovery = !settings.control_plane.is_empty();
+    // A sidecar's first call to a service it did not declare subscribes to
+    // its routes; a gateway gets every public route from the start.
+    let on_demand = (discovery && settings.mode == Mode::Sidecar).then(|| {
+        let on_demand = Arc::new(OnDemand::default());
+        table.set_on_demand(on_demand.clone());
+        on_demand
+    });
     let reflection =
         (discovery && settings.mode == Mode::Gateway).then(|| Arc::new(MeshReflection::default()));
     // One replay budget for the process, shared by every routed call.
@@ -324,9 +339,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             let table = table.clone();
             let identity = identity.clone();
             let inbound_mode = inbound_mode.clone();
+            let calls = settings.calls.clone();
+            let on_demand = on_demand.clone();
             move || Subscriber {
                 control_planes: control_planes.clone(),
                 node: node.clone(),
+                calls: calls.clone(),
+                on_demand: on_demand.clone(),
+                cache: ResourceCache::default(),
                 app,
                 table: table.clone(),
                 reflection: reflection.clone(),

@@ -384,7 +384,11 @@ impl Proxy {
                 }
             }
             Destination::Routed(table) => {
-                let table = table.load_full();
+                let table = if self.inner.direction == Direction::Outbound {
+                    table.load_for(req.uri().path()).await
+                } else {
+                    table.load_full()
+                };
                 let found = if self.inner.direction == Direction::Ingress {
                     // A `Uri` clone shares its bytes: no copy of the path.
                     let uri = req.uri().clone();

@@ -138,6 +138,12 @@ pub struct Settings {
     /// moving to another when it goes away.
     #[arg(long, env = "MESH_CONTROL_PLANE", value_delimiter = ',')]
     pub control_plane: Vec<String>,
+    /// Mesh services the app calls (comma-separated), declared to the
+    /// control plane: their routes and endpoints come from the start. A
+    /// service not listed still works: the first call to it subscribes
+    /// (waiting for the control plane's answer, a round trip).
+    #[arg(long, env = "MESH_CALLS", value_delimiter = ',')]
+    pub calls: Vec<String>,
     /// The address other sidecars reach this one at (registered with the
     /// control plane). Defaults to the inbound address, with `$POD_IP` in
     /// place of an unspecified (0.0.0.0) host.

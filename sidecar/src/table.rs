@@ -28,6 +28,7 @@ use crate::balance::BalancerScope;
 pub use crate::balance::{Balancer, Pick};
 use crate::call::error::ProxyError;
 use crate::metrics::{Direction, IdentityMetrics, Metrics, RouteCounters};
+use crate::on_demand::{OnDemand, FIRST_CALL_WAIT};
 use crate::policy::RoutePolicy;
 use crate::rate_limit::RouteLimiter;
 use crate::response_labels::{methods_of, LabelIndex};
@@ -219,6 +220,8 @@ pub struct LiveTable {
     registered: Mutex<Arc<HashSet<String>>>,
     metrics: Arc<Metrics>,
     direction: Direction,
+    /// Subscriptions on first use (a sidecar with a control plane).
+    on_demand: std::sync::OnceLock<Arc<OnDemand>>,
 }
 
 impl LiveTable {
@@ -233,7 +236,32 @@ impl LiveTable {
             registered: Mutex::new(Arc::new(HashSet::new())),
             metrics,
             direction,
+            on_demand: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Routes the table lacks are asked for through `on_demand` on first use.
+    pub fn set_on_demand(&self, on_demand: Arc<OnDemand>) {
+        let _ = self.on_demand.set(on_demand);
+    }
+
+    /// The table to route a call of `path` with, held for the whole call:
+    /// when it has no route for the path's gRPC service and this proxy
+    /// subscribes on first use, the table after the control plane's answer
+    /// (or after [`FIRST_CALL_WAIT`] without one).
+    pub async fn load_for(&self, path: &str) -> Arc<RouteTable> {
+        let table = self.load_full();
+        let Some(on_demand) = self.on_demand.get() else {
+            return table;
+        };
+        if table.lookup(path).is_ok() {
+            return table;
+        }
+        let Some(service) = grpc_service_of(path) else {
+            return table;
+        };
+        on_demand.resolve(service, FIRST_CALL_WAIT).await;
+        self.load_full()
     }
 
     /// Builds a table from `source` and swaps it in; on error the current
@@ -450,12 +478,7 @@ impl RouteTable {
     }
 
     fn lookup(&self, path: &str) -> Result<&CompiledRoute, ProxyError> {
-        // A gRPC path is exactly "/" service "/" method, both non-empty.
-        let (service, _method) = path
-            .strip_prefix('/')
-            .and_then(|rest| rest.split_once('/'))
-            .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
-            .ok_or_else(|| ProxyError::malformed_path(path))?;
+        let service = grpc_service_of(path).ok_or_else(|| ProxyError::malformed_path(path))?;
         self.by_path
             .get(path)
             .or_else(|| self.by_path.get(&path[..service.len() + 2]))
@@ -471,6 +494,15 @@ impl RouteTable {
     pub fn version(&self) -> &str {
         &self.version
     }
+}
+
+/// The gRPC service of a gRPC path, which is exactly "/" service "/"
+/// method, both non-empty; `None` for anything else.
+fn grpc_service_of(path: &str) -> Option<&str> {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+        .map(|(service, _)| service)
 }
 
 fn compile_route(

@@ -1,6 +1,7 @@
 //! The routing model: what an operator writes (routes), what the mesh
 //! discovers (endpoints), and their validation. Pure data, no I/O, so every
-//! component agrees on what is valid.
+//! component agrees on what is valid. [`wire`] converts the documents to
+//! and from the typed protobuf resources the control plane pushes.
 
 mod authn;
 mod authz;
@@ -10,6 +11,7 @@ mod policy;
 mod rate_limit;
 pub(crate) mod route;
 mod validation;
+pub mod wire;
 
 pub use authn::{
     JwksSource, RequestAuthentication, RequestAuthenticationSpec, DEFAULT_CLOCK_SKEW,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod otlp;
+pub mod sim;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,7 +36,8 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// Builds the workspace's binaries once per test process, in the profile
-/// the tests were built with, so `cargo test` never runs stale binaries.
+/// the tests were built with, so `cargo test` never runs stale binaries
+/// (all but the benchmark's, which no test runs).
 /// (cargo releases its build lock while tests run, so this nests safely.)
 fn ensure_built() {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
@@ -43,13 +45,16 @@ fn ensure_built() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build
-            .args(["build", "--workspace", "--bins"])
+            .args(["build", "--workspace", "--bins", "--exclude", "bench"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if bin_dir().file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
         let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --workspace --bins failed");
+        assert!(
+            status.success(),
+            "cargo build --workspace --bins --exclude bench failed"
+        );
     });
 }
 
@@ -155,16 +160,39 @@ impl TestMesh {
                 continue;
             }
             loop {
-                if self.table_version(&name).is_some_and(|v| v >= revision) {
+                if self.synced_revision(&name).is_some_and(|v| v >= revision) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "{name} never got table version {revision}"
+                    "{name} never got in step with revision {revision}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// The latest store revision proxy `name` is in step with, as the
+    /// replica it is connected to says (`/syncz`): with scoped deltas a
+    /// proxy is sent nothing for a change outside its scope, so its own
+    /// table version does not tell.
+    pub fn synced_revision(&self, proxy: &str) -> Option<i64> {
+        let admin = self.spec(proxy).admin?.to_string();
+        self.plan
+            .processes
+            .iter()
+            .filter(|p| p.role == Role::ControlPlane && self.is_running(&p.name))
+            .filter_map(|p| {
+                let (_, body) = admin_get(p.admin?, "/syncz").ok()?;
+                let syncz: serde_json::Value = serde_json::from_str(&body).ok()?;
+                syncz["proxies"]
+                    .as_array()?
+                    .iter()
+                    .filter(|p| p["adminAddress"].as_str() == Some(admin.as_str()))
+                    .filter_map(|p| p["syncedRevision"].as_i64())
+                    .max()
+            })
+            .max()
     }
 
     /// The version of the table a proxy runs (from `/config`).

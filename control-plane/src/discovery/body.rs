@@ -6,9 +6,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::Stream;
+use tokio::sync::mpsc;
 use tonic::Status;
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -17,19 +15,20 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// then `grpc-status: 0` trailers once the session ends (it ends the
 /// stream; errors before the stream opens are trailers-only responses).
 ///
-/// Only the latest push is taken: one HTTP/2 has no room for yet (the peer
-/// reads slowly) is replaced by the next, so a slow sidecar skips versions
-/// instead of queueing them.
+/// The channel holds one update: while HTTP/2 has no room for it (the
+/// peer reads slowly) the session waits, and its next update covers every
+/// change meanwhile, so a slow proxy gets fewer, larger deltas rather than
+/// a queue.
 pub struct PushBody {
-    pushes: WatchStream<Bytes>,
+    pushes: mpsc::Receiver<Bytes>,
     ended: bool,
 }
 
 impl PushBody {
-    /// Sends what `pushes` is given from now on (not its current value).
-    pub(super) fn new(pushes: watch::Receiver<Bytes>) -> Self {
+    /// Sends what `pushes` is given.
+    pub(super) fn new(pushes: mpsc::Receiver<Bytes>) -> Self {
         Self {
-            pushes: WatchStream::from_changes(pushes),
+            pushes,
             ended: false,
         }
     }
@@ -54,7 +53,7 @@ impl Body for PushBody {
         if self.ended {
             return Poll::Ready(None);
         }
-        match ready!(Pin::new(&mut self.pushes).poll_next(cx)) {
+        match ready!(self.pushes.poll_recv(cx)) {
             Some(push) => Poll::Ready(Some(Ok(Frame::data(push)))),
             None => {
                 self.ended = true;
@@ -81,14 +80,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_latest_push_then_ok_trailers() {
-        let (tx, rx) = watch::channel(Bytes::new());
+    async fn every_update_in_order_then_ok_trailers() {
+        let (tx, rx) = mpsc::channel(2);
         let mut body = PushBody::new(rx);
-        tx.send(Bytes::from_static(b"old")).expect("send");
-        tx.send(Bytes::from_static(b"new")).expect("send");
+        tx.send(Bytes::from_static(b"first")).await.expect("send");
+        tx.send(Bytes::from_static(b"second")).await.expect("send");
         drop(tx);
-        let data = body.frame().await.expect("a frame").expect("ok");
-        assert_eq!(data.into_data().expect("data"), Bytes::from_static(b"new"));
+        for expected in [&b"first"[..], b"second"] {
+            let data = body.frame().await.expect("a frame").expect("ok");
+            assert_eq!(
+                data.into_data().expect("data"),
+                Bytes::from_static(expected)
+            );
+        }
         let trailers = body.frame().await.expect("a frame").expect("ok");
         let trailers = trailers.into_trailers().expect("trailers");
         assert_eq!(trailers[GRPC_STATUS], "0");

@@ -1,6 +1,7 @@
 //! The Discovery service's gRPC edge, written by hand: the generated
 //! server encodes each message into a buffer per stream, while pushes here
-//! are encoded once per version ([`crate::push`]) and sent as they are.
+//! are built of resources encoded once per version ([`crate::catalog`]) and
+//! sent as they are.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::task::{Context, Poll};
 
 use http::header::CONTENT_TYPE;
 use http::HeaderValue;
-use mesh::proto::mesh::v1::SidecarMessage;
+use mesh::proto::mesh::v1::DiscoveryRequest;
 use tonic::body::Body;
 use tonic::codec::BufferSettings;
 use tonic::server::NamedService;
@@ -20,7 +21,7 @@ use tonic_prost::ProstDecoder;
 use super::DiscoveryService;
 use crate::store::Store;
 
-const SUBSCRIBE: &str = "/mesh.v1.Discovery/Subscribe";
+const RESOURCES: &str = "/mesh.v1.Discovery/Resources";
 /// The largest sidecar message accepted (a Hello carries its app's
 /// descriptors); tonic's default.
 const MAX_MESSAGE: usize = 4 << 20;
@@ -79,7 +80,7 @@ async fn subscribe<S: Store>(
     service: &DiscoveryService<S>,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
-    if request.uri().path() != SUBSCRIBE {
+    if request.uri().path() != RESOURCES {
         return Err(Status::unimplemented(""));
     }
     // No compression is offered, so a compressed request cannot be read
@@ -92,7 +93,8 @@ async fn subscribe<S: Store>(
         }
     }
     let peer = crate::access::connection(request.extensions()).and_then(|c| c.peer.0.clone());
-    let decoder = ProstDecoder::<SidecarMessage>::new(BufferSettings::new(READ_BUFFER, 32 * 1024));
+    let decoder =
+        ProstDecoder::<DiscoveryRequest>::new(BufferSettings::new(READ_BUFFER, 32 * 1024));
     let inbound = Streaming::new_request(decoder, request.into_body(), None, Some(MAX_MESSAGE));
     let pushes = service.subscribe(inbound, peer).await?;
     let mut response = http::Response::new(Body::new(pushes));

@@ -64,11 +64,11 @@ fn valid_data_is_published_and_bad_data_reported_and_skipped() {
     assert_eq!(published.table.routes.len(), 1);
     assert_eq!(published.table.routes[0].metadata.name, "inventory");
     assert_eq!(published.table.endpoints.len(), 1);
-    assert_eq!(published.descriptor_sets, vec![Bytes::from_static(b"fds")]);
-    assert_eq!(
-        published.grpc_services,
-        vec!["shop.inventory.v1.InventoryService"]
+    let descriptors = crate::catalog::ResourceKey::new(
+        mesh::proto::mesh::v1::ResourceType::Descriptors,
+        &crate::catalog::content_hash(b"fds"),
     );
+    assert!(published.catalog.get(&descriptors).is_some());
     assert_eq!(published.problems.len(), 4, "{:?}", published.problems);
     published
         .table
@@ -104,7 +104,7 @@ fn watch_events_update_the_index() {
 }
 
 #[test]
-fn an_unchanged_part_keeps_the_revision_it_last_changed_at() {
+fn only_a_change_of_some_resource_or_problem_is_published() {
     let mut index = Index::default();
     let put = |index: &mut Index, revision: i64, key: &str, value: &str| {
         index.apply(&WatchBatch {
@@ -119,71 +119,44 @@ fn an_unchanged_part_keeps_the_revision_it_last_changed_at() {
         &keys::endpoint("inventory", "inv-1"),
         &registration("inventory", "inv-1"),
     );
-    assert_eq!((first.table_revision, first.services_revision), (2, 2));
+    assert!(first.differs_from(&Published::default()));
 
-    // Only a problem changes: published, but nobody needs a push.
-    let mut second = put(&mut index, 3, &keys::route("broken"), "{");
-    assert!(second.take_over_from(&first));
-    assert_eq!(second.revision, 3);
-    assert_eq!((second.table_revision, second.services_revision), (2, 2));
+    // Only a problem changes: published (operators see it).
+    let second = put(&mut index, 3, &keys::route("broken"), "{");
+    assert!(second.differs_from(&first));
+    assert!(second.catalog.same_as(&first.catalog));
 
-    // A second instance of the same service: a new table, the same services.
-    let mut third = put(
+    // A second instance of the same service: its endpoints change.
+    let third = put(
         &mut index,
         4,
         &keys::endpoint("inventory", "inv-2"),
         &registration("inventory", "inv-2"),
     );
-    assert!(third.take_over_from(&second));
-    assert_eq!((third.table_revision, third.services_revision), (4, 2));
+    assert!(third.differs_from(&second));
 
-    let mut again = index.publish();
-    assert!(!again.take_over_from(&third));
-}
-
-#[test]
-fn pushes_carry_the_version_and_gateways_get_the_services() {
-    let snapshot = Snapshot {
-        revision: 9,
-        items: vec![
-            kv(
-                &keys::endpoint("inventory", "inv-1"),
-                &registration("inventory", "inv-1"),
-                8,
-            ),
-            kv(&keys::descriptors("inventory", "inv-1"), "fds", 8),
-        ],
-    };
-    let published = Index::from_snapshot(&snapshot).publish();
-    let decode = |push: Bytes| {
-        use prost::Message;
-        TableSnapshot::decode(&push[5..]).expect("a TableSnapshot after the prefix")
-    };
-    let sidecar = decode(published.sidecar_push());
-    assert_eq!(sidecar.version, 9);
-    assert_eq!(sidecar.table_json, published.table_json);
-    assert!(sidecar.file_descriptor_sets.is_empty() && sidecar.grpc_services.is_empty());
-    let gateway = decode(published.gateway_push());
-    assert_eq!(gateway.version, 9);
-    assert_eq!(gateway.file_descriptor_sets, vec![b"fds".to_vec()]);
-    assert_eq!(
-        gateway.grpc_services,
-        vec!["shop.inventory.v1.InventoryService".to_owned()]
-    );
-    // Encoded once: later calls share the buffer.
-    assert_eq!(
-        published.sidecar_push().as_ptr(),
-        published.sidecar_push().as_ptr()
-    );
+    assert!(!index.publish().differs_from(&third));
 }
 
 #[test]
 fn the_mtls_mode_is_pushed_and_a_change_is_a_new_table() {
     let mut index = Index::default();
-    let decode = |push: Bytes| {
-        use prost::Message;
-        TableSnapshot::decode(&push[5..]).expect("a TableSnapshot after the prefix")
+    let pushed_mode = |published: &Published| {
+        let key = crate::catalog::ResourceKey::new(
+            mesh::proto::mesh::v1::ResourceType::MeshSettings,
+            crate::catalog::MESH_SETTINGS,
+        );
+        let field = published.catalog.get(&key).expect("settings").field.clone();
+        let update = <mesh::proto::mesh::v1::ResourceUpdate as prost::Message>::decode(field)
+            .expect("a resources field");
+        match update.resources[0].body.clone() {
+            Some(mesh::proto::mesh::v1::resource::Body::MeshSettings(settings)) => {
+                settings.mtls_mode()
+            }
+            other => panic!("not settings: {other:?}"),
+        }
     };
+    use mesh::proto::mesh::v1::MtlsMode;
     let set = |index: &mut Index, revision: i64, value: &str| {
         index.apply(&WatchBatch {
             revision,
@@ -193,20 +166,19 @@ fn the_mtls_mode_is_pushed_and_a_change_is_a_new_table() {
     };
     let first = index.publish();
     assert_eq!(first.mtls_mode, "strict", "strict until asked otherwise");
-    assert_eq!(decode(first.sidecar_push()).mtls_mode, "strict");
+    assert_eq!(pushed_mode(&first), MtlsMode::Strict);
 
-    let mut permissive = set(&mut index, 3, "permissive");
-    assert!(permissive.take_over_from(&first));
-    assert_eq!(
-        permissive.table_revision, 3,
-        "sidecars are pushed the change"
+    let permissive = set(&mut index, 3, "permissive");
+    assert!(
+        permissive.differs_from(&first),
+        "proxies are sent the change"
     );
-    assert_eq!(decode(permissive.sidecar_push()).mtls_mode, "permissive");
-    assert_eq!(decode(permissive.gateway_push()).mtls_mode, "permissive");
+    assert_eq!(pushed_mode(&permissive), MtlsMode::Permissive);
 
     // Anything else in the store is reported and never opens the mesh.
-    let mut bad = set(&mut index, 4, "off");
-    assert!(bad.take_over_from(&permissive));
+    let bad = set(&mut index, 4, "off");
+    assert!(bad.differs_from(&permissive));
+    assert_eq!(pushed_mode(&bad), MtlsMode::Strict);
     assert_eq!(bad.mtls_mode, "strict");
     assert!(
         bad.problems.iter().any(|p| p.contains("revision 4")),
@@ -248,11 +220,10 @@ fn authorization_policies_and_the_default_are_pushed_in_the_table() {
             WatchEvent::Put(kv(keys::DEFAULT_AUTHORIZATION, "deny", 3)),
         ],
     });
-    let mut published = index.publish();
-    assert!(published.take_over_from(&first));
-    assert_eq!(
-        published.table_revision, 3,
-        "sidecars are pushed the change"
+    let published = index.publish();
+    assert!(
+        published.differs_from(&first),
+        "proxies are sent the change"
     );
     let names: Vec<_> = published
         .table
@@ -265,7 +236,13 @@ fn authorization_policies_and_the_default_are_pushed_in_the_table() {
         published.table.default_authorization,
         DefaultAuthorization::Deny
     );
-    assert!(published.table_json.contains("authorizationPolicies"));
+    assert!(published
+        .catalog
+        .get(&crate::catalog::ResourceKey::new(
+            mesh::proto::mesh::v1::ResourceType::AuthorizationPolicy,
+            "payments"
+        ))
+        .is_some());
     assert!(
         published.problems.iter().any(|p| p.contains("misnamed")),
         "{:?}",

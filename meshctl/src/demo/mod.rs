@@ -612,6 +612,11 @@ impl Topology {
                 .map(str::to_owned)
                 .to_vec();
                 args.extend(table_source.iter().cloned());
+                // What the shop's services call, declared: their routes come
+                // with the first update (anything else: on first use).
+                if service == "orders" && self.control_plane.is_some() {
+                    args.extend(["--calls".to_owned(), "inventory,payments".to_owned()]);
+                }
                 args.extend(identity_args(secure, &identity_dir, service));
                 args.extend(instance.sidecar_args.iter().cloned());
                 processes.push(ProcessSpec {
