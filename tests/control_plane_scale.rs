@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
-use mesh::identity::{MeshTls, SpiffeId, Workload};
+use mesh::identity::MeshTls;
 use mesh::proto::mesh::v1::Node;
 use support::sim::{self, SimProxy};
 use support::{block_on, TestMesh};
@@ -136,21 +136,7 @@ async fn simulate(
 
 /// mTLS channels to each replica as a `sim` proxy.
 async fn channels(mesh: &TestMesh, tls: &Arc<MeshTls>) -> Vec<tonic::transport::Channel> {
-    let control_plane = SpiffeId::new(tls.trust_domain(), Workload::ControlPlane).unwrap();
-    let mut channels = Vec::new();
-    for uri in &mesh.plan.control_planes {
-        channels.push(
-            mesh::identity::transport::channel(
-                uri,
-                tls.clone(),
-                control_plane.clone(),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("mTLS to a replica"),
-        );
-    }
-    channels
+    sim::channels(mesh, tls).await
 }
 
 /// Reads the store until `done` holds for it (or fails after [`SETTLE`]).

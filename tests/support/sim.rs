@@ -16,6 +16,31 @@ use tokio::sync::mpsc;
 /// timeout, not an expected time).
 pub const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// mTLS channels to each control-plane replica of `mesh`, as the workload
+/// `tls` proves.
+pub async fn channels(
+    mesh: &super::TestMesh,
+    tls: &std::sync::Arc<mesh::identity::MeshTls>,
+) -> Vec<tonic::transport::Channel> {
+    use mesh::identity::{SpiffeId, Workload};
+    let control_plane =
+        SpiffeId::new(tls.trust_domain(), Workload::ControlPlane).expect("a SPIFFE ID");
+    let mut channels = Vec::new();
+    for uri in &mesh.plan.control_planes {
+        channels.push(
+            mesh::identity::transport::channel(
+                uri,
+                tls.clone(),
+                control_plane.clone(),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("mTLS to a replica"),
+        );
+    }
+    channels
+}
+
 /// A node of service `service` (instance `instance`) at a dead address.
 pub fn node(service: &str, instance: &str) -> Node {
     Node {
@@ -74,11 +99,15 @@ impl SimProxy {
             tx.send(ack_of(&first, Vec::new())).await.ok();
         }
         let (updates_tx, updates) = mpsc::unbounded_channel();
-        let acks = tx.clone();
+        // Weak: dropping the proxy's sender ends the request stream.
+        let acks = tx.downgrade();
         let task = tokio::spawn(async move {
             while let Ok(Some(update)) = stream.message().await {
-                if auto_ack && acks.send(ack_of(&update, Vec::new())).await.is_err() {
-                    break;
+                if auto_ack {
+                    let Some(acks) = acks.upgrade() else { break };
+                    if acks.send(ack_of(&update, Vec::new())).await.is_err() {
+                        break;
+                    }
                 }
                 if updates_tx.send(update).is_err() && !auto_ack {
                     break;

@@ -142,3 +142,32 @@ fn versions_follow_content_only() {
         version(&permissive, ResourceType::MeshSettings, "mesh")
     );
 }
+
+#[test]
+fn maps_encode_the_same_every_time() {
+    let policy: mesh::model::AuthorizationPolicy = serde_json::from_value(serde_json::json!({
+        "kind": "AuthorizationPolicy",
+        "metadata": { "name": "orders" },
+        "spec": {
+            "service": "orders",
+            "rules": [{ "from": [{ "gateway": { "claims": {
+                "role": "admin", "tier": "gold", "region": "eu", "team": "shop",
+                "a": "1", "b": "2", "c": "3", "d": "4"
+            } } }] }]
+        }
+    }))
+    .unwrap();
+    let mut table = shop();
+    table.authorization_policies.push(policy);
+    let key = ResourceKey::new(ResourceType::AuthorizationPolicy, "orders");
+    let first = Catalog::build(&table, None, "", false, &[]);
+    let version = first.get(&key).unwrap().version.clone();
+    for _ in 0..20 {
+        let again = Catalog::build(&table, None, "", false, &[]);
+        assert_eq!(
+            again.get(&key).unwrap().version,
+            version,
+            "a content version is stable"
+        );
+    }
+}
