@@ -54,6 +54,11 @@ const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// growing the replica's memory.
 const MAX_SUBSCRIPTIONS: usize = 1024;
 
+/// The most resources a Hello may say the proxy has: a gateway of a large
+/// mesh holds a few thousand; the bound keeps a hostile Hello from costing
+/// the replica more than that.
+const MAX_KNOWN: usize = 50_000;
+
 /// How a replica treats discovery streams.
 #[derive(Debug, Clone)]
 pub struct StreamPolicy {
@@ -282,6 +287,11 @@ impl<S: Store> DiscoveryService<S> {
             ..
         } = hello;
         let node = node.ok_or_else(|| Status::invalid_argument("hello.node: required"))?;
+        if known.len() > MAX_KNOWN {
+            return Err(Status::invalid_argument(format!(
+                "hello.known: more than {MAX_KNOWN} resources"
+            )));
+        }
         let calls = checked_names("hello.calls", calls)?;
         let subscribed = checked_names("hello.subscribed", subscribed)?;
         if node.instance.is_empty() {
@@ -355,6 +365,7 @@ impl<S: Store> DiscoveryService<S> {
             sessions: self.sessions.clone(),
             has_resources: !known.is_empty(),
             outstanding: None,
+            nacked: Vec::new(),
             state: StreamState::resume(&known),
             node,
             registered,
@@ -394,6 +405,8 @@ struct Session<S> {
     has_resources: bool,
     /// The nonce of the update sent and not acked yet.
     outstanding: Option<u64>,
+    /// The refusals the proxy reported last (type, name, version).
+    nacked: Vec<(i32, String, String)>,
     metrics: Arc<Metrics>,
 }
 
@@ -524,9 +537,20 @@ impl<S: Store> Session<S> {
                     evaluated
                 });
                 self.metrics.acked();
-                if !ack.nacks.is_empty() {
-                    self.metrics.nacked(ack.nacks.len());
-                    for nack in &ack.nacks {
+                // An ACK lists every refusal still standing: each is counted
+                // and logged once, when it is new.
+                let new_nacks: Vec<_> = ack
+                    .nacks
+                    .iter()
+                    .filter(|n| {
+                        !self.nacked.iter().any(|(kind, name, version)| {
+                            *kind == n.r#type && *name == n.name && *version == n.version
+                        })
+                    })
+                    .collect();
+                if !new_nacks.is_empty() {
+                    self.metrics.nacked(new_nacks.len());
+                    for nack in new_nacks {
                         tracing::warn!(
                             instance = %self.node.instance,
                             kind = ?ResourceType::try_from(nack.r#type).unwrap_or_default(),
@@ -537,6 +561,11 @@ impl<S: Store> Session<S> {
                         );
                     }
                 }
+                self.nacked = ack
+                    .nacks
+                    .iter()
+                    .map(|n| (n.r#type, n.name.clone(), n.version.clone()))
+                    .collect();
                 // The NACKs an ACK lists are all the proxy refuses now.
                 let reason = ack
                     .nacks
@@ -642,6 +671,7 @@ mod tests {
             subscribe_id: 0,
             has_resources: false,
             outstanding: None,
+            nacked: Vec::new(),
             metrics: Arc::default(),
         };
         let inbound = Streaming::new_request(
