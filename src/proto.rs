@@ -6,6 +6,18 @@ pub mod mesh {
     #[allow(missing_docs, clippy::all)]
     pub mod v1 {
         tonic::include_proto!("mesh.v1");
+
+        impl Resource {
+            /// Which resource this is, at which version: what a proxy
+            /// holds, resumes from and refuses by.
+            pub fn version_of(&self) -> ResourceVersion {
+                ResourceVersion {
+                    r#type: self.r#type,
+                    name: self.name.clone(),
+                    version: self.version.clone(),
+                }
+            }
+        }
     }
 }
 

@@ -285,15 +285,7 @@ impl Subscriber {
     /// and the last good ones stay), the gateway's reflection (never
     /// blocking routing) and the mesh settings.
     fn apply(&mut self, update: ResourceUpdate) {
-        let sent: Vec<ResourceVersion> = update
-            .resources
-            .iter()
-            .map(|r| ResourceVersion {
-                r#type: r.r#type,
-                name: r.name.clone(),
-                version: r.version.clone(),
-            })
-            .collect();
+        let sent: Vec<ResourceVersion> = update.resources.iter().map(|r| r.version_of()).collect();
         if update.schema_version != SchemaVersion::SchemaVersion1 as i32 {
             tracing::warn!(
                 schema_version = update.schema_version,

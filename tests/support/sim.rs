@@ -215,13 +215,5 @@ pub fn names(update: &ResourceUpdate) -> Vec<(ResourceType, String)> {
 
 /// What `update` brought, as a Hello's `known` (to resume from it).
 pub fn versions(update: &ResourceUpdate) -> Vec<ResourceVersion> {
-    update
-        .resources
-        .iter()
-        .map(|r| ResourceVersion {
-            r#type: r.r#type,
-            name: r.name.clone(),
-            version: r.version.clone(),
-        })
-        .collect()
+    update.resources.iter().map(|r| r.version_of()).collect()
 }

@@ -109,15 +109,7 @@ fn a_stream_that_resumes_with_everything_gets_nothing_but_an_empty_first_update(
             .next_update(&catalog, &orders(), 1, 0, true)
             .unwrap(),
     );
-    let known: Vec<ResourceVersion> = sent
-        .resources
-        .iter()
-        .map(|r| ResourceVersion {
-            r#type: r.r#type,
-            name: r.name.clone(),
-            version: r.version.clone(),
-        })
-        .collect();
+    let known: Vec<ResourceVersion> = sent.resources.iter().map(|r| r.version_of()).collect();
     // Another replica built the same catalog from the same store.
     let other_replica = Catalog::build(&shop(), None, "", false, &[]);
     let mut resumed = StreamState::resume(&known);
