@@ -27,6 +27,9 @@ enum Commands {
     /// Success rate, calls/s, latency, retries and ejections per service,
     /// route or caller -> callee, over a window, from the proxies' metrics.
     Stat(cli::stat::StatArgs),
+    /// The busiest gRPC methods across the mesh, live in the terminal
+    /// (sortable; q quits).
+    Top(cli::top::TopArgs),
     /// Show where a route's calls go: subsets, endpoints, shares.
     Describe(cli::describe::DescribeArgs),
     /// The mesh's CA files, operator certificates and anchor rotation.
@@ -77,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Delete(args) => exit_on_error(cli::delete::run(cp, args).await),
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
         Commands::Stat(args) => exit_on_error(cli::stat::run(cp, args).await),
+        Commands::Top(args) => exit_on_error(cli::top::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
         Commands::Identity(IdentityCommand::Files(command)) => {
             exit_on_error(cli::identity::run(command))

@@ -21,6 +21,7 @@ pub mod rotate;
 pub mod scrape;
 pub mod stat;
 pub mod status;
+pub mod top;
 
 use anyhow::Context;
 use mesh::model::Route;

@@ -98,7 +98,7 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: StatArgs) -> anyhow::Re
         "--edges is for services"
     );
     let mut client = control_plane.connect().await?;
-    let mut before = Snapshot::take(&mut client).await?;
+    let mut before = Snapshot::take(&mut client, true).await?;
     loop {
         eprintln!(
             "meshctl stat: read {} proxies; measuring for {:?}",
@@ -109,7 +109,7 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: StatArgs) -> anyhow::Re
             () = tokio::time::sleep(args.window) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        let after = Snapshot::take(&mut client).await?;
+        let after = Snapshot::take(&mut client, true).await?;
         let stats = compute(&before, &after, &args);
         let text = render(&stats, &args)?;
         if args.watch {
@@ -124,17 +124,17 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: StatArgs) -> anyhow::Re
 
 /// What one proxy said, and who it is.
 #[derive(Debug, Clone, Default)]
-struct ProxyNumbers {
+pub(super) struct ProxyNumbers {
     /// Its mesh service, or `gateway`.
-    caller: String,
-    samples: Vec<Sample>,
+    pub(super) caller: String,
+    pub(super) samples: Vec<Sample>,
 }
 
 /// Everything read at one instant.
 #[derive(Debug, Clone, Default)]
-struct Snapshot {
+pub(super) struct Snapshot {
     /// By proxy name (`service/instance`).
-    proxies: BTreeMap<String, ProxyNumbers>,
+    pub(super) proxies: BTreeMap<String, ProxyNumbers>,
     /// Route name -> destination service.
     destinations: BTreeMap<String, String>,
     /// Service -> its endpoints out of rotation at some proxy.
@@ -142,13 +142,30 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    async fn take(client: &mut AdminClient) -> anyhow::Result<Self> {
+    /// Every connected proxy's metrics now; with `routes_and_health`, the
+    /// routes' destinations and the endpoints out of rotation too.
+    pub(super) async fn take(
+        client: &mut AdminClient,
+        routes_and_health: bool,
+    ) -> anyhow::Result<Self> {
         let status = client
             .status(StatusRequest {})
             .await
             .map_err(GrpcError)
             .context("cannot list the proxies")?
             .into_inner();
+        let mut snapshot = Self::default();
+        let reads = status.sidecars.iter().map(read_proxy);
+        for (name, numbers) in futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            snapshot.proxies.insert(name, numbers);
+        }
+        if !routes_and_health {
+            return Ok(snapshot);
+        }
         let routes = client
             .list_routes(ListRoutesRequest {})
             .await
@@ -162,7 +179,6 @@ impl Snapshot {
             .context("cannot list endpoints")?
             .into_inner()
             .endpoints;
-        let mut snapshot = Self::default();
         for stored in &routes.routes {
             if let Ok(route) = super::RevisionedRoute::try_from(stored) {
                 snapshot.destinations.insert(
@@ -170,14 +186,6 @@ impl Snapshot {
                     route.route.spec.destination.clone(),
                 );
             }
-        }
-        let reads = status.sidecars.iter().map(read_proxy);
-        for (name, numbers) in futures_util::future::join_all(reads)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            snapshot.proxies.insert(name, numbers);
         }
         let (views, _) = super::health::collect(&status.sidecars).await;
         let service_of: BTreeMap<&str, &str> = endpoints
@@ -225,18 +233,47 @@ async fn read_proxy(proxy: &ConnectedSidecar) -> Option<(String, ProxyNumbers)> 
 
 /// Calls, successes and latency buckets gathered for one row.
 #[derive(Debug, Clone, Default)]
-struct Totals {
-    calls: f64,
-    ok: f64,
+pub(super) struct Totals {
+    pub(super) calls: f64,
+    pub(super) ok: f64,
     /// Upper bound (seconds, `+Inf` as infinity) -> cumulative count.
     buckets: BTreeMap<String, (f64, f64)>,
     retries: f64,
 }
 
-/// The figures of the window between `before` and `after`.
-fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
-    let mut rows: BTreeMap<String, Totals> = BTreeMap::new();
-    for (proxy, numbers) in &after.proxies {
+impl Totals {
+    /// Counts `delta` of a response or latency sample; other samples are
+    /// not counted.
+    pub(super) fn add(&mut self, sample: &Sample, delta: f64) {
+        match sample.name.as_str() {
+            "mesh_responses_total" => {
+                self.calls += delta;
+                if sample.label("code") == "0" {
+                    self.ok += delta;
+                }
+            }
+            "mesh_request_duration_seconds_bucket" => {
+                let le = sample.label("le");
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
+                self.buckets.entry(le.to_owned()).or_insert((bound, 0.0)).1 += delta;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every sample of `after` with how much it grew since `before`, by proxy
+/// (a series a proxy did not have before, or a proxy that restarted and
+/// counts from zero again, counts whole).
+pub(super) fn window<'a>(
+    before: &'a Snapshot,
+    after: &'a Snapshot,
+) -> impl Iterator<Item = (&'a ProxyNumbers, &'a Sample, f64)> + 'a {
+    after.proxies.iter().flat_map(move |(proxy, numbers)| {
         // Each series' value at the start, looked up once per series.
         let earlier: BTreeMap<(&str, &BTreeMap<String, String>), f64> = before
             .proxies
@@ -248,54 +285,27 @@ fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
                     .collect()
             })
             .unwrap_or_default();
-        // A proxy that restarted counts from zero again.
-        let delta = |sample: &Sample| {
+        numbers.samples.iter().map(move |sample| {
             let previous = earlier
                 .get(&(sample.name.as_str(), &sample.labels))
                 .copied()
                 .unwrap_or(0.0);
-            if sample.value >= previous {
+            let delta = if sample.value >= previous {
                 sample.value - previous
             } else {
                 sample.value
-            }
-        };
-        for sample in &numbers.samples {
-            let Some(row) = row_of(sample, &numbers.caller, args) else {
-                continue;
             };
-            let delta = delta(sample);
-            let totals = rows.entry(row).or_default();
-            match sample.name.as_str() {
-                "mesh_responses_total" => {
-                    totals.calls += delta;
-                    if sample.label("code") == "0" {
-                        totals.ok += delta;
-                    }
-                }
-                "mesh_request_duration_seconds_bucket" => {
-                    let le = sample.label("le");
-                    let bound = if le == "+Inf" {
-                        f64::INFINITY
-                    } else {
-                        le.parse().unwrap_or(f64::INFINITY)
-                    };
-                    totals
-                        .buckets
-                        .entry(le.to_owned())
-                        .or_insert((bound, 0.0))
-                        .1 += delta;
-                }
-                _ => {}
-            }
-        }
-        // Retries are counted by route at the caller.
-        for sample in numbers
-            .samples
-            .iter()
-            .filter(|s| s.name == "mesh_retries_total")
-        {
-            let delta = delta(sample);
+            (numbers, sample, delta)
+        })
+    })
+}
+
+/// The figures of the window between `before` and `after`.
+fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
+    let mut rows: BTreeMap<String, Totals> = BTreeMap::new();
+    for (numbers, sample, delta) in window(before, after) {
+        if sample.name == "mesh_retries_total" {
+            // Retries are counted by route at the caller.
             let route = sample.label("route");
             let row = match args.kind {
                 StatKind::Route => Some(route.to_owned()),
@@ -308,6 +318,8 @@ fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
             if let Some(row) = row {
                 rows.entry(row).or_default().retries += delta;
             }
+        } else if let Some(row) = row_of(sample, &numbers.caller, args) {
+            rows.entry(row).or_default().add(sample, delta);
         }
     }
     let seconds = args.window.as_secs_f64().max(f64::EPSILON);
@@ -371,7 +383,7 @@ fn row_matches(name: &str, only: &str, args: &StatArgs) -> bool {
 
 /// Quantile `q` of the latency histogram, in milliseconds, interpolated
 /// linearly within its bucket (the last finite bound if it falls beyond).
-fn latency_ms(totals: &Totals, q: f64) -> Option<f64> {
+pub(super) fn latency_ms(totals: &Totals, q: f64) -> Option<f64> {
     let mut buckets: Vec<(f64, f64)> = totals.buckets.values().copied().collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last()?.1;
