@@ -30,6 +30,9 @@ enum Commands {
     /// The busiest gRPC methods across the mesh, live in the terminal
     /// (sortable; q quits).
     Top(cli::top::TopArgs),
+    /// The mesh in a browser: service graph, routes, endpoint health and
+    /// proxies, served read-only on loopback (opens nothing by itself).
+    Dashboard(cli::dashboard::DashboardArgs),
     /// Show where a route's calls go: subsets, endpoints, shares.
     Describe(cli::describe::DescribeArgs),
     /// The mesh's CA files, operator certificates and anchor rotation.
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Status(args) => exit_on_error(cli::status::run(cp, args).await),
         Commands::Stat(args) => exit_on_error(cli::stat::run(cp, args).await),
         Commands::Top(args) => exit_on_error(cli::top::run(cp, args).await),
+        Commands::Dashboard(args) => exit_on_error(cli::dashboard::run(cp, args).await),
         Commands::Describe(args) => exit_on_error(cli::describe::run(cp, args).await),
         Commands::Identity(IdentityCommand::Files(command)) => {
             exit_on_error(cli::identity::run(command))

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod authentications;
 pub mod check;
 pub mod connect;
+pub mod dashboard;
 pub mod delete;
 pub mod describe;
 pub mod get;

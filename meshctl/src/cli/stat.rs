@@ -136,9 +136,15 @@ pub(super) struct Snapshot {
     /// By proxy name (`service/instance`).
     pub(super) proxies: BTreeMap<String, ProxyNumbers>,
     /// Route name -> destination service.
-    destinations: BTreeMap<String, String>,
+    pub(super) destinations: BTreeMap<String, String>,
     /// Service -> its endpoints out of rotation at some proxy.
-    ejected: BTreeMap<String, BTreeSet<String>>,
+    pub(super) ejected: BTreeMap<String, BTreeSet<String>>,
+    /// The connected proxies, as the control plane reports them.
+    pub(super) sidecars: Vec<ConnectedSidecar>,
+    /// The stored routes (with routes and health only).
+    pub(super) routes: Vec<mesh::model::Route>,
+    /// The registered endpoints (with routes and health only).
+    pub(super) endpoints: Vec<mesh::proto::mesh::v1::RegisteredEndpoint>,
 }
 
 impl Snapshot {
@@ -164,6 +170,7 @@ impl Snapshot {
             snapshot.proxies.insert(name, numbers);
         }
         if !routes_and_health {
+            snapshot.sidecars = status.sidecars;
             return Ok(snapshot);
         }
         let routes = client
@@ -185,6 +192,7 @@ impl Snapshot {
                     route.route.metadata.name.clone(),
                     route.route.spec.destination.clone(),
                 );
+                snapshot.routes.push(route.route);
             }
         }
         let (views, _) = super::health::collect(&status.sidecars).await;
@@ -203,6 +211,9 @@ impl Snapshot {
                 }
             }
         }
+        drop(service_of);
+        snapshot.sidecars = status.sidecars;
+        snapshot.endpoints = endpoints;
         Ok(snapshot)
     }
 }
@@ -301,7 +312,7 @@ pub(super) fn window<'a>(
 }
 
 /// The figures of the window between `before` and `after`.
-fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
+pub(super) fn compute(before: &Snapshot, after: &Snapshot, args: &StatArgs) -> Vec<Stat> {
     let mut rows: BTreeMap<String, Totals> = BTreeMap::new();
     for (numbers, sample, delta) in window(before, after) {
         if sample.name == "mesh_retries_total" {
@@ -481,6 +492,7 @@ mod tests {
                 .collect(),
             destinations: [("catalog".to_owned(), "catalog".to_owned())].into(),
             ejected: [("catalog".to_owned(), ["127.0.0.1:1".to_owned()].into())].into(),
+            ..Snapshot::default()
         }
     }
 
