@@ -173,7 +173,18 @@ async fn start_all(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.ready_timeout);
     let mut tokens_made = plan.identity.is_none();
-    for spec in plan.processes.iter().filter(|p| p.admin.is_some()) {
+    let waited: Vec<&ProcessSpec> = plan
+        .processes
+        .iter()
+        .filter(|p| p.admin.is_some())
+        .collect();
+    let began = std::time::Instant::now();
+    eprintln!(
+        "meshctl up: started {} processes; waiting for {} to be ready",
+        plan.processes.len(),
+        waited.len()
+    );
+    for (i, spec) in waited.iter().enumerate() {
         // Proxies wait for their token files: make them once a replica
         // answers (tokens are made through it).
         if !tokens_made && matches!(spec.role, Role::Sidecar | Role::Gateway) {
@@ -185,14 +196,27 @@ async fn start_all(
             tokens_made = true;
         }
         wait_ready(spec, running, deadline, shutdown, run_dir).await?;
+        eprintln!(
+            "meshctl up: [{}/{}] {} ready ({:.1} s)",
+            i + 1,
+            waited.len(),
+            spec.name,
+            began.elapsed().as_secs_f64()
+        );
     }
     if let Some(control_plane) = plan.control_planes.first() {
+        eprintln!("meshctl up: applying the shop's routes and policies");
         let revision = apply_documents(control_plane, &plan.bootstrap, plan.identity.as_ref())
             .await
             .map_err(|s| {
                 anyhow::anyhow!("applying the shop's routes and policies: {}", s.message())
             })?;
+        eprintln!("meshctl up: waiting until every proxy is in step with them");
         wait_tables(plan, revision, deadline).await?;
+        eprintln!(
+            "meshctl up: every proxy in step ({:.1} s)",
+            began.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -255,28 +279,33 @@ async fn wait_tables(
     revision: i64,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<()> {
-    for spec in plan
+    let replicas: Vec<_> = plan
+        .processes
+        .iter()
+        .filter(|p| p.role == Role::ControlPlane)
+        .filter_map(|p| p.admin)
+        .collect();
+    let proxies: Vec<_> = plan
         .processes
         .iter()
         .filter(|p| matches!(p.role, Role::Sidecar | Role::Gateway))
-    {
-        let Some(admin) = spec.admin else { continue };
-        loop {
-            let config = admin_call(admin, http::Method::GET, "/config").await;
-            let version = config
-                .ok()
-                .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v["version"].as_str().and_then(|s| s.parse::<i64>().ok()));
-            if version.is_some_and(|v| v >= revision) {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{} did not get the routes in time", spec.name);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        .filter_map(|p| Some((p.name.as_str(), p.admin?.to_string())))
+        .collect();
+    loop {
+        let synced = crate::demo::synced_revisions(&replicas).await;
+        let behind: Vec<&str> = proxies
+            .iter()
+            .filter(|(_, admin)| synced.get(admin).is_none_or(|r| *r < revision))
+            .map(|(name, _)| *name)
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
         }
+        if tokio::time::Instant::now() > deadline {
+            bail!("not in step with the routes in time: {}", behind.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
 }
 
 fn on_path(program: &str) -> bool {

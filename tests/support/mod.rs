@@ -178,21 +178,16 @@ impl TestMesh {
     /// table version does not tell.
     pub fn synced_revision(&self, proxy: &str) -> Option<i64> {
         let admin = self.spec(proxy).admin?.to_string();
-        self.plan
+        let replicas: Vec<_> = self
+            .plan
             .processes
             .iter()
             .filter(|p| p.role == Role::ControlPlane && self.is_running(&p.name))
-            .filter_map(|p| {
-                let (_, body) = admin_get(p.admin?, "/syncz").ok()?;
-                let syncz: serde_json::Value = serde_json::from_str(&body).ok()?;
-                syncz["proxies"]
-                    .as_array()?
-                    .iter()
-                    .filter(|p| p["adminAddress"].as_str() == Some(admin.as_str()))
-                    .filter_map(|p| p["syncedRevision"].as_i64())
-                    .max()
-            })
-            .max()
+            .filter_map(|p| p.admin)
+            .collect();
+        block_on(async move { meshctl::demo::synced_revisions(&replicas).await })
+            .get(&admin)
+            .copied()
     }
 
     /// The version of the table a proxy runs (from `/config`).

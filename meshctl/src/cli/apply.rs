@@ -299,6 +299,15 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::R
     }
     let mut client = control_plane.connect().await?;
     let mut failed = 0;
+    let guards = manifests.policies.len() + manifests.authentications.len();
+    // Many documents: say which phase this is (on stderr; stdout keeps one
+    // line per document, for scripts).
+    if total > 1 {
+        eprintln!(
+            "meshctl apply: {total} documents: {guards} authentications and policies first, then {} routes",
+            manifests.routes.len()
+        );
+    }
     // Policies first: a route that opens a path goes live after the
     // policies that guard it.
     let policies = manifests
@@ -329,6 +338,9 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: ApplyArgs) -> anyhow::R
                 eprintln!("{} {name:?}: {error:#}", kind.noun());
             }
         }
+    }
+    if total > 1 && !manifests.routes.is_empty() {
+        eprintln!("meshctl apply: routes");
     }
     for r in &manifests.routes {
         let name = &r.route.metadata.name;

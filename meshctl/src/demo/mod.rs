@@ -23,12 +23,14 @@ mod admin_api;
 mod admin_http;
 mod etcd;
 mod ports;
+mod syncz;
 
 pub use admin_api::{admin_client, apply_documents, apply_routes};
 pub use admin_http::{admin_call, admin_get, admin_request, AdminHttpError};
 use etcd::etcd_tls_files;
 pub use etcd::{etcd_process, etcd_tls_process};
 pub use ports::PortAllocator;
+pub use syncz::synced_revisions;
 
 use mesh::model::{
     AuthorizationPolicy, Bootstrap, Endpoint, RequestAuthentication, Route, RouteMatch,
