@@ -429,6 +429,9 @@ fn print_welcome(plan: &Plan, run_dir: &Path, otlp_endpoint: Option<&str>) {
     println!("  meshctl get routes");
     println!("  meshctl get endpoints");
     println!("  meshctl status");
+    println!("  meshctl stat            # success, calls/s, latency per service");
+    println!("  meshctl top             # the busiest methods, live (q quits)");
+    println!("  meshctl dashboard       # the service graph: http://127.0.0.1:9990/");
     println!("  meshctl describe route catalog");
     println!("  grpcurl -plaintext {gateway} list");
     println!("  grpcurl -plaintext {gateway} describe shop.orders.v1.OrdersService");
