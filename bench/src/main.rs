@@ -1,6 +1,7 @@
 //! `bench`: the mesh's benchmark. It puts the mesh's data path beside a
 //! direct connection, an Envoy pair and an nginx pair on loopback, and
-//! measures the control plane's fan-out of a route change.
+//! measures the control plane at scale (scoped delta pushes of a route and
+//! an endpoint change, and the registration storm after a replica dies).
 //!
 //! ```sh
 //! cargo run --release -p bench --                       # data path, every topology found
@@ -33,8 +34,11 @@
 //!   route with retries and outlier detection, 1 to 16 connections.
 //! - [`balance`]: one instance of four slowed to 200 ms, p50 to p99.9
 //!   through the route with each `loadBalancer`.
-//! - [`cp_scale`]: N simulated sidecars on one control-plane replica; time
-//!   until a route change reaches them all, and memory per subscriber.
+//! - [`cp_scale`]: N simulated sidecars with realistic scopes on a control
+//!   plane on etcd; time and bytes for a route change and an endpoint
+//!   change to reach the sidecars in scope, the replica's memory per
+//!   subscriber, etcd's load at rest; with `--storm`, two replicas and the
+//!   reconnection storm after SIGKILL of one.
 //! - [`abuse`]: the proxy facing strangers (the mesh's gateway, Envoy at
 //!   the edge) under one attack at a time, good clients beside it.
 //! - [`security`]: the proxies' CPU per call with 10 authorization
@@ -89,8 +93,10 @@ enum Command {
     /// Serve `bench.v1.EchoService` (with health and reflection): the
     /// benchmark's server process.
     EchoServer(echo::EchoServerArgs),
-    /// Connect N simulated sidecars to one control-plane replica on etcd,
-    /// change a route, and time its arrival everywhere.
+    /// Connect N simulated sidecars to a control-plane replica on etcd;
+    /// time a route change and an endpoint change to the sidecars in
+    /// scope, with bytes per sidecar, replica memory and etcd load at rest;
+    /// with --storm, two replicas and the storm after SIGKILL of one.
     CpScale(cp_scale::CpScaleArgs),
     /// Tail latency (p50 to max) at 2,000 calls/s through the route with
     /// retries and outlier detection, beside the peers.
