@@ -11,12 +11,10 @@ mod support;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshctl::demo::{admin_get, InstanceSpec};
-use support::{block_on, TestMesh};
+use support::TestMesh;
 
 /// How long the mesh may take to show what the test waits for on a loaded
 /// 2-core machine (a timeout, not an expected time).
@@ -107,35 +105,9 @@ fn the_dashboard_shows_the_graph_and_an_ejected_instance_in_a_real_browser() {
         .parse()
         .unwrap();
 
-    // Calls through the gateway all along: bounded in count and time.
-    let gateway = mesh.gateway_uri();
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            block_on(async move {
-                use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
-                use mesh::proto::shop::catalog::v1::ListProductsRequest;
-                let mut client = CatalogServiceClient::new(support::channel(gateway).await);
-                let started = Instant::now();
-                let mut calls = 0;
-                while !stop.load(Ordering::Relaxed)
-                    && calls < 10_000
-                    && started.elapsed() < Duration::from_secs(180)
-                {
-                    // Some fail once catalog-2's app is gone: that is the point.
-                    let _ = client
-                        .list_products(ListProductsRequest {
-                            page_size: 1,
-                            page_token: String::new(),
-                        })
-                        .await;
-                    calls += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        }
-    });
+    // Calls through the gateway all along (some fail once catalog-2's app
+    // is gone: that is the point).
+    let load = support::CatalogLoad::start(mesh.gateway_uri());
     mesh.kill("catalog-2");
 
     // The state the page draws: the edge and the ejection.
@@ -199,6 +171,5 @@ fn the_dashboard_shows_the_graph_and_an_ejected_instance_in_a_real_browser() {
         meshctl::demo::admin_request(address, http::Method::POST, "/api/state").unwrap();
     assert_eq!(status, 405);
 
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    drop(load);
 }

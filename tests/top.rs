@@ -8,11 +8,9 @@
 mod support;
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{block_on, TestMesh};
+use support::TestMesh;
 
 /// How long the terminal may take to show what the test waits for on a
 /// loaded 2-core machine (a timeout, not an expected time).
@@ -38,27 +36,8 @@ fn top_draws_the_busiest_methods_and_quits_on_q() {
         return;
     }
     let mesh = TestMesh::start(&support::secure_catalog());
-    let gateway = mesh.gateway_uri();
-    // Calls through the gateway all along: bounded in count and time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            block_on(async move {
-                let channel = support::channel(gateway).await;
-                let started = Instant::now();
-                let mut calls = 0;
-                while !stop.load(Ordering::Relaxed)
-                    && calls < 5_000
-                    && started.elapsed() < Duration::from_secs(120)
-                {
-                    support::first_product(&channel).await;
-                    calls += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        }
-    });
+    // Calls through the gateway all along.
+    let load = support::CatalogLoad::start(mesh.gateway_uri());
 
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("status");
@@ -145,6 +124,5 @@ fn top_draws_the_busiest_methods_and_quits_on_q() {
     };
     assert_eq!(status.trim(), "0", "meshctl top exited with {status}");
     tmux(&socket, &["kill-server"]);
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    drop(load);
 }

@@ -816,3 +816,58 @@ pub async fn mtls_channel(
     .await
     .unwrap_or_else(|e| panic!("mTLS to {addr}: {e}"))
 }
+
+/// Calls to catalog's `ListProducts` through a gateway, one every 20 ms,
+/// on a thread of their own until stopped (or 10,000 calls, or 3 minutes:
+/// every load loop is bounded). Failures are not counted: tests that need
+/// them count their own.
+pub struct CatalogLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CatalogLoad {
+    /// Starts calling catalog through the gateway at `gateway`.
+    pub fn start(gateway: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                block_on(async move {
+                    use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+                    use mesh::proto::shop::catalog::v1::ListProductsRequest;
+                    let mut client = CatalogServiceClient::new(channel(gateway).await);
+                    let started = Instant::now();
+                    let mut calls = 0;
+                    while !stop.load(Ordering::Relaxed)
+                        && calls < 10_000
+                        && started.elapsed() < Duration::from_secs(180)
+                    {
+                        let _ = client
+                            .list_products(ListProductsRequest {
+                                page_size: 1,
+                                page_token: String::new(),
+                            })
+                            .await;
+                        calls += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CatalogLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
