@@ -170,6 +170,14 @@ fn the_dashboard_shows_the_graph_and_an_ejected_instance_in_a_real_browser() {
     let (status, _) =
         meshctl::demo::admin_request(address, http::Method::POST, "/api/state").unwrap();
     assert_eq!(status, 405);
+    // A page elsewhere whose name was rebound to 127.0.0.1 is refused.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(address).unwrap();
+    raw.write_all(b"GET /api/state HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
 
     drop(load);
 }

@@ -259,3 +259,29 @@ fn a_proxy_that_moves_to_the_other_replica_is_sent_nothing_it_has() {
         );
     });
 }
+
+#[test]
+fn an_internal_method_behind_a_public_service_route_stays_internal_at_the_gateway() {
+    let mesh = shop(1);
+    // catalog's service route is public; its GetProduct method gets an
+    // internal route of its own.
+    let revision = mesh.meshctl_apply(
+        "kind: Route\nmetadata:\n  name: catalog-get\nspec:\n  match:\n    service: shop.catalog.v1.CatalogService\n    method: GetProduct\n  destination: catalog\n",
+    );
+    mesh.wait_for_version(revision);
+    let gateway = mesh.gateway_uri();
+    block_on(async move {
+        use mesh::proto::shop::catalog::v1::catalog_service_client::CatalogServiceClient;
+        use mesh::proto::shop::catalog::v1::GetProductRequest;
+        let channel = support::channel(gateway).await;
+        // The public service route still takes the other methods.
+        support::first_product(&channel).await;
+        let refused = CatalogServiceClient::new(channel)
+            .get_product(GetProductRequest {
+                sku: "sku-espresso-beans".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    });
+}

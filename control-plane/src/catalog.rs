@@ -278,20 +278,35 @@ impl Catalog {
             .keys
             .insert(ResourceKey::new(ResourceType::MeshSettings, MESH_SETTINGS));
         let mut destinations = BTreeSet::new();
+        // A route is taken with every route of its gRPC service: a table
+        // routes by path with a fallback from `/S/M` to `/S/`, so a table
+        // holding `/S/` but not `/S/M` would send M's calls where `/S/`
+        // goes (and a gateway would expose an internal method behind a
+        // public service route). A gateway's table refuses the non-public
+        // ones itself.
         let mut take_route = |wanted: &mut Wanted, name: &str| {
-            if let Some(facts) = self.routes.get(name) {
-                if scope.gateway && !facts.public {
-                    return;
+            let Some(facts) = self.routes.get(name) else {
+                return;
+            };
+            for sibling in self
+                .by_grpc_service
+                .get(&facts.grpc_service)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(sibling_facts) = self.routes.get(sibling) {
+                    destinations.insert(sibling_facts.destination.clone());
+                    wanted
+                        .keys
+                        .insert(ResourceKey::new(ResourceType::Route, sibling));
                 }
-                destinations.insert(facts.destination.clone());
-                wanted
-                    .keys
-                    .insert(ResourceKey::new(ResourceType::Route, name));
             }
         };
         if scope.gateway {
-            for name in self.routes.keys() {
-                take_route(&mut wanted, name);
+            for (name, facts) in &self.routes {
+                if facts.public {
+                    take_route(&mut wanted, name);
+                }
             }
             wanted.keys.extend(self.gateway_only.iter().cloned());
         } else {
@@ -307,6 +322,16 @@ impl Catalog {
                     None => wanted.not_found.push(service.clone()),
                 }
             }
+            // Its own routes (inbound rate limits), with their endpoints:
+            // an app may call its own service.
+            for name in self
+                .by_destination
+                .get(&scope.service)
+                .into_iter()
+                .flatten()
+            {
+                take_route(&mut wanted, name);
+            }
         }
         for destination in destinations {
             let key = ResourceKey::new(ResourceType::Endpoints, &destination);
@@ -315,18 +340,7 @@ impl Catalog {
             }
         }
         if !scope.gateway {
-            // Its own routes (inbound rate limits) and policies (inbound
-            // authorization), without its own endpoints unless it calls itself.
-            for name in self
-                .by_destination
-                .get(&scope.service)
-                .into_iter()
-                .flatten()
-            {
-                wanted
-                    .keys
-                    .insert(ResourceKey::new(ResourceType::Route, name));
-            }
+            // Its own policies: its inbound enforces them.
             for name in self.policies.get(&scope.service).into_iter().flatten() {
                 wanted
                     .keys

@@ -59,6 +59,24 @@ const MAX_SUBSCRIPTIONS: usize = 1024;
 /// the replica more than that.
 const MAX_KNOWN: usize = 50_000;
 
+/// The longest refusal reason kept per resource, and for all of a proxy's
+/// refusals together (what `meshctl status` and `/syncz` show).
+const MAX_REASON: usize = 512;
+/// See [`MAX_REASON`].
+const MAX_STATUS_REASON: usize = 4096;
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
 /// How a replica treats discovery streams.
 #[derive(Debug, Clone)]
 pub struct StreamPolicy {
@@ -139,28 +157,27 @@ fn registration(node: &Node) -> Result<Registration, Status> {
     })
 }
 
-/// Service names a proxy declares or subscribes to, checked: each a mesh
-/// service or a gRPC service name (letters, digits, `.`, `_`, `-`), at
-/// most [`MAX_SUBSCRIPTIONS`] of them. The error names the field.
+/// Service names a proxy declares or subscribes to: at most
+/// [`MAX_SUBSCRIPTIONS`] of them (more is refused, naming the field); a
+/// name that is no service name ([`mesh::model::is_subscription_name`]) is
+/// left out with a warning, never a reason to refuse the stream: nothing
+/// serves it, and a proxy refused for it would never register again.
 fn checked_names(field: &str, names: Vec<String>) -> Result<BTreeSet<String>, Status> {
     if names.len() > MAX_SUBSCRIPTIONS {
         return Err(Status::invalid_argument(format!(
             "{field}: more than {MAX_SUBSCRIPTIONS} names"
         )));
     }
-    for (i, name) in names.iter().enumerate() {
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if !valid {
-            return Err(Status::invalid_argument(format!(
-                "{field}[{i}]: {name:?} is not a service name"
-            )));
-        }
-    }
-    Ok(names.into_iter().collect())
+    Ok(names
+        .into_iter()
+        .filter(|name| {
+            let valid = mesh::model::is_subscription_name(name);
+            if !valid {
+                tracing::warn!(field, name = %name.escape_debug(), "not a service name; ignored");
+            }
+            valid
+        })
+        .collect())
 }
 
 /// A proxy registers only as what its certificate proves: a sidecar of
@@ -529,8 +546,18 @@ impl<S: Store> Session<S> {
     /// (an update answers it); an error ends the stream.
     fn on_message(&mut self, message: DiscoveryRequest, evaluated: u64) -> Result<bool, Status> {
         match message.message {
-            Some(Message::Ack(ack)) => {
+            Some(Message::Ack(mut ack)) => {
                 tracing::debug!(instance = %self.node.instance, nonce = ack.nonce, "ACK");
+                if ack.nacks.len() > MAX_KNOWN {
+                    return Err(Status::invalid_argument(format!(
+                        "ack.nacks: more than {MAX_KNOWN}"
+                    )));
+                }
+                for nack in &mut ack.nacks {
+                    truncate(&mut nack.reason, MAX_REASON);
+                    truncate(&mut nack.name, MAX_REASON);
+                    truncate(&mut nack.version, 64);
+                }
                 // Acked the last update: in step with all evaluated since.
                 let synced = (self.outstanding == Some(ack.nonce)).then(|| {
                     self.outstanding = None;
@@ -539,14 +566,15 @@ impl<S: Store> Session<S> {
                 self.metrics.acked();
                 // An ACK lists every refusal still standing: each is counted
                 // and logged once, when it is new.
+                let known: std::collections::HashSet<(i32, &str, &str)> = self
+                    .nacked
+                    .iter()
+                    .map(|(kind, name, version)| (*kind, name.as_str(), version.as_str()))
+                    .collect();
                 let new_nacks: Vec<_> = ack
                     .nacks
                     .iter()
-                    .filter(|n| {
-                        !self.nacked.iter().any(|(kind, name, version)| {
-                            *kind == n.r#type && *name == n.name && *version == n.version
-                        })
-                    })
+                    .filter(|n| !known.contains(&(n.r#type, n.name.as_str(), n.version.as_str())))
                     .collect();
                 if !new_nacks.is_empty() {
                     self.metrics.nacked(new_nacks.len());
@@ -583,6 +611,8 @@ impl<S: Store> Session<S> {
                     })
                     .collect::<Vec<_>>()
                     .join("; ");
+                let mut reason = reason;
+                truncate(&mut reason, MAX_STATUS_REASON);
                 self.sessions.update(self.id, |s| {
                     s.acked_version = ack.revision;
                     s.nack_reason = reason;

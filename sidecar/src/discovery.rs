@@ -114,7 +114,11 @@ impl Subscriber {
             }
             let address = self.control_planes[next % self.control_planes.len()].clone();
             next += 1;
-            match self.session(&address, &stop).await {
+            let ended = self.session(&address, &stop).await;
+            if let Some(on_demand) = &self.on_demand {
+                on_demand.set_connected(false);
+            }
+            match ended {
                 SessionEnd::Stopped => return,
                 SessionEnd::Broken { error, applied } => {
                     tracing::warn!(
@@ -194,6 +198,9 @@ impl Subscriber {
             () = stop.cancelled() => return SessionEnd::Stopped,
         };
         tracing::info!(control_plane = %address, "registered");
+        if let Some(on_demand) = &self.on_demand {
+            on_demand.set_connected(true);
+        }
         let mut applied = false;
         let on_demand = self.on_demand.clone();
         loop {
@@ -318,15 +325,24 @@ impl Subscriber {
             self.table.learn_descriptors(&sets);
         }
         if touched.settings {
-            if let (Some(identity), Some(settings)) = (&self.identity, self.cache.settings()) {
-                if let Some(bundle) = &settings.trust_bundle {
-                    if let Err(error) = identity.set_bundle(bundle.clone()) {
-                        tracing::warn!(%error, "the pushed trust bundle cannot be used");
-                    }
+            let Some(identity) = &self.identity else {
+                return;
+            };
+            let Some(settings) = self.cache.settings() else {
+                return;
+            };
+            // The bundle first: settings whose bundle cannot be used are
+            // refused whole (their mode and renewal are not applied).
+            if let Some(bundle) = &settings.trust_bundle {
+                if let Err(error) = identity.set_bundle(bundle.clone()) {
+                    tracing::warn!(%error, "the pushed trust bundle cannot be used; settings refused");
+                    self.cache
+                        .refuse_settings(&before, &format!("trust_anchors_der: {error}"));
+                    return;
                 }
-                identity.renew_unless_issued_by(&settings.renew_unless_issued_by);
-                self.inbound_mode.set(settings.mtls_mode);
             }
+            identity.renew_unless_issued_by(&settings.renew_unless_issued_by);
+            self.inbound_mode.set(settings.mtls_mode);
         }
     }
 }

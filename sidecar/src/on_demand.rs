@@ -30,6 +30,8 @@ pub struct OnDemand {
     /// The highest Subscribe id the control plane answered (and whose
     /// answer is applied).
     answered: watch::Sender<u64>,
+    /// Whether a discovery stream is open now.
+    connected: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -48,6 +50,7 @@ impl Default for OnDemand {
             state: Mutex::default(),
             unsent: Notify::new(),
             answered: watch::channel(0).0,
+            connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -56,7 +59,17 @@ impl OnDemand {
     /// Subscribes to `grpc_service` unless it is already, and waits until
     /// the control plane has answered (and the answer is applied) or
     /// `wait` has passed. Returns at once when it was answered before.
-    pub async fn resolve(&self, grpc_service: &str, wait: Duration) {
+    pub async fn resolve(&self, grpc_service: &str, mut wait: Duration) {
+        // Nothing serves a path that names no service; a subscription to
+        // it would only be ignored by the control plane.
+        if !mesh::model::is_subscription_name(grpc_service) {
+            return;
+        }
+        if !self.connected.load(std::sync::atomic::Ordering::Acquire) {
+            // No control plane to ask now: the call is not held for
+            // nothing; the subscription goes with the next stream's Hello.
+            wait = Duration::ZERO;
+        }
         let id = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match state.subscribed.get(grpc_service) {
@@ -81,6 +94,12 @@ impl OnDemand {
         };
         let mut answered = self.answered.subscribe();
         let _ = tokio::time::timeout(wait, answered.wait_for(|a| *a >= id)).await;
+    }
+
+    /// Whether a discovery stream is open (calls wait for answers only then).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected
+            .store(connected, std::sync::atomic::Ordering::Release);
     }
 
     /// Waits until there are subscriptions to send.
@@ -124,6 +143,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_first_call_waits_for_the_answer_later_calls_do_not() {
         let on_demand = std::sync::Arc::new(OnDemand::default());
+        on_demand.set_connected(true);
         let waiting = tokio::spawn({
             let on_demand = on_demand.clone();
             async move {
@@ -154,11 +174,25 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unanswered_subscription_gives_up_after_the_wait() {
         let on_demand = OnDemand::default();
+        on_demand.set_connected(true);
         let start = tokio::time::Instant::now();
         on_demand.resolve("a.B", Duration::from_secs(2)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         // A new stream's Hello carries it.
         assert_eq!(on_demand.all(), (vec!["a.B".to_owned()], 1));
         assert!(on_demand.take_unsent().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_without_a_stream_and_no_subscription_to_a_non_name() {
+        let on_demand = OnDemand::default();
+        let start = tokio::time::Instant::now();
+        on_demand.resolve("a.B", FIRST_CALL_WAIT).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "no stream: no wait");
+        assert_eq!(on_demand.all().0, ["a.B"], "asked for with the next Hello");
+        on_demand.set_connected(true);
+        on_demand.resolve("my:svc", FIRST_CALL_WAIT).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(on_demand.all().0, ["a.B"], "not a service name: never sent");
     }
 }

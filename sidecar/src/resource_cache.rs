@@ -139,6 +139,23 @@ impl ResourceCache {
         }
     }
 
+    /// Refuses the mesh settings just taken (their trust bundle cannot be
+    /// used) and holds those of `before` again.
+    pub fn refuse_settings(&mut self, before: &ResourceCache, reason: &str) {
+        if let Some(held) = self.settings.take() {
+            self.refused.insert(
+                (ResourceType::MeshSettings as i32, "mesh".to_owned()),
+                ResourceNack {
+                    r#type: ResourceType::MeshSettings as i32,
+                    name: "mesh".to_owned(),
+                    version: held.version,
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+        self.settings = before.settings.clone();
+    }
+
     /// Checks one resource and holds it; the error says why not.
     fn take(&mut self, resource: Resource) -> Result<(), String> {
         let Resource {

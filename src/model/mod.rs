@@ -33,7 +33,7 @@ pub use route::{
     compile_header_regex, parse_duration, Exposure, HeaderMatch, LoadBalancer, Route, RouteMatch,
     RouteMetadata, RouteRule, RouteSpec, WeightedSubset,
 };
-pub use validation::{is_dns_label, ValidationError};
+pub use validation::{is_dns_label, is_subscription_name, ValidationError};
 
 #[cfg(test)]
 mod tests;

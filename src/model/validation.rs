@@ -48,3 +48,16 @@ pub(crate) fn is_proto_ident(s: &str) -> bool {
     matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
+
+/// Whether `name` can be subscribed to: a mesh service or a gRPC service
+/// name (letters, digits, `.`, `_`, `-`, at most 253 bytes). The sidecar
+/// subscribes only to such names and the control plane takes only such:
+/// one rule on both sides, so an app calling a path that is no service
+/// name can never make a sidecar's subscriptions unacceptable.
+pub fn is_subscription_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}

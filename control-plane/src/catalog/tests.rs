@@ -61,10 +61,44 @@ fn a_sidecar_gets_what_it_declared_and_its_own_routes() {
     assert_eq!(names(&wanted, ResourceType::MeshSettings), ["mesh"]);
     assert!(wanted.not_found.is_empty());
 
-    // payments' own route (its inbound rate limits), not its endpoints.
+    // payments' own route (its inbound rate limits), and its endpoints (an
+    // app may call its own service).
     let wanted = catalog.wanted(&sidecar("payments", &[], &[]));
     assert_eq!(names(&wanted, ResourceType::Route), ["payments"]);
-    assert!(names(&wanted, ResourceType::Endpoints).is_empty());
+    assert_eq!(names(&wanted, ResourceType::Endpoints), ["payments"]);
+}
+
+#[test]
+fn every_route_of_a_grpc_service_comes_together() {
+    // The service route goes to payments, its Refund method to refunds
+    // (internal): a table with the first alone would send Refund to
+    // payments, and a gateway would expose it.
+    let mut table = shop();
+    let mut service_route =
+        meshctl::demo::route("payments", "shop.payments.v1.Payments", "payments");
+    service_route.spec.exposure = Some("public".into());
+    table.routes[1] = service_route;
+    let mut refund = meshctl::demo::route("refunds", "shop.payments.v1.Payments", "refunds");
+    refund.spec.matches.method = Some("Refund".into());
+    table.routes.push(refund);
+    table.endpoints.push(endpoint("refunds", "refunds-1"));
+    let catalog = Catalog::build(&table, None, "", false, &[]);
+    let wanted = catalog.wanted(&sidecar("orders", &["payments"], &[]));
+    assert_eq!(names(&wanted, ResourceType::Route), ["payments", "refunds"]);
+    assert_eq!(
+        names(&wanted, ResourceType::Endpoints),
+        ["payments", "refunds"]
+    );
+    let gateway = catalog.wanted(&Scope {
+        service: "edge".into(),
+        gateway: true,
+        ..Scope::default()
+    });
+    assert_eq!(
+        names(&gateway, ResourceType::Route),
+        ["catalog", "payments", "refunds"],
+        "the internal method's route comes with the public service route: the gateway refuses it"
+    );
 }
 
 #[test]

@@ -175,12 +175,17 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: DashboardArgs) -> anyho
         async move {
             let mut tick = tokio::time::interval(interval);
             tick.tick().await;
+            let mut taken = std::time::Instant::now();
             loop {
                 tick.tick().await;
                 let next = match Snapshot::take(&mut client, true).await {
                     Ok(after) => {
-                        let view = build(&before, &after, interval);
+                        // Rates over the time that really passed (a slow
+                        // or failed read makes it longer than the interval).
+                        let now = std::time::Instant::now();
+                        let view = build(&before, &after, now - taken);
                         before = after;
+                        taken = now;
                         view
                     }
                     Err(error) => DashboardState {
@@ -194,22 +199,52 @@ pub async fn run(control_plane: &ControlPlaneArgs, args: DashboardArgs) -> anyho
             }
         }
     };
+    // On loopback, only requests named for loopback: a web page elsewhere
+    // that rebinds its own name to 127.0.0.1 cannot read the mesh through
+    // the operator's browser.
+    let hosts: Option<Arc<Vec<String>>> = address.ip().is_loopback().then(|| {
+        let port = address.port();
+        Arc::new(vec![
+            address.to_string(),
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ])
+    });
     tokio::select! {
         () = refresh => Ok(()),
-        result = serve(listener, state) => result,
+        result = serve(listener, state, hosts) => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
 /// Serves the page and its state, one HTTP/1 connection per task.
-async fn serve(listener: tokio::net::TcpListener, state: Arc<RwLock<Bytes>>) -> anyhow::Result<()> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<RwLock<Bytes>>,
+    hosts: Option<Arc<Vec<String>>>,
+) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await.context("accepting")?;
         let state = state.clone();
+        let hosts = hosts.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(req.method(), req.uri().path(), &state)) }
+                let host_allowed = hosts.as_ref().is_none_or(|hosts| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .is_some_and(|h| hosts.iter().any(|allowed| allowed == h))
+                });
+                let response = if host_allowed {
+                    respond(req.method(), req.uri().path(), &state)
+                } else {
+                    plain(
+                        421,
+                        "the dashboard answers requests for its own loopback address only\n",
+                    )
+                };
+                async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -262,6 +297,10 @@ fn respond(
     headers.insert(
         http::header::CONTENT_SECURITY_POLICY,
         http::HeaderValue::from_static("default-src 'self'"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
     );
     response
 }

@@ -141,6 +141,7 @@ impl View {
     ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.interval);
         tick.tick().await;
+        let mut taken = std::time::Instant::now();
         loop {
             terminal
                 .draw(|frame| self.draw(frame))
@@ -148,7 +149,10 @@ impl View {
             tokio::select! {
                 _ = tick.tick() => match Snapshot::take(client, false).await {
                     Ok(after) => {
-                        self.rows = methods(before, &after, self.interval);
+                        // Rates over the time that really passed.
+                        let now = std::time::Instant::now();
+                        self.rows = methods(before, &after, now - taken);
+                        taken = now;
                         self.proxies = after.proxies.len();
                         self.problem = None;
                         *before = after;
