@@ -265,9 +265,11 @@ impl Member {
         !self.gateway && (self.service == service || self.calls.iter().any(|c| c == service))
     }
 
-    /// Whether `service`'s endpoints are in this proxy's scope: it calls it.
+    /// Whether `service`'s endpoints are in this proxy's scope: it calls
+    /// it, or is an instance of it.
     fn gets_endpoints_of(&self, service: &str) -> bool {
-        !self.gateway && self.calls.iter().any(|c| c == service)
+        // Its own service's too: an app may call its own service.
+        !self.gateway && (self.service == service || self.calls.iter().any(|c| c == service))
     }
 
     /// The Hello of this member as instance `sim-<instance>`.
@@ -1521,7 +1523,7 @@ fn render(results: &[ScaleResult]) -> String {
         "- date: {date}; {} CPUs; {replicas} on a single-member etcd, plaintext; simulated proxies in this process, all on loopback\n\
          - each proxy: its own HTTP/2 connection, a Hello (registering an endpoint unless a gateway), an ACK per update\n\
          - fleet: {SERVICES} services with one route each; proxies 0..{} are instances of svc-(i % {SERVICES}), the others of caller-(i % {CALLER_SERVICES}); the last {GATEWAYS} are gateways; every other proxy calls {CALLS} of the {SERVICES}\n\
-         - route change: svc-{CHANGED_ROUTE:02}'s route (in scope: its callers and instances); endpoint change: a new instance of svc-{CHANGED_ENDPOINTS:02} (in scope: its callers); time from the change until the resource arrives at each proxy in scope\n\
+         - route change: svc-{CHANGED_ROUTE:02}'s route (in scope: its callers and instances); endpoint change: a new instance of svc-{CHANGED_ENDPOINTS:02} (in scope: its callers and instances); time from the change until the resource arrives at each proxy in scope\n\
          - bytes: the gRPC messages (with their 5-byte prefix) the whole fleet received for the change, per proxy in scope; out of scope: proxies outside the scope that received anything\n\
          - RSS per subscriber: the replica's growth from idle to all connected, over N; it includes each connection's HTTP/2 buffers (h2's share is not measured apart)\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1686,7 +1688,7 @@ mod tests {
         let n = 100;
         let instance = Member::of(0, n);
         assert!(instance.gets_routes_of("svc-00"));
-        assert!(!instance.gets_endpoints_of("svc-00"));
+        assert!(instance.gets_endpoints_of("svc-00"), "its own service's");
         assert!(instance.gets_endpoints_of("svc-01"));
         let gateway = Member::of(n - 1, n);
         assert!(!gateway.gets_routes_of("svc-00") && !gateway.gets_endpoints_of("svc-01"));
