@@ -7,6 +7,10 @@ pub mod mesh {
     pub mod v1 {
         tonic::include_proto!("mesh.v1");
 
+        /// The name of the one mesh settings resource: what the control
+        /// plane sends it as and the proxy holds it by.
+        pub const MESH_SETTINGS_NAME: &str = "mesh";
+
         impl Resource {
             /// Which resource this is, at which version: what a proxy
             /// holds, resumes from and refuses by.

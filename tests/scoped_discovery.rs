@@ -24,6 +24,22 @@ fn shop(replicas: usize) -> TestMesh {
     TestMesh::start(&topology)
 }
 
+/// A simulated instance of `service` joining the mesh (a new endpoint), on
+/// the first replica, with `tls`, a certificate of `service`.
+async fn join(
+    mesh: &TestMesh,
+    tls: &std::sync::Arc<mesh::identity::MeshTls>,
+    service: &str,
+    instance: &str,
+) -> SimProxy {
+    let channels = sim::channels(mesh, tls).await;
+    let hello = sim::hello(sim::node(service, instance), &[], Vec::new());
+    SimProxy::open(channels[0].clone(), hello, true)
+        .await
+        .unwrap()
+        .0
+}
+
 fn has(update: &ResourceUpdate, kind: ResourceType, name: &str) -> bool {
     names(update).contains(&(kind, name.to_owned()))
 }
@@ -131,11 +147,7 @@ fn an_endpoint_change_sends_only_that_services_endpoints() {
             .unwrap();
         assert!(has(&first, ResourceType::Endpoints, "payments"));
         // Another catalog instance joins.
-        let catalog_channels = sim::channels(&mesh, &catalog_tls).await;
-        let joining = sim::hello(sim::node("catalog", "catalog-sim"), &[], Vec::new());
-        let (joined, _) = SimProxy::open(catalog_channels[0].clone(), joining, true)
-            .await
-            .unwrap();
+        let joined = join(&mesh, &catalog_tls, "catalog", "catalog-sim").await;
         let update = watcher.next_update().await;
         assert_eq!(
             names(&update),
@@ -177,11 +189,7 @@ fn a_refused_resource_blocks_no_other_and_is_reported() {
             .await;
         // payments' endpoints change: sent, although catalog's route is
         // refused.
-        let payments_channels = sim::channels(&mesh, &payments_tls).await;
-        let joining = sim::hello(sim::node("payments", "payments-sim"), &[], Vec::new());
-        let (_joined, _) = SimProxy::open(payments_channels[0].clone(), joining, true)
-            .await
-            .unwrap();
+        let _joined = join(&mesh, &payments_tls, "payments", "payments-sim").await;
         let update = proxy.next_update().await;
         assert_eq!(
             names(&update),

@@ -352,7 +352,7 @@ impl Catalog {
 }
 
 /// The name of the mesh settings resource.
-pub const MESH_SETTINGS: &str = "mesh";
+pub const MESH_SETTINGS: &str = mesh::proto::mesh::v1::MESH_SETTINGS_NAME;
 
 /// The first 16 hex digits of the SHA-256 of `bytes`: a content version
 /// (64 bits: a collision between two versions of one resource is not a

@@ -144,10 +144,13 @@ impl ResourceCache {
     pub fn refuse_settings(&mut self, before: &ResourceCache, reason: &str) {
         if let Some(held) = self.settings.take() {
             self.refused.insert(
-                (ResourceType::MeshSettings as i32, "mesh".to_owned()),
+                (
+                    ResourceType::MeshSettings as i32,
+                    pb::MESH_SETTINGS_NAME.to_owned(),
+                ),
                 ResourceNack {
                     r#type: ResourceType::MeshSettings as i32,
-                    name: "mesh".to_owned(),
+                    name: pb::MESH_SETTINGS_NAME.to_owned(),
                     version: held.version,
                     reason: reason.to_owned(),
                 },
@@ -327,7 +330,7 @@ impl ResourceCache {
         if let Some(held) = &self.settings {
             known.push(ResourceVersion {
                 r#type: ResourceType::MeshSettings as i32,
-                name: "mesh".to_owned(),
+                name: pb::MESH_SETTINGS_NAME.to_owned(),
                 version: held.version.clone(),
             });
         }
